@@ -1,0 +1,184 @@
+"""Load user systems: Amber, CHARMM and GROMACS files (parmed), PDB + force field, or OpenMM objects.
+
+Every loader returns a `MolecularSystem` built for vacuum (``implicit_solvent=None``) or an
+implicit-solvent model (``"OBC1"``, ``"OBC2"``, ``"GBn"``, ``"GBn2"``, ``"HCT"``) with no
+cutoff. Periodic input (a box, explicit solvent) still loads, flagged ``periodic``, so that later
+layers can refuse it with a clear message.
+
+Examples
+--------
+>>> from openmmtools.testsystems import get_data_filename
+>>> from openmm_bg.systems import from_files
+>>> top = get_data_filename("data/alanine-dipeptide-gbsa/alanine-dipeptide.prmtop")
+>>> crd = get_data_filename("data/alanine-dipeptide-gbsa/alanine-dipeptide.crd")
+>>> from_files(top, crd).n_atoms
+22
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as unit
+
+from .molecular_system import MolecularSystem
+
+__all__ = ["from_files", "from_pdb", "from_openmm"]
+
+_IMPLICIT = {None: None, "vacuum": None, "obc1": app.OBC1, "obc2": app.OBC2, "gbn": app.GBn,
+             "gbn2": app.GBn2, "hct": app.HCT}
+_TOPOLOGY_SUFFIXES = {".prmtop": "amber", ".parm7": "amber", ".top": "gromacs",
+                      ".psf": "charmm"}
+
+
+def _implicit(value):
+    key = value.lower() if isinstance(value, str) else value
+    if key not in _IMPLICIT:
+        raise ValueError(f"implicit_solvent must be one of None, 'OBC1', 'OBC2', 'GBn', 'GBn2', "
+                         f"'HCT'; got {value!r}")
+    return _IMPLICIT[key]
+
+
+def _existing(path, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} file not found: {str(p)!r}; check the path")
+    return p
+
+
+def from_openmm(system: openmm.System, topology: app.Topology, positions, temperature: float = 300.0,
+                name: str = "user_system", rotation_invariant: bool | None = None) -> MolecularSystem:
+    """Wrap an OpenMM System, Topology and positions a user already has.
+
+    Parameters
+    ----------
+    system : openmm.System
+    topology : openmm.app.Topology
+    positions : array-like or Quantity
+        ``[n_atoms, 3]``, nm if unitless.
+    temperature : float
+        K.
+    name : str
+    rotation_invariant : bool, optional
+        Default: True unless the System has external (positional) forces or a periodic box.
+    """
+    if hasattr(positions, "value_in_unit"):
+        positions = positions.value_in_unit(unit.nanometer)
+    positions = np.asarray(positions, dtype=np.float64)
+    if rotation_invariant is None:
+        external = any(isinstance(f, openmm.CustomExternalForce) for f in system.getForces())
+        rotation_invariant = not external and not system.usesPeriodicBoundaryConditions()
+    return MolecularSystem(name=name, system=system, topology=topology, positions=positions,
+                           temperature=temperature, rotation_invariant=rotation_invariant,
+                           description=f"user system {name}")
+
+
+def from_pdb(pdb, forcefield: Sequence[str] | str = ("amber14-all.xml",), implicit_solvent=None,
+             constraints=None, temperature: float = 300.0, name: str | None = None) -> MolecularSystem:
+    """Build a system from a PDB file and OpenMM force-field XML files.
+
+    Parameters
+    ----------
+    pdb : str or Path
+        PDB file with all atoms, hydrogens included.
+    forcefield : list of str
+        XML files for ``openmm.app.ForceField``, e.g. ``["amber14-all.xml", "implicit/obc2.xml"]``
+        (the implicit-solvent XML decides the solvent model).
+    constraints : None, app.HBonds, ...
+    temperature : float
+        K.
+    """
+    path = _existing(pdb, "PDB")
+    files = [forcefield] if isinstance(forcefield, str) else list(forcefield)
+    if implicit_solvent is not None:
+        raise ValueError("from_pdb takes the implicit-solvent model as a force-field XML file, "
+                         "e.g. forcefield=['amber14-all.xml', 'implicit/obc2.xml']")
+    structure = app.PDBFile(str(path))
+    try:
+        ff = app.ForceField(*files)
+    except (ValueError, OSError) as err:
+        raise ValueError(f"could not read force-field files {files}: {err}") from err
+    periodic = structure.topology.getPeriodicBoxVectors() is not None
+    method = app.PME if periodic and _has_water(structure.topology) else app.NoCutoff
+    try:
+        system = ff.createSystem(structure.topology, nonbondedMethod=method, constraints=constraints)
+    except ValueError as err:
+        raise ValueError(
+            f"could not parameterise {path.name}: {err}. Add hydrogens (e.g. "
+            "openmm.app.Modeller.addHydrogens or pdbfixer), use standard residue names, or "
+            "add the XML file with the missing residue templates to `forcefield`"
+        ) from err
+    return MolecularSystem(name=name or path.stem, system=system, topology=structure.topology,
+                           positions=structure.getPositions(asNumpy=True).value_in_unit(unit.nanometer),
+                           temperature=temperature, description=f"{path.name} with {', '.join(files)}")
+
+
+def _has_water(topology: app.Topology) -> bool:
+    return any(r.name in ("HOH", "WAT", "SOL", "TIP3") for r in topology.residues())
+
+
+def from_files(topology, coordinates=None, parameters: Sequence[str] | str | None = None,
+               implicit_solvent=None, constraints=None, temperature: float = 300.0,
+               name: str | None = None) -> MolecularSystem:
+    """Load Amber (prmtop + inpcrd), CHARMM (psf + crd/pdb + parameter files) or GROMACS (top + gro).
+
+    Files are read with parmed, which also handles old-format Amber prmtops that OpenMM's own
+    reader rejects.
+
+    Parameters
+    ----------
+    topology : str or Path
+        ``.prmtop``/``.parm7`` (Amber), ``.psf`` (CHARMM) or ``.top`` (GROMACS).
+    coordinates : str or Path
+        ``.inpcrd``/``.rst7``/``.crd`` (Amber), ``.crd``/``.pdb`` (CHARMM), ``.gro`` (GROMACS).
+    parameters : list of str, optional
+        CHARMM parameter/topology files (``.prm``, ``.rtf``, ``.str``); required for CHARMM.
+    implicit_solvent : None or str
+        ``None`` (vacuum), ``"OBC1"``, ``"OBC2"``, ``"GBn"``, ``"GBn2"``, ``"HCT"``.
+    constraints : None, app.HBonds, ...
+    temperature : float
+        K.
+    """
+    import parmed
+
+    top = _existing(topology, "topology")
+    kind = _TOPOLOGY_SUFFIXES.get(top.suffix.lower())
+    if kind is None:
+        raise ValueError(f"unknown topology format {top.suffix!r}; expected one of "
+                         f"{sorted(_TOPOLOGY_SUFFIXES)} (Amber, GROMACS, CHARMM)")
+    if coordinates is None:
+        raise ValueError(f"{top.name}: give the coordinate file too (inpcrd/rst7, gro, crd or pdb)")
+    crd = _existing(coordinates, "coordinate")
+    solvent = _implicit(implicit_solvent)
+    try:
+        if kind == "charmm":
+            if not parameters:
+                raise ValueError("CHARMM input needs its parameter files: parameters=['par.prm', "
+                                 "'top.rtf', ...]")
+            params = [parameters] if isinstance(parameters, str | Path) else list(parameters)
+            for p in params:
+                _existing(p, "CHARMM parameter")
+            structure = parmed.load_file(str(top))
+            pset = parmed.charmm.CharmmParameterSet(*map(str, params))
+            structure.load_parameters(pset)
+            structure.coordinates = parmed.load_file(str(crd)).coordinates
+        else:
+            structure = parmed.load_file(str(top), xyz=str(crd))
+    except (parmed.exceptions.ParmedError, OSError, KeyError, IndexError) as err:
+        raise ValueError(f"could not read {top.name} / {crd.name} with parmed: {err}") from err
+    positions = np.asarray(structure.coordinates, dtype=np.float64) / 10.0  # Angstrom -> nm
+    if positions.shape[0] != len(structure.atoms):
+        raise ValueError(f"{crd.name} holds {positions.shape[0]} atoms but {top.name} defines "
+                         f"{len(structure.atoms)}; use the coordinate file that belongs to this topology")
+    periodic = structure.box is not None
+    kwargs = {"nonbondedMethod": app.PME if periodic else app.NoCutoff, "constraints": constraints}
+    if solvent is not None:
+        kwargs["implicitSolvent"] = solvent
+    system = structure.createSystem(**kwargs)
+    return MolecularSystem(name=name or top.stem, system=system, topology=structure.topology,
+                           positions=positions, temperature=temperature,
+                           description=f"{top.name} ({kind})" + (f", {implicit_solvent}" if solvent else ""))

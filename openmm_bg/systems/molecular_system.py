@@ -1,0 +1,298 @@
+"""`MolecularSystem`: an OpenMM System with the metadata a Boltzmann Generator needs.
+
+A `MolecularSystem` bundles an ``openmm.System``, its ``openmm.app.Topology`` (and the
+``mdtraj.Topology``), reference positions in nm, the temperature in K, and, where the system
+has them, named reaction coordinates and metastable states.
+
+Examples
+--------
+>>> import openmm_bg.systems as bgs
+>>> ala = bgs.load("alanine_dipeptide")
+>>> ala.n_atoms, ala.temperature
+(22, 300.0)
+>>> sorted(ala.states)
+['C7ax', 'C7eq']
+>>> bool(ala.states["C7eq"](ala.positions[None])[0])
+True
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as unit
+import torch
+
+from ..geometry import as_tensor
+
+__all__ = ["MolecularSystem", "ReactionCoordinate", "State", "kT_kJ_per_mol"]
+
+#: Molar gas constant in kJ/(mol K), as OpenMM uses it.
+MOLAR_GAS_CONSTANT = (unit.MOLAR_GAS_CONSTANT_R).value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
+
+
+def kT_kJ_per_mol(temperature: float) -> float:
+    """Thermal energy kT in kJ/mol at ``temperature`` (K)."""
+    return MOLAR_GAS_CONSTANT * float(temperature)
+
+
+@dataclass(frozen=True)
+class ReactionCoordinate:
+    """A named collective variable R(x).
+
+    Parameters
+    ----------
+    name : str
+        Name, e.g. ``"phi"``.
+    function : callable
+        Maps positions ``[batch, n_atoms, 3]`` (nm; torch tensor, differentiable) to ``[batch]``.
+    atoms : tuple of int
+        Atoms the coordinate depends on (informative).
+    periodic : bool
+        Whether the coordinate is an angle on the circle (period 2 pi).
+    bounds : (float, float)
+        Range used for histograms, profiles and the RC loss.
+    unit : str
+        Unit of the value (``"rad"``, ``"nm"``).
+
+    Calling the coordinate accepts a torch tensor (returns a tensor, keeps the graph), a numpy
+    array, an OpenMM Quantity or an ``mdtraj.Trajectory`` (returns numpy).
+    """
+
+    name: str
+    function: Callable[[torch.Tensor], torch.Tensor]
+    atoms: tuple[int, ...] = ()
+    periodic: bool = False
+    bounds: tuple[float, float] = (-np.pi, np.pi)
+    unit: str = "rad"
+    description: str = ""
+
+    def __call__(self, x):
+        if isinstance(x, torch.Tensor):
+            return self.function(x)
+        with torch.no_grad():
+            return self.function(as_tensor(x, dtype=torch.float64)).numpy()
+
+
+@dataclass(frozen=True)
+class State:
+    """A metastable state: a named boolean indicator of configurations.
+
+    Parameters
+    ----------
+    name : str
+        Name, e.g. ``"C7ax"``.
+    indicator : callable
+        Maps positions ``[batch, n_atoms, 3]`` (nm, torch) to a boolean tensor ``[batch]``.
+    description : str
+        Human-readable definition, e.g. ``"0 < phi < 2.2 rad"``.
+    """
+
+    name: str
+    indicator: Callable[[torch.Tensor], torch.Tensor]
+    description: str = ""
+
+    def __call__(self, x) -> np.ndarray:
+        """Boolean numpy array ``[batch]``: which configurations lie in the state."""
+        with torch.no_grad():
+            t = x if isinstance(x, torch.Tensor) else as_tensor(x, dtype=torch.float64)
+            return np.asarray(self.indicator(t).cpu().numpy(), dtype=bool)
+
+
+def interval_state(name: str, rc: ReactionCoordinate, low: float, high: float,
+                   complement: bool = False) -> State:
+    """State ``low < rc < high`` (or its complement)."""
+
+    def indicator(x):
+        v = rc.function(x)
+        inside = (v > low) & (v < high)
+        return ~inside if complement else inside
+
+    text = f"{low:g} < {rc.name} < {high:g} {rc.unit}"
+    return State(name, indicator, f"not ({text})" if complement else text)
+
+
+@dataclass
+class MolecularSystem:
+    """An OpenMM system ready for Boltzmann-Generator work.
+
+    Parameters
+    ----------
+    name : str
+        Short name (built-in name or file stem).
+    system : openmm.System
+        The potential; energies are in kJ/mol as OpenMM computes them.
+    topology : openmm.app.Topology
+        Topology matching ``system`` atom by atom.
+    positions : numpy.ndarray
+        Reference positions, ``[n_atoms, 3]`` float64, nm.
+    temperature : float
+        Temperature in K.
+    reaction_coordinates : dict of str -> ReactionCoordinate
+        Named coordinates (may be empty).
+    states : dict of str -> State
+        Named metastable states (may be empty).
+    rotation_invariant : bool
+        True where the energy is invariant to rigid-body motion (molecules in vacuum or
+        implicit solvent); False for systems with external potentials (toy systems).
+    free_dims : numpy.ndarray or None
+        Boolean ``[n_atoms, 3]`` mask of Cartesian coordinates that move freely; ``None``
+        means all. 2D toy systems confine z with a harmonic term and mark it not free.
+    analytic_energy : callable or None
+        Optional torch function ``[batch, n_atoms, 3] -> [batch]`` giving the reduced energy (kT)
+        without OpenMM, for fast tests of toy systems.
+    description : str
+        One line for listings.
+    """
+
+    name: str
+    system: openmm.System
+    topology: app.Topology
+    positions: np.ndarray
+    temperature: float
+    reaction_coordinates: dict[str, ReactionCoordinate] = field(default_factory=dict)
+    states: dict[str, State] = field(default_factory=dict)
+    rotation_invariant: bool = True
+    free_dims: np.ndarray | None = None
+    analytic_energy: Callable[[torch.Tensor], torch.Tensor] | None = None
+    description: str = ""
+
+    def __post_init__(self):
+        pos = self.positions
+        if hasattr(pos, "value_in_unit"):
+            pos = pos.value_in_unit(unit.nanometer)
+        pos = np.asarray(pos, dtype=np.float64)
+        if pos.ndim != 2 or pos.shape[1] != 3:
+            raise ValueError(f"positions must have shape [n_atoms, 3] in nm, got {pos.shape}")
+        n_sys, n_top = self.system.getNumParticles(), self.topology.getNumAtoms()
+        if not (n_sys == n_top == pos.shape[0]):
+            raise ValueError(
+                f"atom counts disagree: System has {n_sys} particles, Topology {n_top} atoms, "
+                f"positions {pos.shape[0]} rows; load positions and topology from the same "
+                "structure the System was built from"
+            )
+        if not np.all(np.isfinite(pos)):
+            raise ValueError("reference positions contain NaN or inf; check the coordinate file")
+        self.positions = pos
+        self.temperature = float(
+            self.temperature.value_in_unit(unit.kelvin)
+            if hasattr(self.temperature, "value_in_unit") else self.temperature
+        )
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive (K), got {self.temperature}")
+        if self.free_dims is not None:
+            self.free_dims = np.asarray(self.free_dims, dtype=bool)
+            if self.free_dims.shape != pos.shape:
+                raise ValueError(f"free_dims must have shape {pos.shape}, got {self.free_dims.shape}")
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n_atoms(self) -> int:
+        """Number of atoms (particles)."""
+        return self.system.getNumParticles()
+
+    @property
+    def kT(self) -> float:
+        """Thermal energy at ``temperature`` in kJ/mol."""
+        return kT_kJ_per_mol(self.temperature)
+
+    @property
+    def periodic(self) -> bool:
+        """True for periodic (explicit-solvent) systems, which a Boltzmann Generator refuses."""
+        return bool(self.system.usesPeriodicBoundaryConditions())
+
+    @property
+    def masses(self) -> np.ndarray:
+        """Particle masses in dalton, ``[n_atoms]``."""
+        return np.array([self.system.getParticleMass(i).value_in_unit(unit.dalton)
+                         for i in range(self.n_atoms)])
+
+    @property
+    def constraints(self) -> list[tuple[int, int, float]]:
+        """Distance constraints ``(i, j, length_nm)`` of the System."""
+        out = []
+        for k in range(self.system.getNumConstraints()):
+            i, j, d = self.system.getConstraintParameters(k)
+            out.append((int(i), int(j), float(d.value_in_unit(unit.nanometer))))
+        return out
+
+    @cached_property
+    def mdtraj_topology(self):
+        """The topology as an ``mdtraj.Topology``."""
+        import mdtraj
+
+        return mdtraj.Topology.from_openmm(self.topology)
+
+    # ------------------------------------------------------------------ helpers
+    def to_mdtraj(self, positions=None):
+        """An ``mdtraj.Trajectory`` of ``positions`` (``[n_frames, n_atoms, 3]`` nm) or the reference."""
+        import mdtraj
+
+        xyz = self.positions[None] if positions is None else np.asarray(
+            as_tensor(positions, dtype=torch.float64).detach().cpu().numpy())
+        if xyz.ndim == 2:
+            xyz = xyz[None]
+        return mdtraj.Trajectory(xyz.astype(np.float32), self.mdtraj_topology)
+
+    def reduced_energy(self, positions=None, platform: str = "Reference") -> np.ndarray:
+        """Reduced potential energy u = U/kT of each configuration, one OpenMM context, float64.
+
+        A simple, slow reference evaluation; batched evaluation lives in ``openmm_bg.energy``.
+
+        Parameters
+        ----------
+        positions : array-like, optional
+            ``[n_atoms, 3]`` or ``[batch, n_atoms, 3]`` in nm; default the reference positions.
+        platform : str
+            OpenMM platform name.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``[batch]`` float64, in kT.
+        """
+        x = self.positions if positions is None else as_tensor(positions, torch.float64).numpy()
+        x = np.asarray(x, dtype=np.float64)
+        x = x[None] if x.ndim == 2 else x
+        integrator = openmm.VerletIntegrator(0.001)
+        context = openmm.Context(self.system, integrator, openmm.Platform.getPlatformByName(platform))
+        out = np.empty(len(x))
+        for b, xb in enumerate(x):
+            context.setPositions(xb)
+            e = context.getState(getEnergy=True).getPotentialEnergy()
+            out[b] = e.value_in_unit(unit.kilojoule_per_mole) / self.kT
+        del context
+        return out
+
+    def with_temperature(self, temperature: float) -> MolecularSystem:
+        """A copy at another temperature (same System object, new ``temperature``)."""
+        other = copy.copy(self)
+        other.temperature = float(temperature)
+        return other
+
+    def atom_indices(self, selection: str) -> np.ndarray:
+        """Atom indices of an mdtraj selection string, e.g. ``"backbone"``."""
+        return self.mdtraj_topology.select(selection)
+
+    def summary(self) -> str:
+        """One line: name, atoms, temperature, states."""
+        states = ", ".join(f"{k} ({v.description})" for k, v in self.states.items()) or "none"
+        flag = " [periodic]" if self.periodic else ""
+        return (f"{self.name}: {self.n_atoms} atoms, {self.temperature:g} K{flag}; "
+                f"states: {states}")
+
+    def require_nonperiodic(self, what: str = "a Boltzmann Generator") -> None:
+        """Raise a clear error if the system is periodic (explicit solvent)."""
+        if self.periodic:
+            raise ValueError(
+                f"system {self.name!r} is periodic (explicit solvent or a periodic box); {what} "
+                "supports single molecules in vacuum or implicit solvent only. Strip the solvent "
+                "and rebuild the System with implicitSolvent=OBC2 (or vacuum), nonbondedMethod=NoCutoff"
+            )
+

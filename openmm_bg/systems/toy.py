@@ -1,0 +1,152 @@
+"""Two-dimensional toy potentials as real OpenMM Systems: the seed's double well and Mueller-Brown.
+
+Each is one particle whose x, y move in a potential given in kT; z is held near 0 by a stiff
+harmonic term (``Z_CONFINEMENT`` kT/nm^2) and is not a free dimension. Energies in OpenMM are the
+reduced potential times kT at the system's temperature, so ``reduced_energy`` returns the formula.
+
+Examples
+--------
+>>> from openmm_bg.systems import load
+>>> dw = load("double_well")
+>>> float(dw.reduced_energy([[1.0, 0.5, 0.0]])[0])  # 1 - 6 + 1 + 0.125
+-3.875
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import openmm
+import openmm.app as app
+import torch
+
+from .molecular_system import MolecularSystem, ReactionCoordinate, interval_state, kT_kJ_per_mol
+
+__all__ = ["double_well", "mueller_brown", "Z_CONFINEMENT", "DOUBLE_WELL_EXPRESSION",
+           "MUELLER_BROWN_PARAMETERS"]
+
+#: Force constant (kT/nm^2) of the harmonic term that keeps 2D particles in the z = 0 plane.
+Z_CONFINEMENT = 1000.0
+
+#: Seed's double well in reduced units (x, y in nm).
+DOUBLE_WELL_EXPRESSION = "x^4 - 6*x^2 + x + 0.5*y^2"
+
+#: Standard Mueller-Brown parameters (A, a, b, c, x0, y0); the system uses 0.1 x this potential.
+MUELLER_BROWN_PARAMETERS = {
+    "A": (-200.0, -100.0, -170.0, 15.0),
+    "a": (-1.0, -1.0, -6.5, 0.7),
+    "b": (0.0, 0.0, 11.0, 0.6),
+    "c": (-10.0, -10.0, -6.5, 0.7),
+    "x0": (1.0, 0.0, -0.5, -1.0),
+    "y0": (0.0, 0.5, 1.5, 1.0),
+}
+MUELLER_BROWN_SCALE = 0.1
+
+
+def _mueller_brown_expression() -> str:
+    p = MUELLER_BROWN_PARAMETERS
+    terms = []
+    for k in range(4):
+        terms.append(
+            f"({p['A'][k]})*exp(({p['a'][k]})*(x-({p['x0'][k]}))^2"
+            f"+({p['b'][k]})*(x-({p['x0'][k]}))*(y-({p['y0'][k]}))"
+            f"+({p['c'][k]})*(y-({p['y0'][k]}))^2)"
+        )
+    return f"{MUELLER_BROWN_SCALE}*(" + " + ".join(terms) + ")"
+
+
+def _one_particle_system(expression: str, temperature: float, mass: float) -> MolecularSystem:
+    system = openmm.System()
+    system.addParticle(mass)
+    force = openmm.CustomExternalForce(f"kT*({expression} + 0.5*kz*z^2)")
+    force.addGlobalParameter("kT", kT_kJ_per_mol(temperature))
+    force.addGlobalParameter("kz", Z_CONFINEMENT)
+    force.addParticle(0, [])
+    system.addForce(force)
+    topology = app.Topology()
+    chain = topology.addChain()
+    residue = topology.addResidue("PRT", chain)
+    topology.addAtom("P", app.Element.getBySymbol("Ar"), residue)
+    return system, topology
+
+
+def _coordinate(dim: int, name: str, bounds) -> ReactionCoordinate:
+    return ReactionCoordinate(name, lambda x: x[..., 0, dim], atoms=(0,), periodic=False,
+                              bounds=bounds, unit="nm", description=f"{name} coordinate of the particle")
+
+
+def _confinement(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * Z_CONFINEMENT * x[..., 0, 2] ** 2
+
+
+def double_well_energy(x: torch.Tensor) -> torch.Tensor:
+    """Reduced energy (kT) of the seed's double well, ``[batch, 1, 3] -> [batch]``."""
+    x1, x2 = x[..., 0, 0], x[..., 0, 1]
+    return x1**4 - 6 * x1**2 + x1 + 0.5 * x2**2 + _confinement(x)
+
+
+def mueller_brown_energy(x: torch.Tensor) -> torch.Tensor:
+    """Reduced energy (kT) of 0.1 x the Mueller-Brown potential, ``[batch, 1, 3] -> [batch]``."""
+    p = MUELLER_BROWN_PARAMETERS
+    x1, x2 = x[..., 0, 0], x[..., 0, 1]
+    u = torch.zeros_like(x1)
+    for k in range(4):
+        dx, dy = x1 - p["x0"][k], x2 - p["y0"][k]
+        u = u + p["A"][k] * torch.exp(p["a"][k] * dx**2 + p["b"][k] * dx * dy + p["c"][k] * dy**2)
+    return MUELLER_BROWN_SCALE * u + _confinement(x)
+
+
+def _plane_mask() -> np.ndarray:
+    return np.array([[True, True, False]])
+
+
+def double_well(temperature: float = 300.0, mass: float = 1.0) -> MolecularSystem:
+    """The seed's 2D double well u = x1^4 - 6 x1^2 + x1 + x2^2/2 (kT), one particle.
+
+    Parameters
+    ----------
+    temperature : float
+        K; sets kT so that the OpenMM energy equals u * kT.
+    mass : float
+        Particle mass in dalton.
+    """
+    system, topology = _one_particle_system(DOUBLE_WELL_EXPRESSION, temperature, mass)
+    x1 = _coordinate(0, "x1", (-3.0, 3.0))
+    x2 = _coordinate(1, "x2", (-4.0, 4.0))
+    return MolecularSystem(
+        name="double_well", system=system, topology=topology,
+        positions=np.array([[-1.7, 0.0, 0.0]]), temperature=temperature,
+        reaction_coordinates={"x1": x1, "x2": x2},
+        states={"left": interval_state("left", x1, -np.inf, 0.0),
+                "right": interval_state("right", x1, 0.0, np.inf)},
+        rotation_invariant=False, free_dims=_plane_mask(), analytic_energy=double_well_energy,
+        description="seed's 2D double well u = x1^4 - 6 x1^2 + x1 + x2^2/2 (kT)",
+    )
+
+
+def mueller_brown(temperature: float = 300.0, mass: float = 1.0) -> MolecularSystem:
+    """0.1 x the standard Mueller-Brown potential (kT), one particle in 2D.
+
+    States: ``A`` (basin near (-0.56, 1.44), x < -0.25 and y > 0.8... see ``states``),
+    ``B`` (basin near (0.62, 0.03)).
+    """
+    system, topology = _one_particle_system(_mueller_brown_expression(), temperature, mass)
+    x = _coordinate(0, "x", (-1.5, 1.2))
+    y = _coordinate(1, "y", (-0.5, 2.0))
+
+    def in_a(t):  # upper-left basin
+        return (t[..., 0, 0] < -0.2) & (t[..., 0, 1] > 0.9)
+
+    def in_b(t):  # lower-right basin
+        return (t[..., 0, 0] > 0.3) & (t[..., 0, 1] < 0.4)
+
+    from .molecular_system import State
+
+    return MolecularSystem(
+        name="mueller_brown", system=system, topology=topology,
+        positions=np.array([[-0.558, 1.442, 0.0]]), temperature=temperature,
+        reaction_coordinates={"x": x, "y": y},
+        states={"A": State("A", in_a, "x < -0.2 and y > 0.9 nm (upper-left basin)"),
+                "B": State("B", in_b, "x > 0.3 and y < 0.4 nm (lower-right basin)")},
+        rotation_invariant=False, free_dims=_plane_mask(), analytic_energy=mueller_brown_energy,
+        description="0.1 x Mueller-Brown potential (kT), 2D",
+    )

@@ -1,0 +1,1 @@
+"""Structures shipped with openmm-bg (installed as ``openmm_bg.data.systems``)."""
