@@ -70,6 +70,5 @@ def dihedral(x, i: int, j: int, k: int, l: int):
     b3 = x[..., l, :] - x[..., k, :]
     n1 = torch.linalg.cross(b1, b2)
     n2 = torch.linalg.cross(b2, b3)
-    b2n = b2 / torch.linalg.norm(b2, dim=-1, keepdim=True)
-    m1 = torch.linalg.cross(n1, b2n)
-    return torch.atan2((m1 * n2).sum(-1), (n1 * n2).sum(-1))
+    y = torch.linalg.norm(b2, dim=-1) * (b1 * n2).sum(-1)
+    return torch.atan2(y, (n1 * n2).sum(-1))

@@ -31,6 +31,7 @@ __all__ = ["from_files", "from_pdb", "from_openmm"]
 
 _IMPLICIT = {None: None, "vacuum": None, "obc1": app.OBC1, "obc2": app.OBC2, "gbn": app.GBn,
              "gbn2": app.GBn2, "hct": app.HCT}
+_SOLVENT_RESIDUES = {"HOH", "WAT", "SOL", "TIP3", "TIP3P", "T3P", "SPC", "TIP4", "TP4"}
 _TOPOLOGY_SUFFIXES = {".prmtop": "amber", ".parm7": "amber", ".top": "gromacs",
                       ".psf": "charmm"}
 
@@ -102,8 +103,8 @@ def from_pdb(pdb, forcefield: Sequence[str] | str = ("amber14-all.xml",), implic
         ff = app.ForceField(*files)
     except (ValueError, OSError) as err:
         raise ValueError(f"could not read force-field files {files}: {err}") from err
-    periodic = structure.topology.getPeriodicBoxVectors() is not None
-    method = app.PME if periodic and _has_water(structure.topology) else app.NoCutoff
+    periodic = structure.topology.getPeriodicBoxVectors() is not None and _has_water(structure.topology)
+    method = app.PME if periodic else app.NoCutoff
     try:
         system = ff.createSystem(structure.topology, nonbondedMethod=method, constraints=constraints)
     except ValueError as err:
@@ -118,7 +119,34 @@ def from_pdb(pdb, forcefield: Sequence[str] | str = ("amber14-all.xml",), implic
 
 
 def _has_water(topology: app.Topology) -> bool:
-    return any(r.name in ("HOH", "WAT", "SOL", "TIP3") for r in topology.residues())
+    """Explicit solvent present? (A box alone is not enough: GROMACS files always carry one.)"""
+    return any(r.name in _SOLVENT_RESIDUES for r in topology.residues())
+
+
+def _openmm_reads_prmtop(path: Path) -> bool:
+    """True for current-format prmtops (``%FLAG`` sections), which OpenMM's own reader handles."""
+    with open(path) as fh:
+        return fh.readline().startswith("%VERSION") or "%FLAG" in fh.read(4096)
+
+
+def _from_amber_openmm(top: Path, crd: Path, solvent, constraints, temperature, name, label):
+    """Amber files through OpenMM's reader, so the System equals OpenMM's own conventions."""
+    try:
+        prmtop = app.AmberPrmtopFile(str(top))
+        inpcrd = app.AmberInpcrdFile(str(crd))
+    except Exception as err:
+        raise ValueError(f"could not read {top.name} / {crd.name}: {err}") from err
+    positions = inpcrd.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    if positions.shape[0] != prmtop.topology.getNumAtoms():
+        raise ValueError(f"{crd.name} holds {positions.shape[0]} atoms but {top.name} defines "
+                         f"{prmtop.topology.getNumAtoms()}; use the coordinate file that belongs to "
+                         "this topology")
+    periodic = prmtop.topology.getPeriodicBoxVectors() is not None and _has_water(prmtop.topology)
+    system = prmtop.createSystem(nonbondedMethod=app.PME if periodic else app.NoCutoff,
+                                 implicitSolvent=solvent, constraints=constraints)
+    return MolecularSystem(name=name or top.stem, system=system, topology=prmtop.topology,
+                           positions=positions, temperature=temperature,
+                           description=f"{top.name} (amber)" + (f", {label}" if solvent else ""))
 
 
 def from_files(topology, coordinates=None, parameters: Sequence[str] | str | None = None,
@@ -166,6 +194,8 @@ def from_files(topology, coordinates=None, parameters: Sequence[str] | str | Non
             pset = parmed.charmm.CharmmParameterSet(*map(str, params))
             structure.load_parameters(pset)
             structure.coordinates = parmed.load_file(str(crd)).coordinates
+        elif kind == "amber" and _openmm_reads_prmtop(top):
+            return _from_amber_openmm(top, crd, solvent, constraints, temperature, name, implicit_solvent)
         else:
             structure = parmed.load_file(str(top), xyz=str(crd))
     except (parmed.exceptions.ParmedError, OSError, KeyError, IndexError) as err:
@@ -174,7 +204,7 @@ def from_files(topology, coordinates=None, parameters: Sequence[str] | str | Non
     if positions.shape[0] != len(structure.atoms):
         raise ValueError(f"{crd.name} holds {positions.shape[0]} atoms but {top.name} defines "
                          f"{len(structure.atoms)}; use the coordinate file that belongs to this topology")
-    periodic = structure.box is not None
+    periodic = structure.box is not None and _has_water(structure.topology)
     kwargs = {"nonbondedMethod": app.PME if periodic else app.NoCutoff, "constraints": constraints}
     if solvent is not None:
         kwargs["implicitSolvent"] = solvent

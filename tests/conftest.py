@@ -1,0 +1,9 @@
+"""Shared pytest setup: fixed thread counts so tests behave the same on 2 cores."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
