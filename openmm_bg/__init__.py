@@ -13,5 +13,6 @@ Examples
 
 from . import systems
 from ._version import __version__
+from .simulation import simulate
 
-__all__ = ["__version__", "systems"]
+__all__ = ["__version__", "systems", "simulate"]

@@ -1,0 +1,195 @@
+"""Langevin MD with OpenMM as training data, and checks for trajectories users bring.
+
+Examples
+--------
+>>> import openmm_bg
+>>> from openmm_bg.systems import load
+>>> traj = openmm_bg.simulate(load("double_well"), n_frames=10, stride=20, seed=1, progress=False)
+>>> traj.xyz.shape
+(10, 1, 3)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mdtraj
+import numpy as np
+import openmm
+import openmm.unit as unit
+
+from .systems import MolecularSystem
+
+__all__ = ["simulate", "default_timestep", "check_trajectory"]
+
+
+def default_timestep(system: MolecularSystem) -> float:
+    """A safe Langevin time step in ps: 1 fs for molecules (2 fs with H-bond constraints), 5 fs for
+    the 2D toy systems (unit masses, potentials in kT over nm)."""
+    if not system.rotation_invariant and system.free_dims is not None:
+        return 0.005
+    return 0.002 if system.system.getNumConstraints() > 0 else 0.001
+
+
+def _openmm_seed(seed: int) -> int:
+    """OpenMM treats seed 0 as 'pick one at random': map every seed to a positive int."""
+    return int(seed) % 2_000_000_000 + 1
+
+
+def _progress(total: int, enabled: bool, description: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=description, unit="frame", leave=False)
+
+
+def simulate(system: MolecularSystem, n_frames: int, stride: int, temperature: float | None = None,
+             seed: int = 0, timestep: float | None = None, friction: float = 1.0,
+             positions: np.ndarray | None = None, equilibration_steps: int = 0, minimize: bool = False,
+             platform: str | None = None, output: str | os.PathLike | None = None,
+             progress: bool = True) -> mdtraj.Trajectory:
+    """Run Langevin MD (OpenMM ``LangevinMiddleIntegrator``) and return the frames.
+
+    Parameters
+    ----------
+    system : MolecularSystem
+        What to simulate; periodic systems are refused.
+    n_frames : int
+        Number of frames to return.
+    stride : int
+        MD steps between frames.
+    temperature : float, optional
+        K; default the system's temperature.
+    seed : int
+        Seeds the initial velocities and the integrator's noise: same seed, same trajectory
+        (on the Reference and CPU platforms).
+    timestep : float, optional
+        ps; default `default_timestep`.
+    friction : float
+        Collision rate in 1/ps.
+    positions : numpy.ndarray, optional
+        Start ``[n_atoms, 3]`` in nm; default the reference positions.
+    equilibration_steps : int
+        Steps run and discarded before the first frame.
+    minimize : bool
+        Minimise the energy before starting.
+    platform : str, optional
+        OpenMM platform name; default the fastest by timing (see ``openmm_bg.energy``).
+    output : path, optional
+        Also write the frames to this file (format by suffix: ``.dcd``, ``.h5``, ``.xtc``, ...).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    mdtraj.Trajectory
+        ``n_frames`` frames in nm with the system's topology; ``time`` in ps.
+    """
+    system.require_nonperiodic("openmm_bg.simulate")
+    if n_frames < 1 or stride < 1:
+        raise ValueError(f"n_frames and stride must be positive, got {n_frames} and {stride}")
+    temperature = float(system.temperature if temperature is None else temperature)
+    dt = default_timestep(system) if timestep is None else float(timestep)
+    start = system.positions if positions is None else np.asarray(positions, dtype=np.float64)
+    if start.shape != system.positions.shape or not np.all(np.isfinite(start)):
+        raise ValueError(f"start positions must be finite with shape {system.positions.shape} (nm)")
+    if platform is None:
+        from .energy.platforms import select_platform
+
+        choice = select_platform(system.system, start)
+        platform, properties = choice.name, choice.properties
+    else:
+        properties = {}
+    integrator = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, friction / unit.picosecond,
+                                                 dt * unit.picoseconds)
+    integrator.setRandomNumberSeed(_openmm_seed(seed))
+    context = openmm.Context(system.system, integrator, openmm.Platform.getPlatformByName(platform),
+                             properties)
+    context.setPositions(start)
+    if minimize:
+        openmm.LocalEnergyMinimizer.minimize(context)
+    context.setVelocitiesToTemperature(temperature * unit.kelvin, _openmm_seed(seed + 7919))
+    if equilibration_steps > 0:
+        integrator.step(int(equilibration_steps))
+    xyz = np.empty((n_frames, system.n_atoms, 3), dtype=np.float32)
+    with _progress(n_frames, progress, f"MD {system.name}") as bar:
+        for k in range(n_frames):
+            integrator.step(int(stride))
+            state = context.getState(getPositions=True)
+            frame = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+            if not np.all(np.isfinite(frame)):
+                raise RuntimeError(f"MD blew up at frame {k} (non-finite positions); lower the time step "
+                                   f"(now {dt} ps) or minimise first (minimize=True)")
+            xyz[k] = frame
+            bar.update()
+    times = dt * stride * (np.arange(1, n_frames + 1)) + dt * equilibration_steps
+    traj = mdtraj.Trajectory(xyz, system.mdtraj_topology, time=times)
+    if output is not None:
+        traj.save(str(output))
+    del context, integrator
+    return traj
+
+
+def check_trajectory(system: MolecularSystem, data, top=None) -> mdtraj.Trajectory:
+    """Check and prepare user data for training: atom count and order, solvent, whole molecules.
+
+    Parameters
+    ----------
+    system : MolecularSystem
+        The system the data must belong to.
+    data : mdtraj.Trajectory, path, or array
+        A trajectory, a trajectory file (DCD/XTC need ``top`` or use the system's topology), or
+        positions ``[n_frames, n_atoms, 3]`` in nm.
+    top : optional
+        Topology for trajectory files without one (default: the system's).
+
+    Returns
+    -------
+    mdtraj.Trajectory
+        Solvent stripped, molecules made whole, atoms checked against the system.
+    """
+    if isinstance(data, str | Path):
+        path = Path(data)
+        if not path.is_file():
+            raise FileNotFoundError(f"trajectory file not found: {str(path)!r}")
+        try:
+            if path.suffix in (".h5", ".pdb", ".hdf5"):
+                traj = mdtraj.load(str(path))
+            else:
+                traj = mdtraj.load(str(path), top=top if top is not None else system.mdtraj_topology)
+        except Exception as err:  # mdtraj raises many types for unreadable or mismatched files
+            raise ValueError(f"could not read {path.name} as a trajectory of {system.name} "
+                             f"({system.n_atoms} atoms): {err}") from err
+    elif isinstance(data, mdtraj.Trajectory):
+        traj = data
+    else:
+        xyz = np.asarray(data, dtype=np.float32)
+        if xyz.ndim != 3 or xyz.shape[1:] != (system.n_atoms, 3):
+            raise ValueError(f"positions must have shape [n_frames, {system.n_atoms}, 3] (nm), "
+                             f"got {xyz.shape}")
+        traj = mdtraj.Trajectory(xyz, system.mdtraj_topology)
+    if traj.n_atoms != system.n_atoms:
+        stripped = traj.remove_solvent() if traj.topology.n_residues else traj
+        if stripped.n_atoms != system.n_atoms:
+            raise ValueError(f"trajectory has {traj.n_atoms} atoms ({stripped.n_atoms} without solvent) "
+                             f"but system {system.name!r} has {system.n_atoms}; load the data with the "
+                             "topology it was simulated with, or strip other molecules")
+        traj = stripped
+    _check_atom_order(system, traj)
+    if traj.unitcell_vectors is not None:
+        traj = traj.make_molecules_whole(inplace=False)
+    if not np.all(np.isfinite(traj.xyz)):
+        bad = np.where(~np.isfinite(traj.xyz).all(axis=(1, 2)))[0]
+        raise ValueError(f"trajectory frames {bad[:10].tolist()} contain NaN or inf coordinates")
+    return traj
+
+
+def _check_atom_order(system: MolecularSystem, traj: mdtraj.Trajectory) -> None:
+    ours = list(system.mdtraj_topology.atoms)
+    theirs = list(traj.topology.atoms)
+    for a, b in zip(ours, theirs):
+        same_element = a.element is None or b.element is None or a.element.symbol == b.element.symbol
+        if not same_element or a.name != b.name:
+            raise ValueError(f"atom order differs from system {system.name!r}: atom {a.index} is "
+                             f"{a.residue.name}:{a.name} in the system but {b.residue.name}:{b.name} in "
+                             "the trajectory; reorder the trajectory's atoms to the system's topology")
