@@ -13,6 +13,8 @@ Examples
 
 from . import systems
 from ._version import __version__
+from .generator import BoltzmannGenerator
+from .samples import Samples
 from .simulation import simulate
 
-__all__ = ["__version__", "systems", "simulate"]
+__all__ = ["__version__", "systems", "simulate", "BoltzmannGenerator", "Samples"]

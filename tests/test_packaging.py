@@ -46,7 +46,7 @@ def test_wheel_install_finds_data(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q",
                     str(wheel)], check=True)
     script = (
-        "import openmm_bg, openmm_bg.systems as s\n"
+        "import openmm_bg, openmm_bg.systems as s, openmm_bg.training, openmm_bg.energy\n"
         "print(openmm_bg.__file__)\n"
         "print(s.load('dimer_in_solvent').n_atoms, s.load('trpzip2').n_atoms,"
         " s.load('alanine_dipeptide', forcefield='amber14').n_atoms)\n"
