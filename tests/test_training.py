@@ -1,13 +1,12 @@
 """Training machinery: skipped steps, RC loss, stage files, checkpoints and kill-and-resume."""
 
+import math
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-
-import math
 
 import numpy as np
 import pytest

@@ -31,8 +31,8 @@ from .domain import CIRCULAR, INTERVAL, REAL, Domain
 from .flow import Flow, FlowSample
 from .priors import Prior
 from .spline_coupling import SplineCoupling
-from .standardize import Standardize
 from .splines import derivatives, knots, rq_spline
+from .standardize import Standardize
 
 __all__ = [
     "CIRCULAR",

@@ -1,0 +1,227 @@
+"""Reference Delta A = A(C7ax) - A(C7eq) of alanine dipeptide (AMBER ff96, 300 K) by two methods.
+
+1. Parallel tempering (replica exchange in temperature) with plain OpenMM contexts: the 300 K
+   replica samples the Boltzmann distribution; Delta A from its C7ax population, error from a block
+   bootstrap over exchange iterations.
+2. Umbrella sampling along phi (harmonic windows on the circle) analysed with MBAR (pymbar); psi
+   relaxes freely inside every window. Error from a block bootstrap within windows.
+
+Plain MD at 300 K almost never enters C7ax, so both methods are needed as a cross-check. The result
+is cached in ``alanine_reference.json`` beside this script; other benchmarks read it.
+
+    python benchmarks/reference/alanine_reference.py --solvent vacuum --method pt
+    python benchmarks/reference/alanine_reference.py --solvent vacuum --method umbrella
+
+Each run adds or replaces its entry (``{solvent}: {method: {...}}``) and recomputes the combined
+value (inverse-variance mean of the methods) under ``{solvent}: {"delta_a_kT", "error_kT"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import openmm
+import openmm.unit as unit
+
+from openmm_bg.systems import kT_kJ_per_mol, load
+from openmm_bg.systems.peptides import ALANINE_PHI, C7AX_PHI_RANGE
+
+HERE = Path(__file__).resolve().parent
+RESULT = HERE / "alanine_reference.json"
+
+
+def _phi(positions: np.ndarray) -> float:
+    from openmm_bg.geometry import dihedral
+
+    return float(dihedral(positions[None], *ALANINE_PHI)[0])
+
+
+def _in_c7ax(phi: np.ndarray) -> np.ndarray:
+    lo, hi = C7AX_PHI_RANGE
+    return (phi > lo) & (phi < hi)
+
+
+def _delta_a(indicator: np.ndarray, weights: np.ndarray | None = None) -> float:
+    w = np.ones_like(indicator, dtype=float) if weights is None else weights
+    p = w[indicator].sum() / w.sum()
+    if not 0 < p < 1:
+        return math.inf if p == 0 else -math.inf
+    return -math.log(p / (1 - p))
+
+
+def _block_bootstrap(values: np.ndarray, n_blocks: int, estimator, n_boot: int, rng) -> float:
+    blocks = np.array_split(values, n_blocks)
+    estimates = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, n_blocks, n_blocks)
+        estimates.append(estimator(np.concatenate([blocks[i] for i in pick])))
+    estimates = np.array(estimates)
+    return float(np.std(estimates[np.isfinite(estimates)], ddof=1))
+
+
+def parallel_tempering(solvent: str, n_iterations: int, steps_per_iteration: int, temperatures, seed: int,
+                       platform: str) -> dict:
+    system = load("alanine_dipeptide", solvent=solvent)
+    rng = np.random.default_rng(seed)
+    contexts, integrators = [], []
+    for k, t in enumerate(temperatures):
+        integrator = openmm.LangevinMiddleIntegrator(t * unit.kelvin, 1.0 / unit.picosecond,
+                                                     0.001 * unit.picoseconds)
+        integrator.setRandomNumberSeed(seed * 100 + k + 1)
+        context = openmm.Context(system.system, integrator, openmm.Platform.getPlatformByName(platform))
+        context.setPositions(system.positions)
+        context.setVelocitiesToTemperature(t * unit.kelvin, seed * 100 + k + 1)
+        contexts.append(context)
+        integrators.append(integrator)
+    betas = np.array([1.0 / kT_kJ_per_mol(t) for t in temperatures])
+    phi_300 = np.empty(n_iterations)
+    accepted, attempted = 0, 0
+    start = time.perf_counter()
+    for it in range(n_iterations):
+        for integrator in integrators:
+            integrator.step(steps_per_iteration)
+        states = [c.getState(getEnergy=True, getPositions=True, getVelocities=True) for c in contexts]
+        energies = np.array([s.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) for s in states])
+        order = list(range(len(contexts)))
+        for i in range(it % 2, len(contexts) - 1, 2):
+            j = i + 1
+            attempted += 1
+            log_acc = (betas[i] - betas[j]) * (energies[order[i]] - energies[order[j]])
+            if log_acc >= 0 or rng.random() < math.exp(log_acc):
+                order[i], order[j] = order[j], order[i]
+                accepted += 1
+        for k, context in enumerate(contexts):
+            src = states[order[k]]
+            if order[k] != k:
+                scale = math.sqrt(temperatures[k] / temperatures[order[k]])
+                context.setPositions(src.getPositions())
+                context.setVelocities(src.getVelocities() * scale)
+        pos0 = states[order[0]].getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        phi_300[it] = _phi(np.asarray(pos0))
+        if (it + 1) % max(1, n_iterations // 20) == 0:
+            frac = _in_c7ax(phi_300[:it + 1]).mean()
+            print(f"  PT {it + 1}/{n_iterations}: C7ax fraction {frac:.4f}, exchange acceptance "
+                  f"{accepted / max(attempted, 1):.2f}, {time.perf_counter() - start:.0f} s", flush=True)
+    indicator = _in_c7ax(phi_300)
+    burn = n_iterations // 10
+    indicator = indicator[burn:]
+    delta = _delta_a(indicator)
+    error = _block_bootstrap(indicator, 20, _delta_a, 500, np.random.default_rng(seed))
+    return {"delta_a_kT": delta, "error_kT": error, "c7ax_fraction": float(indicator.mean()),
+            "n_samples": int(indicator.size), "temperatures_K": list(map(float, temperatures)),
+            "ns_per_replica": n_iterations * steps_per_iteration * 1e-6,
+            "exchange_acceptance": accepted / max(attempted, 1), "wall_s": time.perf_counter() - start}
+
+
+def _umbrella_force(k_kj: float) -> openmm.CustomTorsionForce:
+    force = openmm.CustomTorsionForce("0.5*k_umb*dphi^2; dphi = min(dt, 2*pi - dt); dt = abs(theta - phi0); "
+                                      "pi = 3.141592653589793")
+    force.addGlobalParameter("k_umb", k_kj)
+    force.addGlobalParameter("phi0", 0.0)
+    force.addTorsion(*ALANINE_PHI, [])
+    return force
+
+
+def umbrella(solvent: str, n_windows: int, k_kj: float, equilibration_ps: float, production_ps: float,
+             seed: int, platform: str) -> dict:
+    import pymbar
+
+    system = load("alanine_dipeptide", solvent=solvent)
+    omm = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system.system))
+    omm.addForce(_umbrella_force(k_kj))
+    kT = system.kT
+    centres = np.linspace(-math.pi, math.pi, n_windows, endpoint=False)
+    integrator = openmm.LangevinMiddleIntegrator(system.temperature * unit.kelvin, 1.0 / unit.picosecond,
+                                                 0.001 * unit.picoseconds)
+    integrator.setRandomNumberSeed(seed + 1)
+    context = openmm.Context(omm, integrator, openmm.Platform.getPlatformByName(platform))
+    context.setPositions(system.positions)
+    context.setVelocitiesToTemperature(system.temperature * unit.kelvin, seed + 1)
+    stride = 100  # 0.1 ps between samples
+    n_samples = int(production_ps * 1000 / stride)
+    phis = np.empty((n_windows, n_samples))
+    start = time.perf_counter()
+    # walk the windows in order along the circle, so each starts from its neighbour's end
+    for w, centre in enumerate(centres):
+        context.setParameter("phi0", float(centre))
+        integrator.step(int(equilibration_ps * 1000))
+        for s in range(n_samples):
+            integrator.step(stride)
+            pos = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+            phis[w, s] = _phi(np.asarray(pos))
+        print(f"  window {w + 1}/{n_windows} at phi0 = {centre:+.2f}: mean phi {phis[w].mean():+.2f}, "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
+
+    def bias(phi: np.ndarray) -> np.ndarray:  # [n_windows, n] reduced bias energies
+        d = np.abs(phi[None, :] - centres[:, None])
+        d = np.minimum(d, 2 * math.pi - d)
+        return 0.5 * k_kj * d**2 / kT
+
+    def estimate(samples: np.ndarray) -> float:  # samples: [n_windows, n]
+        flat = samples.ravel()
+        u_kn = bias(flat)
+        n_k = np.full(n_windows, samples.shape[1])
+        mbar = pymbar.MBAR(u_kn, n_k, verbose=False, initial_f_k=None)
+        log_denominator = np.logaddexp.reduce(np.log(n_k)[:, None] + mbar.f_k[:, None] - u_kn, axis=0)
+        log_w = -log_denominator
+        w = np.exp(log_w - log_w.max())
+        return _delta_a(_in_c7ax(flat), w)
+
+    delta = estimate(phis)
+    rng = np.random.default_rng(seed)
+    n_blocks = 10
+    blocks = np.array_split(np.arange(n_samples), n_blocks)
+    boot = []
+    for _ in range(40):
+        resampled = np.stack([np.concatenate([phis[w, blocks[b]] for b in rng.integers(0, n_blocks, n_blocks)])
+                              for w in range(n_windows)])
+        boot.append(estimate(resampled))
+    return {"delta_a_kT": delta, "error_kT": float(np.std(boot, ddof=1)), "n_windows": n_windows,
+            "k_kJ_per_mol_rad2": k_kj, "ps_per_window": production_ps, "wall_s": time.perf_counter() - start}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--solvent", choices=["vacuum", "implicit"], default="vacuum")
+    parser.add_argument("--method", choices=["pt", "umbrella"], default="pt")
+    parser.add_argument("--iterations", type=int, default=4000, help="PT exchange iterations")
+    parser.add_argument("--steps", type=int, default=500, help="MD steps (1 fs) between exchanges")
+    parser.add_argument("--temperatures", type=float, nargs="+",
+                        default=[300.0, 360.0, 432.0, 518.0, 622.0, 746.0, 895.0], help="PT ladder (K)")
+    parser.add_argument("--windows", type=int, default=36, help="umbrella windows along phi")
+    parser.add_argument("--k", type=float, default=200.0, help="umbrella force constant (kJ/mol/rad^2)")
+    parser.add_argument("--equilibration-ps", type=float, default=20.0)
+    parser.add_argument("--production-ps", type=float, default=200.0)
+    parser.add_argument("--platform", default="Reference")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(f"alanine dipeptide ({args.solvent}), method {args.method}", flush=True)
+    if args.method == "pt":
+        result = parallel_tempering(args.solvent, args.iterations, args.steps, args.temperatures, args.seed,
+                                    args.platform)
+    else:
+        result = umbrella(args.solvent, args.windows, args.k, args.equilibration_ps, args.production_ps,
+                          args.seed, args.platform)
+    result["seed"] = args.seed
+    print(json.dumps(result, indent=1))
+    table = json.loads(RESULT.read_text()) if RESULT.exists() else {}
+    entry = table.setdefault(args.solvent, {})
+    entry[args.method] = result
+    methods = [v for k, v in entry.items() if k in ("pt", "umbrella")]
+    weights = np.array([1 / max(m["error_kT"], 1e-3) ** 2 for m in methods])
+    values = np.array([m["delta_a_kT"] for m in methods])
+    entry["delta_a_kT"] = float((weights * values).sum() / weights.sum())
+    entry["error_kT"] = float(1 / math.sqrt(weights.sum()))
+    entry["methods"] = sorted(k for k in entry if k in ("pt", "umbrella"))
+    RESULT.write_text(json.dumps(table, indent=1) + "\n")
+    print(f"{args.solvent}: Delta A(C7ax - C7eq) = {entry['delta_a_kT']:.3f} +- {entry['error_kT']:.3f} kT "
+          f"(methods: {', '.join(entry['methods'])}) -> {RESULT}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Plot helpers for free-energy results, written to PNG with matplotlib's Agg backend.
+
+- `plot_free_energies`: Delta A bars with error bars (state or thermodynamic results).
+- `plot_profile`: free-energy profiles with error bands, optionally over an exact curve.
+- `plot_surface`: a 2D free-energy surface (e.g. the phi/psi Ramachandran free energy).
+
+Every function returns the path written. matplotlib is imported lazily, with the Agg backend
+(no display needed).
+
+Examples
+--------
+>>> from openmm_bg.plots import plot_profile  # doctest: +SKIP
+>>> plot_profile(profile, "phi.png", exact=(x, F_exact))  # doctest: +SKIP
+PosixPath('phi.png')
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .free_energy import FreeEnergyProfile, FreeEnergySurface, StateFreeEnergy, ThermodynamicFreeEnergy
+from .systems.molecular_system import kT_kJ_per_mol
+
+__all__ = ["plot_free_energies", "plot_profile", "plot_surface"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        path = path.with_suffix(".png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def plot_free_energies(results: Sequence[StateFreeEnergy | ThermodynamicFreeEnergy | tuple],
+                       path: str | os.PathLike, labels: Sequence[str] | None = None, unit: str = "kT",
+                       reference: float | None = None, title: str | None = None) -> Path:
+    """Bar chart of free-energy differences with error bars.
+
+    Parameters
+    ----------
+    results : sequence
+        `StateFreeEnergy` (kT), `ThermodynamicFreeEnergy` (reduced ``delta_f``) or ``(label, value,
+        error)`` tuples, one bar each.
+    path : path
+        Output PNG.
+    labels : sequence of str, optional
+        Bar labels (default from the results).
+    unit : {"kT", "kJ/mol"}
+        Which number to plot (``"kT"`` means reduced for thermodynamic results).
+    reference : float, optional
+        Draws a horizontal line at a reference value (same unit).
+    title : str, optional
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    if not results:
+        raise ValueError("nothing to plot: results is empty")
+    if unit not in ("kT", "kJ/mol"):
+        raise ValueError(f"unit must be 'kT' or 'kJ/mol', got {unit!r}")
+    values, errors, names = [], [], []
+    for r in results:
+        if isinstance(r, StateFreeEnergy):
+            v, e = (r.delta_a_kT, r.error_kT) if unit == "kT" else (r.delta_a_kJ_mol, r.error_kJ_mol)
+            name = f"{r.state_b} - {r.state_a}"
+        elif isinstance(r, ThermodynamicFreeEnergy):
+            v, e = (r.delta_f, r.error_f) if unit == "kT" else (r.delta_a_kJ_mol, r.error_kJ_mol)
+            name = f"{r.label_b} - {r.label_a} ({r.method})"
+        else:
+            name, v, e = r
+        values.append(v)
+        errors.append(e if e is not None and math.isfinite(e) else 0.0)
+        names.append(name)
+    names = list(labels) if labels is not None else names
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(values) + 2), 3.5))
+    x = np.arange(len(values))
+    ax.bar(x, values, yerr=errors, capsize=5, color="tab:blue", alpha=0.8, edgecolor="black")
+    if reference is not None:
+        ax.axhline(reference, color="tab:red", ls="--", label="reference")
+        ax.legend()
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=20, ha="right")
+    ax.set_ylabel(r"$\Delta A$ / kT (reduced)" if unit == "kT" else r"$\Delta A$ / kJ mol$^{-1}$")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_profile(profiles: FreeEnergyProfile | Sequence[FreeEnergyProfile], path: str | os.PathLike,
+                 labels: Sequence[str] | None = None,
+                 exact: Callable[[np.ndarray], np.ndarray] | tuple[np.ndarray, np.ndarray] | None = None,
+                 unit: str = "kT", title: str | None = None) -> Path:
+    """Free-energy profile(s) with error bands, optionally over an exact curve.
+
+    Parameters
+    ----------
+    profiles : FreeEnergyProfile or sequence
+        One or several profiles along the same coordinate.
+    path : path
+        Output PNG.
+    labels : sequence of str, optional
+    exact : callable or (x, F), optional
+        Exact free energy (kT): a function of the coordinate or sampled points; shifted to the first
+        profile's minimum (weighted least squares over filled bins) for comparison.
+    unit : {"kT", "kJ/mol"}
+    title : str, optional
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    profiles = [profiles] if isinstance(profiles, FreeEnergyProfile) else list(profiles)
+    if not profiles:
+        raise ValueError("nothing to plot: no profiles")
+    if unit not in ("kT", "kJ/mol"):
+        raise ValueError(f"unit must be 'kT' or 'kJ/mol', got {unit!r}")
+    scale = [1.0 if unit == "kT" else kT_kJ_per_mol(p.temperature) for p in profiles]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for k, p in enumerate(profiles):
+        c, F, e = p.centers, p.free_energy_kT * scale[k], np.nan_to_num(p.error_kT * scale[k], nan=0.0)
+        label = labels[k] if labels is not None else f"{p.method}"
+        line, = ax.plot(c, F, marker="o", ms=3, label=label)
+        ax.fill_between(c, F - e, F + e, color=line.get_color(), alpha=0.25, lw=0)
+    if exact is not None:
+        p = profiles[0]
+        if callable(exact):
+            xs = np.linspace(p.edges[0], p.edges[-1], 400)
+            Fx = np.asarray(exact(xs), dtype=float)
+            at_centres = np.asarray(exact(p.centers), dtype=float)
+        else:
+            xs, Fx = (np.asarray(a, dtype=float) for a in exact)
+            at_centres = np.interp(p.centers, xs, Fx)
+        ok = np.isfinite(p.free_energy_kT) & np.isfinite(at_centres)
+        shift = np.nanmean(p.free_energy_kT[ok] - at_centres[ok]) if ok.any() else -np.nanmin(Fx)
+        ax.plot(xs, (Fx + shift) * scale[0], color="black", ls="--", lw=1.2, label="exact")
+    ax.set_xlabel(f"{profiles[0].coordinate}" + (f" / {profiles[0].unit}" if profiles[0].unit else ""))
+    ax.set_ylabel("F / kT" if unit == "kT" else r"F / kJ mol$^{-1}$")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_surface(surface: FreeEnergySurface, path: str | os.PathLike, vmax: float | None = 12.0,
+                 title: str | None = None, levels: int = 25) -> Path:
+    """Filled-contour plot of a 2D free-energy surface (kT), e.g. a phi/psi Ramachandran map.
+
+    Parameters
+    ----------
+    surface : FreeEnergySurface
+    path : path
+        Output PNG.
+    vmax : float, optional
+        Upper end of the colour scale in kT (higher values and empty bins are left white).
+    title : str, optional
+    levels : int
+        Number of contour levels.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    F = np.array(surface.free_energy_kT, dtype=float)
+    if not np.isfinite(F).any():
+        raise ValueError("the surface has no filled bins")
+    top = float(np.nanmax(F)) if vmax is None else float(vmax)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.0, 4.2))
+    cx = 0.5 * (surface.edges_x[1:] + surface.edges_x[:-1])
+    cy = 0.5 * (surface.edges_y[1:] + surface.edges_y[:-1])
+    masked = np.ma.masked_where(~np.isfinite(F) | (F > top), F)
+    cs = ax.contourf(cx, cy, masked.T, levels=np.linspace(0.0, top, levels), cmap="viridis")
+    fig.colorbar(cs, ax=ax, label="F / kT")
+    ux, uy = surface.units
+    ax.set_xlabel(surface.coordinates[0] + (f" / {ux}" if ux else ""))
+    ax.set_ylabel(surface.coordinates[1] + (f" / {uy}" if uy else ""))
+    ax.set_title(title or f"free energy at {surface.temperature:g} K")
+    return _save(fig, path)

@@ -1,0 +1,437 @@
+"""openmmtools integration: Boltzmann-Generator MCMC moves (openmm_bg.mcmc).
+
+Statistical tests use fixed seeds and >= 4.5 sigma tolerances, with standard errors from batch means.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as unit
+import pytest
+import torch
+from openmmtools import cache, mcmc, states
+from openmmtools.utils import deserialize, serialize
+
+import openmm_bg
+from openmm_bg.generator import ModelMismatchError
+from openmm_bg.mcmc import (
+    BoltzmannGeneratorMove,
+    FixmanFactor,
+    LatentMetropolisMove,
+    clear_model_cache,
+    fixman_log_factor,
+)
+from openmm_bg.systems import from_openmm, load
+
+REFERENCE = openmm.Platform.getPlatformByName("Reference")
+N_SIGMA = 4.5
+
+
+def _context_cache() -> cache.ContextCache:
+    return cache.ContextCache(platform=REFERENCE, capacity=4)
+
+
+def _openmmtools_compatible(system: openmm.System) -> openmm.System:
+    """The toy systems name a global parameter ``kT``, which every openmmtools integrator also defines
+    (``Context`` creation fails); rename it. Same energies, masses and constraints."""
+    xml = openmm.XmlSerializer.serialize(system)
+    xml = xml.replace('name="kT"', 'name="kT_toy"').replace("kT*(", "kT_toy*(")
+    return openmm.XmlSerializer.deserialize(xml)
+
+
+def _batch_mean(values: np.ndarray, n_batches: int = 20) -> tuple[float, float]:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[: len(v) // n_batches * n_batches].reshape(n_batches, -1).mean(1)
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(n_batches))
+
+
+def _run(move, thermo, positions, n_apply, record, context_cache=None):
+    ss = states.SamplerState(positions)
+    cc = context_cache or _context_cache()
+    out = []
+    for _ in range(n_apply):
+        move.apply(thermo, ss, context_cache=cc)
+        out.append(record(ss.positions.value_in_unit(unit.nanometer)))
+    return np.array(out), ss
+
+
+# ----------------------------------------------------------------------------------------- double well
+def _double_well_exact(temperature: float) -> dict:
+    """Quadrature of the double well at ``temperature`` (the potential is in kT at 300 K)."""
+    x = np.linspace(-4.0, 4.0, 400_001)
+    w = np.exp(-(x**4 - 6 * x**2 + x) * 300.0 / temperature)
+    w /= w.sum()
+    return {"right": float(w[x > 0].sum()), "mean_x1": float((x * w).sum())}
+
+
+@pytest.fixture(scope="module")
+def double_well():
+    """An imperfect generator: untrained, built on 80 % left-well and 20 % right-well frames."""
+    dw = load("double_well")
+    left = openmm_bg.simulate(dw, n_frames=400, stride=10, seed=0, progress=False)
+    right = openmm_bg.simulate(dw, n_frames=100, stride=10, seed=1, positions=np.array([[1.7, 0.0, 0.0]]),
+                               progress=False)
+    data = np.concatenate([left.xyz, right.xyz])
+    gen = openmm_bg.BoltzmannGenerator.build(dw, data, n_blocks=2, hidden=(16,), seed=0)
+    return dw, gen
+
+
+def _dw_chain(gen, dw, temperature, n_apply, n_proposals=4, seed=3, **kw):
+    thermo = states.ThermodynamicState(_openmmtools_compatible(dw.system), temperature=temperature * unit.kelvin)
+    move = BoltzmannGeneratorMove(gen, n_proposals=n_proposals, seed=seed, **kw)
+    x1, _ = _run(move, thermo, dw.positions * unit.nanometer, n_apply, lambda x: x[0, 0])
+    return x1, move
+
+
+def test_bg_move_samples_double_well_exactly_and_fails_without_hastings(double_well):
+    """Only the BG move, imperfect flow: exact well population and <x1>; dropping the Hastings term
+    (proposal densities) gives a distribution biased towards the flow, detected by the same test."""
+    dw, gen = double_well
+    exact = _double_well_exact(300.0)
+    results = {}
+    for hastings in (True, False):
+        x1, move = _dw_chain(gen, dw, 300.0, n_apply=1500, n_proposals=6, hastings=hastings)
+        assert move.n_proposed == 1500 * 6
+        right, right_se = _batch_mean(x1 > 0)
+        mean, mean_se = _batch_mean(x1)
+        z_right = abs(right - exact["right"]) / max(right_se, 1e-3)
+        z_mean = abs(mean - exact["mean_x1"]) / max(mean_se, 1e-3)
+        results[hastings] = (z_right, z_mean, move.acceptance_rate)
+    z_right, z_mean, acc = results[True]
+    assert 0.05 < acc < 0.9
+    assert z_right < N_SIGMA and z_mean < N_SIGMA, results
+    z_right, z_mean, _ = results[False]
+    assert max(z_right, z_mean) > 2 * N_SIGMA, results  # the same test fails clearly without Hastings
+
+
+def test_bg_move_exact_at_another_temperature(double_well):
+    """The state's reduced potential is the target: a 300 K generator samples 600 K exactly."""
+    dw, gen = double_well
+    exact = _double_well_exact(600.0)
+    x1, move = _dw_chain(gen, dw, 600.0, n_apply=800, n_proposals=4, seed=5)
+    right, right_se = _batch_mean(x1 > 0)
+    assert abs(right - exact["right"]) < N_SIGMA * max(right_se, 1e-3), (right, right_se, exact)
+    assert exact["right"] > 2 * _double_well_exact(300.0)["right"]  # really another distribution
+
+
+def test_latent_move_is_exact(double_well):
+    """The latent random walk (with Jacobian terms) samples the double well at 900 K exactly."""
+    dw, gen = double_well
+    exact = _double_well_exact(900.0)
+    thermo = states.ThermodynamicState(_openmmtools_compatible(dw.system), temperature=900 * unit.kelvin)
+    move = LatentMetropolisMove(gen, step_size=0.8, n_steps=10, seed=11)
+    x1, _ = _run(move, thermo, dw.positions * unit.nanometer, 1500, lambda x: x[0, 0])
+    assert 0.1 < move.acceptance_rate < 0.95
+    mean, mean_se = _batch_mean(x1)
+    right, right_se = _batch_mean(x1 > 0)
+    assert abs(mean - exact["mean_x1"]) < N_SIGMA * max(mean_se, 1e-3), (mean, mean_se, exact)
+    assert abs(right - exact["right"]) < N_SIGMA * max(right_se, 1e-3), (right, right_se, exact)
+
+
+def test_acceptance_updates_sampler_state(double_well):
+    """Accepted jumps: positions and energy from the context, velocities redrawn; confined z kept;
+    same seed, same chain."""
+    dw, gen = double_well
+    system = _openmmtools_compatible(dw.system)
+    thermo = states.ThermodynamicState(system, temperature=300 * unit.kelvin)
+    start = np.array([[-1.7, 0.1, 0.003]])
+    ss = states.SamplerState(start * unit.nanometer, velocities=np.zeros((1, 3)) * unit.nanometer / unit.picosecond)
+    move = BoltzmannGeneratorMove(gen, n_proposals=20, seed=0)
+    move.apply(thermo, ss, context_cache=_context_cache())
+    assert move.n_accepted > 0
+    x = ss.positions.value_in_unit(unit.nanometer)
+    assert not np.allclose(x[0, :2], start[0, :2]) and x[0, 2] == pytest.approx(0.003)
+    u = float(dw.reduced_energy(x)[0])
+    assert thermo.reduced_potential(ss) == pytest.approx(u, abs=1e-6)
+    v = ss.velocities.value_in_unit(unit.nanometer / unit.picosecond)
+    assert np.any(v != 0)
+    # reproducible
+    again = states.SamplerState(start * unit.nanometer)
+    move2 = BoltzmannGeneratorMove(gen, n_proposals=20, seed=0)
+    move2.apply(thermo, again, context_cache=_context_cache())
+    assert move2.statistics == move.statistics
+    np.testing.assert_allclose(again.positions.value_in_unit(unit.nanometer), x)
+
+
+# ----------------------------------------------------------------------------------------- Fixman factor
+def test_fixman_factor_matches_gradients_of_constraints():
+    """0.5 log det Z from explicit constraint gradients (autograd), up to the constant of
+    single constraints, for alanine dipeptide with H-bond constraints."""
+    ala = load("alanine_dipeptide", constraints="hbonds")
+    cons, masses = ala.constraints, ala.masses
+    rng = np.random.default_rng(0)
+    xs = ala.positions[None] + 0.01 * rng.standard_normal((3, ala.n_atoms, 3))
+    ours = fixman_log_factor(xs, cons, masses)
+    full = []
+    inv_m = torch.as_tensor(np.repeat(1.0 / masses, 3))
+    for x in xs:
+        xt = torch.as_tensor(x.reshape(-1))
+
+        def g(flat):
+            p = flat.reshape(-1, 3)
+            return torch.stack([torch.linalg.norm(p[j] - p[i]) - d for i, j, d in cons])
+
+        jac = torch.autograd.functional.jacobian(g, xt)  # [n_constraints, 3N]
+        z = (jac * inv_m) @ jac.T
+        full.append(0.5 * float(torch.linalg.slogdet(z)[1]))
+    diff = np.array(full) - ours
+    np.testing.assert_allclose(diff, diff[0], atol=1e-10)
+    assert np.ptp(ours) > 1e-5  # methyl hydrogens share their carbon: not constant
+    assert not FixmanFactor(load("alanine_dipeptide").constraints, masses).active
+    assert not FixmanFactor([(0, 1, 0.1), (2, 3, 0.1)], np.ones(4)).active
+
+
+def methyl_molecule(carbon_mass: float = 2.0) -> openmm_bg.systems.MolecularSystem:
+    """A 7-atom CH3-C-C-C chain with constrained C-H bonds, heavy hydrogens (12 Da) and a light methyl
+    carbon, so that the Fixman factor varies strongly with the H-C-H angles."""
+    names, elements = ["C1", "H1", "H2", "H3", "C2", "C3", "C4"], ["C", "H", "H", "H", "C", "C", "C"]
+    top = app.Topology()
+    res = top.addResidue("MOL", top.addChain())
+    atoms = [top.addAtom(n, app.Element.getBySymbol(e), res) for n, e in zip(names, elements, strict=True)]
+    for a, b in [(0, 1), (0, 2), (0, 3), (0, 4), (4, 5), (5, 6)]:
+        top.addBond(atoms[a], atoms[b])
+    system = openmm.System()
+    for m in [carbon_mass, 12.0, 12.0, 12.0, 12.0, 12.0, 12.0]:
+        system.addParticle(m)
+    bonds = openmm.HarmonicBondForce()
+    for a, b in [(0, 4), (4, 5), (5, 6)]:
+        bonds.addBond(a, b, 0.153, 2.0e5)
+    system.addForce(bonds)
+    for a, b in [(0, 1), (0, 2), (0, 3)]:
+        system.addConstraint(a, b, 0.109)
+    angles = openmm.HarmonicAngleForce()
+    for a, b, c in [(1, 0, 2), (1, 0, 3), (2, 0, 3), (1, 0, 4), (2, 0, 4), (3, 0, 4)]:
+        angles.addAngle(a, b, c, np.deg2rad(109.5), 150.0)
+    for a, b, c in [(0, 4, 5), (4, 5, 6)]:
+        angles.addAngle(a, b, c, np.deg2rad(112.0), 400.0)
+    system.addForce(angles)
+    torsion = openmm.PeriodicTorsionForce()
+    torsion.addTorsion(0, 4, 5, 6, 3, 0.0, 2.0)
+    system.addForce(torsion)
+    pos = np.zeros((7, 3))
+    pos[4], pos[5], pos[6] = [0.153, 0, 0], [0.2, 0.145, 0], [0.353, 0.15, 0.02]
+    c = -1 / 3
+    pos[1:4] = 0.109 * np.array([[c, math.sqrt(8 / 9), 0], [c, -math.sqrt(2 / 9), math.sqrt(2 / 3)],
+                                 [c, -math.sqrt(2 / 9), -math.sqrt(2 / 3)]])
+    return from_openmm(system, top, pos, temperature=300.0, name="methyl_chain")
+
+
+def _cos_hch(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    x = x[None] if x.ndim == 2 else x
+    out = []
+    for a, b in [(1, 2), (1, 3), (2, 3)]:
+        u, v = x[:, a] - x[:, 0], x[:, b] - x[:, 0]
+        out.append((u * v).sum(-1) / np.linalg.norm(u, axis=-1) / np.linalg.norm(v, axis=-1))
+    return np.mean(out, axis=0)
+
+
+@pytest.fixture(scope="module")
+def methyl():
+    ms = methyl_molecule()
+    traj = openmm_bg.simulate(ms, n_frames=4000, stride=200, seed=0, timestep=0.00025, platform="Reference",
+                              equilibration_steps=2000, progress=False)
+    gen = openmm_bg.BoltzmannGenerator.build(ms, traj[:1000], n_blocks=2, hidden=(16,), seed=0)
+    return ms, traj, gen
+
+
+def test_constrained_move_samples_what_constrained_langevin_samples(methyl):
+    """The move alone (with the Fixman factor) reproduces the H-C-H angle distribution of constrained
+    Langevin dynamics; velocities after a jump satisfy the constraints."""
+    ms, traj, gen = methyl
+    md = _cos_hch(traj.xyz.astype(np.float64))
+    md_mean, md_se = _batch_mean(md)
+    thermo = states.ThermodynamicState(ms.system, temperature=300 * unit.kelvin)
+    move = BoltzmannGeneratorMove(gen, n_proposals=4, seed=1)
+    ss = states.SamplerState(traj.openmm_positions(0))
+    cc = _context_cache()
+    out = []
+    for _ in range(800):
+        move.apply(thermo, ss, context_cache=cc)
+        out.append(_cos_hch(ss.positions.value_in_unit(unit.nanometer))[0])
+    assert move._fixman_term is not None and move.acceptance_rate > 0.1
+    mean, se = _batch_mean(np.array(out))
+    assert abs(mean - md_mean) < N_SIGMA * math.hypot(se, md_se), (mean, se, md_mean, md_se)
+    # histogram of the mean H-C-H cosine: same distribution (chi-square on 6 quantile bins of MD)
+    edges = np.quantile(md, np.linspace(0, 1, 7))
+    edges[0], edges[-1] = -1.0, 1.0
+    frac = np.histogram(out, edges)[0] / len(out)
+    frac_se = np.array([_batch_mean((np.digitize(out, edges) - 1) == k)[1] for k in range(6)])
+    assert np.all(np.abs(frac - 1 / 6) < N_SIGMA * np.maximum(frac_se, 0.01)), (frac, frac_se)
+    # velocities after an accepted jump are tangent to the constraints
+    x = ss.positions.value_in_unit(unit.nanometer)
+    v = ss.velocities.value_in_unit(unit.nanometer / unit.picosecond)
+    for i, j, d in ms.constraints:
+        assert np.linalg.norm(x[j] - x[i]) == pytest.approx(d, rel=1e-5)
+        assert abs(np.dot(v[j] - v[i], x[j] - x[i])) < 1e-4
+
+
+# ----------------------------------------------------------------------------------------- molecules
+@pytest.fixture(scope="module")
+def alanine(tmp_path_factory):
+    ala = load("alanine_dipeptide")
+    data = openmm_bg.simulate(ala, n_frames=300, stride=20, seed=0, platform="Reference", progress=False)
+    gen = openmm_bg.BoltzmannGenerator.build(ala, data, n_blocks=2, hidden=(32,), seed=0)
+    path = tmp_path_factory.mktemp("model") / "ala.pt"
+    gen.save(path)
+    return ala, gen, path
+
+
+def _ala_thermo(ala, temperature=300.0, system=None):
+    return states.ThermodynamicState(system or ala.system, temperature=temperature * unit.kelvin)
+
+
+def test_sequence_and_weighted_moves_with_langevin(alanine):
+    ala, gen, path = alanine
+    thermo = _ala_thermo(ala)
+    bg = BoltzmannGeneratorMove(gen, n_proposals=3, seed=0)
+    latent = LatentMetropolisMove(gen, step_size=0.05, n_steps=2, seed=0)
+    langevin = mcmc.LangevinDynamicsMove(timestep=1 * unit.femtosecond, n_steps=10)
+    seq = mcmc.SequenceMove([langevin, bg, latent])
+    sampler = mcmc.MCMCSampler(thermo, states.SamplerState(ala.positions * unit.nanometer), seq)
+    sampler.run(3, context_cache=_context_cache())
+    assert seq.move_list[1].n_proposed == 9 and seq.move_list[2].n_proposed == 6
+    weighted = mcmc.WeightedMove([(langevin, 0.5), (bg, 0.5)])
+    sampler = mcmc.MCMCSampler(thermo, states.SamplerState(ala.positions * unit.nanometer), weighted)
+    sampler.run(4, context_cache=_context_cache())
+    assert np.all(np.isfinite(sampler.sampler_state.positions.value_in_unit(unit.nanometer)))
+
+
+def test_proposals_are_randomly_oriented_at_the_current_centre(alanine):
+    """Rotation-invariant molecules: an accepted proposal sits at the current centre of mass."""
+    ala, gen, _ = alanine
+    thermo = _ala_thermo(ala, temperature=3000.0)  # hot: proposals get accepted
+    start = ala.positions + np.array([1.0, -2.0, 0.5])
+    ss = states.SamplerState(start * unit.nanometer)
+    move = BoltzmannGeneratorMove(gen, n_proposals=30, seed=4, scale_prior=False)
+    move.apply(thermo, ss, context_cache=_context_cache())
+    assert move.n_accepted > 0
+    m = ala.masses
+    x = ss.positions.value_in_unit(unit.nanometer)
+    np.testing.assert_allclose((x * m[:, None]).sum(0) / m.sum(), (start * m[:, None]).sum(0) / m.sum(),
+                               atol=1e-6)
+    assert not gen.inverted(x[None])[0]
+
+
+def test_refuses_other_masses_or_constraints(alanine):
+    ala, gen, _ = alanine
+    hb = load("alanine_dipeptide", constraints="hbonds")
+    move = BoltzmannGeneratorMove(gen, seed=0)
+    with pytest.raises(ModelMismatchError, match="constraints"):
+        move.apply(_ala_thermo(ala, system=hb.system), states.SamplerState(ala.positions * unit.nanometer),
+                   context_cache=_context_cache())
+    heavy = copy.deepcopy(ala.system)
+    heavy.setParticleMass(0, 3.0)
+    with pytest.raises(ModelMismatchError, match="masses"):
+        move.apply(_ala_thermo(ala, system=heavy), states.SamplerState(ala.positions * unit.nanometer),
+                   context_cache=_context_cache())
+    # another Hamiltonian with the same atoms, masses and constraints is fine (u is the state's)
+    implicit = load("alanine_dipeptide", solvent="implicit")
+    move.apply(_ala_thermo(ala, system=implicit.system), states.SamplerState(ala.positions * unit.nanometer),
+               context_cache=_context_cache())
+    assert move.n_proposed == 1
+
+
+def test_serialisation_stores_the_path_and_copies_share_the_model(alanine, tmp_path):
+    ala, gen, path = alanine
+    unsaved = BoltzmannGeneratorMove(gen, n_proposals=2, seed=7)
+    with pytest.raises(ValueError, match="model_path"):
+        serialize(unsaved)
+    target = tmp_path / "saved_by_move.pt"
+    move = BoltzmannGeneratorMove(gen, n_proposals=2, seed=7, model_path=target)
+    assert target.is_file() and move.model_path == str(target.resolve())
+    noisy = ala.positions[None] + 0.01 * np.random.default_rng(0).standard_normal((30, 22, 3))
+    other = openmm_bg.BoltzmannGenerator.build(ala, noisy, n_blocks=2, hidden=(32,), seed=5)
+    with pytest.raises(ValueError, match="another model"):
+        BoltzmannGeneratorMove(other, model_path=target)
+    move.apply(_ala_thermo(ala), states.SamplerState(ala.positions * unit.nanometer), context_cache=_context_cache())
+    data = serialize(move)
+    text = json.dumps(data)  # plain data, no weights
+    assert "flow_state" not in text and len(text) < 20_000
+    clear_model_cache()
+    restored = deserialize(copy.deepcopy(data))
+    assert restored.statistics == move.statistics and restored.n_proposals == 2 and restored.generator is None
+    restored.apply(_ala_thermo(ala), states.SamplerState(ala.positions * unit.nanometer),
+                   context_cache=_context_cache())
+    loaded = restored.generator
+    assert loaded is not None and loaded is not gen
+    again = deserialize(copy.deepcopy(data))
+    assert again.generator is loaded  # one model per (path, mtime) per process
+    copies = [copy.deepcopy(again) for _ in range(3)]
+    assert all(c.generator is loaded for c in copies)
+    assert len({tuple(c._stream) for c in copies}) == 3  # independent random streams
+    # a re-saved model file (new mtime) is loaded again
+    time.sleep(0.01)
+    os.utime(target, None)
+    clear_model_cache()
+    fresh = deserialize(copy.deepcopy(data))
+    fresh.apply(_ala_thermo(ala), states.SamplerState(ala.positions * unit.nanometer), context_cache=_context_cache())
+    assert fresh.generator is not loaded
+    latent = LatentMetropolisMove(gen, step_size=0.1, model_path=path)
+    back = deserialize(serialize(latent))
+    assert back.step_size == 0.1 and back.model_path == str(Path(path).resolve())
+    (tmp_path / "missing.pt").write_bytes(b"")
+    data["model_path"] = str(tmp_path / "gone.pt")
+    with pytest.raises(FileNotFoundError, match="gone.pt"):
+        deserialize(data).apply(_ala_thermo(ala), states.SamplerState(ala.positions * unit.nanometer),
+                                context_cache=_context_cache())
+
+
+def test_replica_exchange_storage_and_resume(alanine, tmp_path):
+    from openmmtools.multistate import MultiStateReporter, ReplicaExchangeSampler
+
+    ala, gen, path = alanine
+    move = mcmc.SequenceMove([mcmc.LangevinDynamicsMove(timestep=1 * unit.femtosecond, n_steps=5),
+                              BoltzmannGeneratorMove(gen, n_proposals=2, seed=0, model_path=path)])
+    thermo = [_ala_thermo(ala, t) for t in (300.0, 400.0)]
+    storage = str(tmp_path / "rex.nc")
+    sampler = ReplicaExchangeSampler(mcmc_moves=move, number_of_iterations=2)
+    reporter = MultiStateReporter(storage, checkpoint_interval=1)
+    sampler.create(thermo, states.SamplerState(ala.positions * unit.nanometer), storage=reporter)
+    sampler.energy_context_cache = _context_cache()
+    sampler.sampler_context_cache = _context_cache()
+    sampler.run()
+    bg_moves = [m.move_list[1] for m in sampler._mcmc_moves]
+    assert all(m.generator is gen for m in bg_moves)
+    assert sum(m.n_proposed for m in bg_moves) == 2 * 2 * 2
+    reporter.close()
+    del sampler
+    clear_model_cache()
+    resumed = ReplicaExchangeSampler.from_storage(storage)
+    resumed.energy_context_cache = _context_cache()
+    resumed.sampler_context_cache = _context_cache()
+    assert resumed.iteration == 2
+    resumed.extend(1)
+    assert resumed.iteration == 3
+    moves = [m.move_list[1] for m in resumed._mcmc_moves]
+    assert sum(m.n_proposed for m in moves) == 3 * 2 * 2
+    assert moves[0].generator is moves[1].generator is not None
+    resumed._reporter.close()
+
+
+# ----------------------------------------------------------------------------------------- slow
+@pytest.mark.slow
+def test_alanine_c7ax_population_against_reference(tmp_path):
+    """Langevin + BG move in vacuum at 300 K: C7ax free energy against the lead's reference."""
+    ref_file = Path(__file__).resolve().parents[1] / "benchmarks" / "reference" / "alanine_reference.json"
+    if not ref_file.is_file():
+        pytest.skip(f"reference {ref_file} not written yet (the lead produces it)")
+    ref = json.loads(ref_file.read_text())["vacuum"]
+    from benchmarks.mcmc_mixing import run_chain, train_generator  # noqa: PLC0415
+
+    ala = load("alanine_dipeptide")
+    gen = train_generator(ala, seed=0, minutes=6.0)
+    result = run_chain(ala, gen, wall_seconds=600.0, seed=1)
+    p_ax = result["c7ax_fraction"]
+    delta_a = -math.log(p_ax / (1 - p_ax))
+    se = result["c7ax_fraction_se"] / (p_ax * (1 - p_ax))
+    assert abs(delta_a - ref["delta_a_kT"]) < N_SIGMA * math.hypot(se, ref.get("error_kT", 0.0)), (delta_a, se, ref)
