@@ -657,6 +657,12 @@ def _md_ensemble(system: MolecularSystem, traj, what: str) -> _Ensemble:
     xyz = np.asarray(t.xyz, dtype=np.float64)
     if xyz.shape[0] == 0:
         raise ValueError(f"{what}: the trajectory has no frames")
+    if system.free_dims is not None and not system.free_dims.all():
+        # a generator lives on the free coordinates only (e.g. the toy systems' plane z = 0): put MD
+        # frames there too, so that every state's density is on the same space (exact where the frozen
+        # coordinates decouple, as the toy systems' confinement does)
+        frozen = ~system.free_dims
+        xyz[:, frozen] = system.positions[frozen]
     return _Ensemble(positions=xyz, valid=np.ones(xyz.shape[0], dtype=bool), system=system,
                      temperature=system.temperature, kind="md")
 
@@ -960,7 +966,8 @@ def _diag_from_log_w(log_w: np.ndarray) -> WeightDiagnostics | None:
     log_w = np.asarray(log_w, dtype=np.float64)
     if log_w.size == 0 or not np.isfinite(log_w).any():
         return None
-    return reweighting.diagnose(log_w, warn=False)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return reweighting.diagnose(log_w, warn=False)
 
 
 def _kj(a: MolecularSystem, b: MolecularSystem, f_a: float, f_b: float, cov: np.ndarray | None,
@@ -1343,7 +1350,8 @@ def free_energy_profile(samples: Samples | Sequence[Samples], coordinate, bins: 
         wb = w[idx == b]
         if wb.sum() > 0:
             ess[b] = wb.sum() ** 2 / np.sum(wb**2)
-            k_bins[b] = reweighting.pareto_k(log_w[idx == b])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                k_bins[b] = reweighting.pareto_k(log_w[idx == b])
     return FreeEnergyProfile(coordinate=name, unit=unit, edges=edges, free_energy_kT=F, error_kT=dF,
                              temperature=float(sets[0].temperature), ess=ess, pareto_k=k_bins, method="reweighting",
                              diagnostics=reweighting.diagnose(log_w, warn=False), periodic=periodic)
@@ -1421,8 +1429,9 @@ def mbar_profile(coordinate, target: MolecularSystem, samples: Samples | Sequenc
     bins, range
         As in `free_energy_profile`.
     decorrelate : bool
-        Subsample each MD trajectory by the statistical inefficiency of the coordinate and of its
-        reduced energy at the target.
+        Subsample each MD trajectory by the statistical inefficiency of its reduced energy at the
+        target (as pymbar's examples do; slow transitions along the coordinate itself are not
+        accounted for, so errors of a trajectory that crosses rarely are optimistic).
 
     Returns
     -------
@@ -1467,8 +1476,7 @@ def mbar_profile(coordinate, target: MolecularSystem, samples: Samples | Sequenc
         if decorrelate:
             for i, ens in enumerate(problem.ensembles):
                 if ens.kind == "md":
-                    problem.ensembles[i], _ = _subsample_md(
-                        ens, [_values(function, ens.positions), energies.reduced(target, ens)])
+                    problem.ensembles[i], _ = _subsample_md(ens, [energies.reduced(target, ens)])
         u, N_k = problem.u_kn(energies)
         mbar = _solve_mbar(u, N_k)
         positions = np.concatenate([problem.ensembles[i].positions for i in problem.order])
@@ -1480,10 +1488,15 @@ def mbar_profile(coordinate, target: MolecularSystem, samples: Samples | Sequenc
         inside = (idx >= 0) & (idx < n_bins)
         A[idx[inside], np.where(inside)[0]] = 1.0
         u_target = u[problem.n_gen]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            res = mbar.compute_multiple_expectations(A, np.where(np.isfinite(u_target), u_target, 1e300))
-        p, dp = np.asarray(res["mu"]), np.asarray(res["sigma"])
+        # pymbar cannot take an observable that is zero everywhere (empty bin): those stay at p = 0
+        filled = (A * np.isfinite(u_target)[None, :]).sum(axis=1) > 0
+        p, dp = np.zeros(n_bins), np.full(n_bins, np.nan)
+        if filled.any():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                res = mbar.compute_multiple_expectations(A[filled], np.where(np.isfinite(u_target), u_target,
+                                                                             1e300))
+            p[filled], dp[filled] = np.asarray(res["mu"]), np.asarray(res["sigma"])
         widths = np.diff(edges)
         density, derr = p / widths, dp / widths
         F, dF = _profile_from_density(np.where(p > 0, density, 0.0), derr)

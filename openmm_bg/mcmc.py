@@ -278,6 +278,8 @@ class _GeneratorMove(MCMCMove):
             self._model_path = None
             if model_path is not None:
                 self._model_path = self._register_path(generator, model_path)
+                # copies deserialised in this process (SequenceMove copies through serialisation) share it
+                _MODEL_CACHE.setdefault(_model_key(self._model_path), generator)
             else:
                 known = getattr(generator, "path", None) or getattr(generator, "saved_path", None)
                 self._model_path = str(Path(known).resolve()) if known is not None else None
@@ -402,12 +404,18 @@ class _GeneratorMove(MCMCMove):
         return self._fixman_term(x)
 
     # ------------------------------------------------------------------ randomness
-    def _rngs(self) -> tuple[np.random.Generator, torch.Generator]:
-        """Fresh generators for one ``apply``: same seed, copy and call number, same draws."""
+    def _rngs(self, thermodynamic_state) -> tuple[np.random.Generator, torch.Generator]:
+        """Fresh generators for one ``apply``: same seed, copy, state and call number, same draws.
+
+        The state (temperature, System) enters so that the per-state copies of a multistate sampler
+        (which openmmtools makes through serialisation, i.e. with equal seeds) draw independently.
+        """
         if self.seed is None:
             rng = np.random.default_rng()
         else:
-            rng = np.random.default_rng([self.seed, *self._stream, self._n_applied])
+            t_mk = int(round(_kelvin(thermodynamic_state.temperature) * 1000))
+            s_hash = int(getattr(thermodynamic_state, "_standard_system_hash", 0) or 0) % (2**63)
+            rng = np.random.default_rng([self.seed, *self._stream, self._n_applied, t_mk, s_hash])
         self._n_applied += 1
         gen = self._generator
         tgen = torch.Generator(device=gen.device if gen is not None else "cpu")
@@ -596,7 +604,7 @@ class BoltzmannGeneratorMove(_GeneratorMove):
             Default the global context cache.
         """
         gen = self._ensure_generator(thermodynamic_state)
-        rng, tgen = self._rngs()
+        rng, tgen = self._rngs(thermodynamic_state)
         temperature = _kelvin(thermodynamic_state.temperature)
         t_prior = temperature if self.scale_prior else None
         context, _ = self._get_context_cache(context_cache).get_context(thermodynamic_state)
@@ -740,7 +748,7 @@ class LatentMetropolisMove(_GeneratorMove):
         context_cache : openmmtools.cache.ContextCache, optional
         """
         gen = self._ensure_generator(thermodynamic_state)
-        rng, tgen = self._rngs()
+        rng, tgen = self._rngs(thermodynamic_state)
         context, _ = self._get_context_cache(context_cache).get_context(thermodynamic_state)
         x_cur = np.array(sampler_state.positions.value_in_unit(unit.nanometer), dtype=np.float64)
         u_cur = self._reduced_potential(thermodynamic_state, context, x_cur)

@@ -123,8 +123,8 @@ def plot_profile(profiles: FreeEnergyProfile | Sequence[FreeEnergyProfile], path
         Output PNG.
     labels : sequence of str, optional
     exact : callable or (x, F), optional
-        Exact free energy (kT): a function of the coordinate or sampled points; shifted to the first
-        profile's minimum (weighted least squares over filled bins) for comparison.
+        Exact free energy (kT): a function of the coordinate or sampled points; shifted onto the first
+        profile by the inverse-variance weighted mean offset over its filled bins.
     unit : {"kT", "kJ/mol"}
     title : str, optional
 
@@ -155,7 +155,12 @@ def plot_profile(profiles: FreeEnergyProfile | Sequence[FreeEnergyProfile], path
             xs, Fx = (np.asarray(a, dtype=float) for a in exact)
             at_centres = np.interp(p.centers, xs, Fx)
         ok = np.isfinite(p.free_energy_kT) & np.isfinite(at_centres)
-        shift = np.nanmean(p.free_energy_kT[ok] - at_centres[ok]) if ok.any() else -np.nanmin(Fx)
+        err = np.where(np.isfinite(p.error_kT) & (p.error_kT > 0), p.error_kT, np.inf)
+        if ok.any() and np.isfinite(err[ok]).any():
+            w = 1.0 / err[ok] ** 2  # inverse-variance weighted offset: well-sampled bins dominate
+            shift = float(np.sum(w * (p.free_energy_kT[ok] - at_centres[ok])) / w.sum())
+        else:
+            shift = -float(np.nanmin(Fx))
         ax.plot(xs, (Fx + shift) * scale[0], color="black", ls="--", lw=1.2, label="exact")
     ax.set_xlabel(f"{profiles[0].coordinate}" + (f" / {profiles[0].unit}" if profiles[0].unit else ""))
     ax.set_ylabel("F / kT" if unit == "kT" else r"F / kJ mol$^{-1}$")

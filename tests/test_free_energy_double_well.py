@@ -100,7 +100,7 @@ def test_mbar_profile_combines_generator_and_hot_md(trained):
     """MBAR over the generator state and MD at 900 K (crossing freely): profile at 300 K."""
     system, gen, samples = trained
     hot = system.with_temperature(900.0)
-    md = openmm_bg.simulate(hot, n_frames=3000, stride=50, seed=3, friction=10.0, progress=False)
+    md = openmm_bg.simulate(hot, n_frames=3000, stride=300, seed=3, friction=10.0, progress=False)
     edges = np.linspace(-2.5, 2.5, 21)
     profile = mbar_profile("x1", system, samples=gen.sample(5000, seed=4), generators=gen,
                            trajectories=[(hot, md)], bins=edges)
@@ -122,7 +122,8 @@ def test_mbar_profile_combines_generator_and_hot_md(trained):
     exact_900 = exact_bin_free_energy(edges, scale=1 / 3)
     good = np.isfinite(at_900.free_energy_kT)
     d3 = at_900.free_energy_kT[good] - exact_900[good]
-    assert np.ptp(d3) < 1.0
+    d3 -= np.average(d3, weights=1 / at_900.error_kT[good] ** 2)
+    assert good.sum() >= 18 and np.all(np.abs(d3) < 4 * at_900.error_kT[good] + 0.1), d3
 
 
 def test_plots_are_written(trained, tmp_path):

@@ -29,16 +29,25 @@ import openmm
 import openmm.unit as unit
 
 from openmm_bg.systems import kT_kJ_per_mol, load
-from openmm_bg.systems.peptides import ALANINE_PHI, C7AX_PHI_RANGE
+from openmm_bg.systems.peptides import ALANINE_PHI, ALANINE_PSI, C7AX_PHI_RANGE
 
 HERE = Path(__file__).resolve().parent
 RESULT = HERE / "alanine_reference.json"
+CACHE = HERE.parent / "cache"
 
 
-def _phi(positions: np.ndarray) -> float:
+def _phi_psi(positions: np.ndarray) -> tuple[float, float]:
     from openmm_bg.geometry import dihedral
 
-    return float(dihedral(positions[None], *ALANINE_PHI)[0])
+    return (float(dihedral(positions[None], *ALANINE_PHI)[0]), float(dihedral(positions[None], *ALANINE_PSI)[0]))
+
+
+def _save_samples(name: str, **arrays) -> Path:
+    """Cache the reference's (phi, psi) samples and weights for the 2D-histogram comparison."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"{name}.npz"
+    np.savez_compressed(path, **arrays)
+    return path
 
 
 def _in_c7ax(phi: np.ndarray) -> np.ndarray:
@@ -80,6 +89,7 @@ def parallel_tempering(solvent: str, n_iterations: int, steps_per_iteration: int
         integrators.append(integrator)
     betas = np.array([1.0 / kT_kJ_per_mol(t) for t in temperatures])
     phi_300 = np.empty(n_iterations)
+    psi_300 = np.empty(n_iterations)
     accepted, attempted = 0, 0
     start = time.perf_counter()
     for it in range(n_iterations):
@@ -102,14 +112,15 @@ def parallel_tempering(solvent: str, n_iterations: int, steps_per_iteration: int
                 context.setPositions(src.getPositions())
                 context.setVelocities(src.getVelocities() * scale)
         pos0 = states[order[0]].getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-        phi_300[it] = _phi(np.asarray(pos0))
+        phi_300[it], psi_300[it] = _phi_psi(np.asarray(pos0))
         if (it + 1) % max(1, n_iterations // 20) == 0:
             frac = _in_c7ax(phi_300[:it + 1]).mean()
             print(f"  PT {it + 1}/{n_iterations}: C7ax fraction {frac:.4f}, exchange acceptance "
                   f"{accepted / max(attempted, 1):.2f}, {time.perf_counter() - start:.0f} s", flush=True)
-    indicator = _in_c7ax(phi_300)
     burn = n_iterations // 10
-    indicator = indicator[burn:]
+    indicator = _in_c7ax(phi_300[burn:])
+    _save_samples(f"alanine_{solvent}_pt", phi=phi_300[burn:], psi=psi_300[burn:],
+                  log_weights=np.zeros(n_iterations - burn))
     delta = _delta_a(indicator)
     error = _block_bootstrap(indicator, 20, _delta_a, 500, np.random.default_rng(seed))
     return {"delta_a_kT": delta, "error_kT": error, "c7ax_fraction": float(indicator.mean()),
@@ -145,6 +156,7 @@ def umbrella(solvent: str, n_windows: int, k_kj: float, equilibration_ps: float,
     stride = 100  # 0.1 ps between samples
     n_samples = int(production_ps * 1000 / stride)
     phis = np.empty((n_windows, n_samples))
+    psis = np.empty((n_windows, n_samples))
     start = time.perf_counter()
     # walk the windows in order along the circle, so each starts from its neighbour's end
     for w, centre in enumerate(centres):
@@ -153,7 +165,7 @@ def umbrella(solvent: str, n_windows: int, k_kj: float, equilibration_ps: float,
         for s in range(n_samples):
             integrator.step(stride)
             pos = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-            phis[w, s] = _phi(np.asarray(pos))
+            phis[w, s], psis[w, s] = _phi_psi(np.asarray(pos))
         print(f"  window {w + 1}/{n_windows} at phi0 = {centre:+.2f}: mean phi {phis[w].mean():+.2f}, "
               f"{time.perf_counter() - start:.0f} s", flush=True)
 
@@ -162,17 +174,19 @@ def umbrella(solvent: str, n_windows: int, k_kj: float, equilibration_ps: float,
         d = np.minimum(d, 2 * math.pi - d)
         return 0.5 * k_kj * d**2 / kT
 
-    def estimate(samples: np.ndarray) -> float:  # samples: [n_windows, n]
-        flat = samples.ravel()
-        u_kn = bias(flat)
+    def unbiased_log_weights(samples: np.ndarray) -> np.ndarray:  # samples: [n_windows, n]
+        u_kn = bias(samples.ravel())
         n_k = np.full(n_windows, samples.shape[1])
         mbar = pymbar.MBAR(u_kn, n_k, verbose=False, initial_f_k=None)
-        log_denominator = np.logaddexp.reduce(np.log(n_k)[:, None] + mbar.f_k[:, None] - u_kn, axis=0)
-        log_w = -log_denominator
-        w = np.exp(log_w - log_w.max())
-        return _delta_a(_in_c7ax(flat), w)
+        return -np.logaddexp.reduce(np.log(n_k)[:, None] + mbar.f_k[:, None] - u_kn, axis=0)
 
-    delta = estimate(phis)
+    def estimate(samples: np.ndarray) -> float:
+        log_w = unbiased_log_weights(samples)
+        return _delta_a(_in_c7ax(samples.ravel()), np.exp(log_w - log_w.max()))
+
+    log_w = unbiased_log_weights(phis)
+    delta = _delta_a(_in_c7ax(phis.ravel()), np.exp(log_w - log_w.max()))
+    _save_samples(f"alanine_{solvent}_umbrella", phi=phis.ravel(), psi=psis.ravel(), log_weights=log_w)
     rng = np.random.default_rng(seed)
     n_blocks = 10
     blocks = np.array_split(np.arange(n_samples), n_blocks)

@@ -261,7 +261,12 @@ def _power(a, b):
             result = result * a
         return 1.0 / result if n < 0 else result
     if not _is_tensor(a, b):
-        return float(a) ** b
+        try:
+            return math.pow(a, b)
+        except ValueError:  # e.g. a negative base with a fractional exponent, as C's pow
+            return math.nan
+        except OverflowError:
+            return math.inf
     if isinstance(a, torch.Tensor):
         return torch.pow(a, b)
     return torch.pow(torch.as_tensor(a, dtype=b.dtype, device=b.device), b)

@@ -857,7 +857,7 @@ class TorchForceField(nn.Module):
         self.to(device)
         # torch.compile fuses the elementwise pair arithmetic (forward and backward) into loops;
         # costs a one-off compilation (about a minute on CPU) and a C++ compiler.
-        self._compiled = torch.compile(self._energy) if compile else None
+        self._compiled = torch.compile(self._energy, dynamic=True) if compile else None
 
     @property
     def device(self) -> torch.device:

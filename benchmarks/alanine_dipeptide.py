@@ -1,0 +1,197 @@
+"""Quality benchmark of the Boltzmann Generator on alanine dipeptide (AMBER ff96, 300 K, no constraints).
+
+Per run (one solvent, one flow), on the CPU:
+
+1. training data: Langevin MD at 300 K from a C7eq start and from a C7ax start (found by a short
+   800 K run), cached in ``benchmarks/cache/`` (total within the 10 ns budget);
+2. training for a wall-clock budget: ML, then ML + KL with a rising KL weight, then KL-dominated;
+3. ``--samples`` reweighted samples: ESS/N with the weight diagnostics, the fraction with inverted
+   chirality, Delta A = A(C7ax) - A(C7eq) with its bootstrap error, KL(reference || reweighted) of
+   the 64 x 64 phi/psi histogram (pseudocount 1e-10 per bin) against the reference samples of
+   ``benchmarks/reference/alanine_reference.py``, energy evaluations and wall times.
+
+Results go to ``benchmarks/results/alanine_{solvent}_{flow}.json`` and a Ramachandran plot
+``...png``; the model to ``benchmarks/cache/alanine_{solvent}_{flow}.bg`` (``--save-model`` elsewhere).
+
+    python benchmarks/alanine_dipeptide.py --solvent vacuum --flow realnvp --train-minutes 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import mdtraj
+import numpy as np
+import torch
+
+import openmm_bg
+from openmm_bg.free_energy import state_free_energy
+from openmm_bg.systems import load
+from openmm_bg.training import Stage, Trainer, plot_history
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / "cache"
+RESULTS = HERE / "results"
+REFERENCE = HERE / "reference" / "alanine_reference.json"
+
+
+def c7ax_start(system, seed: int) -> np.ndarray:
+    """A configuration in the C7ax core (0.5 < phi < 1.8), from a short 800 K run, relaxed at 300 K."""
+    phi = system.reaction_coordinates["phi"]
+    hot = openmm_bg.simulate(system, n_frames=2000, stride=50, temperature=800.0, seed=seed, progress=False)
+    values = phi(hot)
+    inside = np.flatnonzero((values > 0.7) & (values < 1.6))
+    if inside.size == 0:
+        raise RuntimeError("the 800 K run did not visit C7ax; rerun with another --seed")
+    return hot.xyz[inside[0]].astype(np.float64)
+
+
+def training_data(system, solvent: str, md_ns: float, c7ax_fraction: float, seed: int) -> mdtraj.Trajectory:
+    """300 K MD frames (1 ps apart) from C7eq and C7ax starts; cached."""
+    path = CACHE / f"alanine_{solvent}_md_{md_ns:g}ns_seed{seed}.h5"
+    if path.exists():
+        return mdtraj.load(str(path))
+    CACHE.mkdir(parents=True, exist_ok=True)
+    n_total = int(md_ns * 1000)
+    n_ax = int(n_total * c7ax_fraction)
+    eq = openmm_bg.simulate(system, n_frames=n_total - n_ax, stride=1000, seed=seed, equilibration_steps=10000)
+    start = c7ax_start(system, seed)
+    ax = openmm_bg.simulate(system, n_frames=n_ax, stride=1000, seed=seed + 1, positions=start,
+                            equilibration_steps=10000)
+    data = mdtraj.join([eq, ax])
+    data.save(str(path))
+    return data
+
+
+def schedule(step_seconds: float, minutes: float) -> list[Stage]:
+    """Stages sized to a wall-clock budget from the measured seconds per ML+KL step."""
+    n = max(30, int(minutes * 60 / step_seconds))
+    return [Stage("ml", steps=int(0.25 * n), lr=1e-3, batch_size=256),
+            Stage("ml+kl", steps=int(0.5 * n), kl=1e-3, kl_end=0.2, lr=5e-4, batch_size=256, kl_batch_size=256),
+            Stage("kl", steps=n - int(0.25 * n) - int(0.5 * n), kl=0.2, kl_end=0.5, lr=1e-4, batch_size=256,
+                  kl_batch_size=512)]
+
+
+def histogram_kl(reference: dict, phi: np.ndarray, psi: np.ndarray, log_w: np.ndarray, bins: int = 64) -> float:
+    """KL(reference || reweighted) of the phi/psi histograms, pseudocount 1e-10 per bin."""
+    edges = np.linspace(-math.pi, math.pi, bins + 1)
+
+    def hist(a, b, lw):
+        w = np.exp(lw - lw[np.isfinite(lw)].max())
+        w[~np.isfinite(lw)] = 0
+        h = np.histogram2d(a, b, bins=[edges, edges], weights=w)[0] + 1e-10
+        return h / h.sum()
+
+    p = hist(reference["phi"], reference["psi"], reference["log_weights"])
+    q = hist(phi, psi, log_w)
+    return float(np.sum(p * np.log(p / q)))
+
+
+def ramachandran(path: Path, data_phi, data_psi, phi, psi, log_w, ref) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4), sharex=True, sharey=True)
+    w = np.exp(log_w - log_w[np.isfinite(log_w)].max())
+    w[~np.isfinite(log_w)] = 0
+    rw = np.exp(ref["log_weights"] - ref["log_weights"].max())
+    panels = [("MD training data", data_phi, data_psi, None), ("BG samples (raw)", phi, psi, None),
+              ("BG samples (reweighted)", phi, psi, w), ("reference", ref["phi"], ref["psi"], rw)]
+    for ax, (title, a, b, weights) in zip(axes, panels):
+        h, xe, ye = np.histogram2d(a, b, bins=64, range=[[-math.pi, math.pi]] * 2, weights=weights)
+        with np.errstate(divide="ignore"):
+            f = -np.log(h / h.sum())
+        ax.pcolormesh(xe, ye, (f - np.nanmin(f[np.isfinite(f)])).T, vmax=10, cmap="viridis")
+        ax.set_title(title)
+        ax.set_xlabel("phi (rad)")
+    axes[0].set_ylabel("psi (rad)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--solvent", choices=["vacuum", "implicit"], default="vacuum")
+    parser.add_argument("--flow", choices=["realnvp", "spline"], default="realnvp")
+    parser.add_argument("--train-minutes", type=float, default=30.0, help="training budget (wall clock, min)")
+    parser.add_argument("--md-ns", type=float, default=5.0, help="training MD at 300 K (ns, <= 10)")
+    parser.add_argument("--c7ax-fraction", type=float, default=0.25, help="share of MD started in C7ax")
+    parser.add_argument("--samples", type=int, default=100_000)
+    parser.add_argument("--n-blocks", type=int, default=6)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-model", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tag = f"alanine_{args.solvent}_{args.flow}"
+    system = load("alanine_dipeptide", solvent=args.solvent)
+    t0 = time.perf_counter()
+    data = training_data(system, args.solvent, args.md_ns, args.c7ax_fraction, args.seed)
+    t_data = time.perf_counter() - t0
+    gen = openmm_bg.BoltzmannGenerator.build(system, data, flow=args.flow, n_blocks=args.n_blocks,
+                                             hidden=tuple(args.hidden), seed=args.seed)
+    probe = Trainer(gen, data, [Stage("probe", 10, kl=0.01, kl_batch_size=256)], seed=args.seed, progress=False)
+    t1 = time.perf_counter()
+    probe.fit()
+    step_s = (time.perf_counter() - t1) / 10
+    gen = openmm_bg.BoltzmannGenerator.build(system, data, flow=args.flow, n_blocks=args.n_blocks,
+                                             hidden=tuple(args.hidden), seed=args.seed)
+    stages = schedule(step_s, args.train_minutes)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(gen, data, stages, seed=args.seed, checkpoint=CACHE / f"{tag}.ckpt", checkpoint_every=500,
+                      metrics=RESULTS / f"{tag}_training.csv")
+    t2 = time.perf_counter()
+    history = trainer.fit(resume=True)
+    t_train = time.perf_counter() - t2
+    plot_history(history, RESULTS / f"{tag}_training.png")
+    model = args.save_model or CACHE / f"{tag}.bg"
+    gen.save(model, extra={"benchmark": vars(args) | {"save_model": str(args.save_model)}})
+    t3 = time.perf_counter()
+    samples = gen.sample(args.samples, seed=args.seed + 1, progress=True)
+    t_sample = time.perf_counter() - t3
+    diag = samples.diagnostics(warn=False)
+    phi, psi = samples.coordinate("phi"), samples.coordinate("psi")
+    result = {"solvent": args.solvent, "flow": args.flow, "n_samples": len(samples), "ess_fraction": diag.ess_fraction,
+              "max_weight_share": diag.max_weight_share, "pareto_k": diag.pareto_k,
+              "inverted_fraction": samples.counts["inverted_chirality"] / len(samples),
+              "out_of_domain_fraction": samples.counts["out_of_domain"] / len(samples),
+              "training_steps": len(history), "skipped_steps": trainer.n_skipped,
+              "energy_evaluations": trainer.energy_evaluations + len(samples), "md_ns": args.md_ns,
+              "wall_s": {"md": t_data, "training": t_train, "sampling": t_sample}}
+    try:
+        fe = state_free_energy(samples, "C7eq", "C7ax", warn=False)
+        result.update(delta_a_kT=fe.delta_a_kT, delta_a_error_kT=fe.error_kT, ess_c7ax=fe.ess_b)
+    except ValueError as err:
+        result.update(delta_a_kT=None, delta_a_error_kT=None, delta_a_note=str(err))
+    reference = json.loads(REFERENCE.read_text()).get(args.solvent) if REFERENCE.exists() else None
+    ref_samples = None
+    for method in ("pt", "umbrella"):
+        path = CACHE / f"alanine_{args.solvent}_{method}.npz"
+        if path.exists():
+            ref_samples = dict(np.load(path))
+            result["histogram_reference"] = method
+            break
+    if reference is not None:
+        result.update(reference_delta_a_kT=reference["delta_a_kT"], reference_error_kT=reference["error_kT"])
+        if result.get("delta_a_kT") is not None:
+            result["delta_a_deviation_kT"] = result["delta_a_kT"] - reference["delta_a_kT"]
+    if ref_samples is not None:
+        result["kl_phi_psi"] = histogram_kl(ref_samples, phi, psi, samples.log_weights)
+        ramachandran(RESULTS / f"{tag}.png", system.reaction_coordinates["phi"](data),
+                     system.reaction_coordinates["psi"](data), phi, psi, samples.log_weights, ref_samples)
+    (RESULTS / f"{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
