@@ -1,18 +1,99 @@
 """The ``openmm-bg`` command line.
 
-Examples
---------
-$ openmm-bg systems            # list built-in systems, their states and reference energies
+Subcommands (``openmm-bg SUBCOMMAND --help`` explains every option with its unit)::
+
+    openmm-bg systems                               # built-in systems, states, reference energies
+    openmm-bg simulate alanine_dipeptide -n 2000 --stride 500 -o md.h5
+    openmm-bg train alanine_dipeptide --data md.h5 -o model.bg      # resumable (checkpoint beside -o)
+    openmm-bg sample model.bg -n 100000 -o samples.npz
+    openmm-bg free-energy model.bg --states C7eq,C7ax --profile phi -o results/
+    openmm-bg demo                                  # the main job (alanine dipeptide, vacuum)
+
+A system is a built-in name (with ``--option key=value`` for its options, e.g. ``solvent=implicit``)
+or files: ``x.pdb`` with ``--forcefield``, ``x.prmtop``/``x.top``/``x.psf`` with ``--coordinates``.
+Errors are one line with exit code 2; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
+from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
 
 
+class CLIError(Exception):
+    """An error reported to the user as one line (exit code 2)."""
+
+
+# ---------------------------------------------------------------------- systems
+def _parse_options(pairs: list[str] | None) -> dict:
+    options = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise CLIError(f"--option takes key=value, got {pair!r} (e.g. --option solvent=implicit)")
+        key, value = pair.split("=", 1)
+        if value.lower() in ("none", "null"):
+            options[key] = None
+        else:
+            try:
+                options[key] = float(value) if value.replace(".", "", 1).isdigit() else value
+            except ValueError:
+                options[key] = value
+    return options
+
+
+def system_spec(args: argparse.Namespace) -> dict:
+    """How to rebuild the system: stored in model files so later commands need no options."""
+    name = args.system
+    spec = {"temperature": args.temperature} if getattr(args, "temperature", None) else {}
+    if Path(name).suffix:
+        spec.update(files={"structure": str(Path(name).resolve()),
+                           "coordinates": str(Path(args.coordinates).resolve()) if args.coordinates else None,
+                           "forcefield": args.forcefield, "parameters": args.parameters,
+                           "implicit_solvent": args.implicit_solvent})
+    else:
+        spec.update(name=name, options=_parse_options(args.option))
+    return spec
+
+
+def load_system(spec: dict):
+    """A `MolecularSystem` from a spec written by `system_spec`."""
+    import openmm_bg.systems as bgs
+
+    temperature = spec.get("temperature")
+    if "name" in spec:
+        options = dict(spec.get("options") or {})
+        if temperature:
+            options["temperature"] = temperature
+        return bgs.load(spec["name"], **options)
+    files = spec["files"]
+    path = Path(files["structure"])
+    extra = {"temperature": temperature} if temperature else {}
+    if path.suffix.lower() == ".pdb":
+        forcefield = files.get("forcefield") or ["amber14-all.xml"]
+        return bgs.from_pdb(path, forcefield=forcefield, **extra)
+    return bgs.from_files(path, files.get("coordinates"), parameters=files.get("parameters"),
+                          implicit_solvent=files.get("implicit_solvent"), **extra)
+
+
+def _system_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("system", help="built-in system name (see 'openmm-bg systems') or a structure/topology file "
+                                  "(.pdb, .prmtop, .top, .psf)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="option of a built-in system, e.g. solvent=implicit, constraints=hbonds (repeatable)")
+    p.add_argument("--coordinates", help="coordinate file for a topology file (.inpcrd, .gro, .crd)")
+    p.add_argument("--forcefield", nargs="+", help="OpenMM force-field XML files for a PDB "
+                                                   "(default amber14-all.xml)")
+    p.add_argument("--parameters", nargs="+", help="CHARMM parameter files (.prm, .rtf, .str)")
+    p.add_argument("--implicit-solvent", help="implicit-solvent model for topology files: OBC1, OBC2, GBn, GBn2, HCT")
+    p.add_argument("--temperature", type=float, help="temperature in K (default: the system's, 300 K)")
+
+
+# ---------------------------------------------------------------------- commands
 def _cmd_systems(args: argparse.Namespace) -> int:
     import openmm_bg.systems as bgs
 
@@ -20,20 +101,203 @@ def _cmd_systems(args: argparse.Namespace) -> int:
     for name in names:
         system = bgs.load(name)
         energy = system.reduced_energy()[0]
-        print(f"{system.summary()}")
-        print(f"    {system.description}; reference energy {energy:.3f} kT")
+        print(system.summary())
+        coordinates = ", ".join(f"{k} ({v.unit})" for k, v in system.reaction_coordinates.items()) or "none"
+        print(f"    {system.description}; coordinates: {coordinates}; reference energy {energy:.3f} kT")
     return 0
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    import openmm_bg
+
+    system = load_system(system_spec(args))
+    _check_output(args.output, (".h5", ".dcd", ".xtc", ".pdb", ".nc", ".trr"))
+    traj = openmm_bg.simulate(system, n_frames=args.frames, stride=args.stride, seed=args.seed,
+                              timestep=args.timestep, friction=args.friction, output=args.output,
+                              equilibration_steps=args.equilibration, minimize=args.minimize)
+    print(f"wrote {traj.n_frames} frames ({traj.time[-1]:.1f} ps) of {system.name} to {args.output}")
+    return 0
+
+
+def _check_output(path, suffixes) -> None:
+    p = Path(path)
+    if p.suffix.lower() not in suffixes:
+        raise CLIError(f"output {str(p)!r}: use one of the suffixes {', '.join(suffixes)}")
+    if not p.parent.exists():
+        raise CLIError(f"output folder {str(p.parent)!r} does not exist; create it first")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import openmm_bg
+    from openmm_bg.training import Trainer, default_stages, load_stages, plot_history
+
+    spec = system_spec(args)
+    system = load_system(spec)
+    system.require_nonperiodic("openmm-bg train")
+    if not Path(args.data).is_file():
+        raise CLIError(f"training data not found: {args.data!r}; make some with 'openmm-bg simulate'")
+    stages = load_stages(args.config) if args.config else default_stages(args.steps_scale)
+    output = Path(args.output)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else output.with_name(output.name + ".ckpt")
+    gen = openmm_bg.BoltzmannGenerator.build(system, args.data, flow=args.flow, n_blocks=args.n_blocks,
+                                             hidden=tuple(args.hidden), seed=args.seed)
+    metrics = output.with_name(output.stem + "_training.csv")
+    trainer = Trainer(gen, args.data, stages, seed=args.seed, rc=args.rc, checkpoint=checkpoint,
+                      checkpoint_every=args.checkpoint_every, metrics=metrics)
+    if checkpoint.exists() and not args.restart:
+        print(f"resuming from {checkpoint} (use --restart to start over)")
+    elif checkpoint.exists():
+        checkpoint.unlink()
+    history = trainer.fit(resume=not args.restart)
+    gen.save(output, extra={"system_spec": spec})
+    plot = plot_history(history, output.with_name(output.stem + "_training.png"))
+    last = history[-1]
+    print(f"trained {len(history)} steps ({trainer.n_skipped} skipped), final ML {last['ml']:.3f}, "
+          f"KL {last['kl']:.3f} kT; model {output}, metrics {metrics}, curves {plot}")
+    return 0
+
+
+def _load_model(path: str, args: argparse.Namespace):
+    import openmm_bg
+    from openmm_bg.generator import read_model_file
+
+    payload = read_model_file(path)
+    spec = payload.get("extra", {}).get("system_spec")
+    if spec is None:
+        raise CLIError(f"{path} does not say which system it belongs to (saved outside the CLI); load it "
+                       "in Python with BoltzmannGenerator.load(path, system)")
+    if getattr(args, "temperature", None):
+        spec = dict(spec, temperature=args.temperature)
+    system = load_system(spec)
+    return openmm_bg.BoltzmannGenerator.load(path, system)
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    gen = _load_model(args.model, args)
+    _check_output(args.output, (".npz",))
+    samples = gen.sample(args.n, seed=args.seed, progress=True)
+    path = samples.save(args.output)
+    print(samples.summary())
+    if args.trajectory:
+        traj = samples.resample(seed=args.seed)
+        traj.save(args.trajectory)
+        print(f"wrote {traj.n_frames} resampled (unweighted) frames to {args.trajectory}")
+    print(f"wrote the weighted samples (positions nm, energies kT, log weights) to {path}")
+    return 0
+
+
+def _cmd_free_energy(args: argparse.Namespace) -> int:
+    from openmm_bg.free_energy import free_energy_profile, state_free_energy
+    from openmm_bg.plots import plot_profile
+
+    gen = _load_model(args.model, args)
+    states = [s.strip() for s in args.states.split(",")]
+    if len(states) != 2:
+        raise CLIError(f"--states takes two names separated by a comma, e.g. C7eq,C7ax; got {args.states!r}")
+    for s in states:
+        if s not in gen.system.states:
+            raise CLIError(f"system {gen.system.name!r} has no state {s!r}; it has {sorted(gen.system.states)}")
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = gen.sample(args.n, seed=args.seed, progress=True)
+    result = state_free_energy(samples, states[0], states[1], n_bootstrap=args.bootstrap, seed=args.seed)
+    print(result)
+    report = {"free_energy": result.as_dict(), "diagnostics": samples.diagnostics(warn=False).as_dict()}
+    coordinate = args.profile or next(iter(gen.system.reaction_coordinates), None)
+    if coordinate is not None:
+        profile = free_energy_profile(samples, coordinate, bins=args.bins, seed=args.seed)
+        path = plot_profile(profile, out / f"profile_{coordinate}.png", title=f"{gen.system.name}: {coordinate}")
+        report["profile"] = profile.as_dict()
+        print(f"profile along {coordinate}: {path}")
+    (out / "free_energy.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(f"numbers: {out / 'free_energy.json'}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.output), quick=args.quick, from_scratch=args.from_scratch, seed=args.seed,
+             n_samples=args.samples)
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``openmm-bg``."""
-    parser = argparse.ArgumentParser(
-        prog="openmm-bg", description="Boltzmann Generators for OpenMM systems.")
+    parser = argparse.ArgumentParser(prog="openmm-bg", description="Boltzmann Generators for OpenMM systems.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Units: positions nm, energies kT, temperatures K, times ps.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: the flows are small, and it leaves cores to OpenMM)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     p = sub.add_parser("systems", help="list built-in systems with their states and reference energy (kT)")
     p.add_argument("name", nargs="?", help="show only this system")
     p.set_defaults(func=_cmd_systems)
+
+    p = sub.add_parser("simulate", help="Langevin MD of a system, written as a trajectory (training data)")
+    _system_arguments(p)
+    p.add_argument("-n", "--frames", type=int, default=1000, help="number of frames to write (default 1000)")
+    p.add_argument("--stride", type=int, default=500, help="MD steps between frames (default 500)")
+    p.add_argument("--timestep", type=float, help="time step in ps (default 0.001 for molecules, 0.002 with "
+                                                  "constraints, 0.005 for 2D toy systems)")
+    p.add_argument("--friction", type=float, default=1.0, help="collision rate in 1/ps (default 1)")
+    p.add_argument("--equilibration", type=int, default=0, help="MD steps discarded before the first frame")
+    p.add_argument("--minimize", action="store_true", help="minimise the energy first")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("-o", "--output", required=True, help="trajectory file (.h5, .dcd, .xtc, ...)")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("train", help="train a Boltzmann Generator on MD data (resumes an interrupted run)")
+    _system_arguments(p)
+    p.add_argument("--data", required=True, help="training trajectory (.h5 with topology, or .dcd/.xtc matching "
+                                                 "the system's atoms)")
+    p.add_argument("--config", help="TOML file of training stages ([[stage]] tables with steps, ml, kl, kl_end, "
+                                    "rc, lr, batch_size, ...); default ML then ML+KL")
+    p.add_argument("--steps-scale", type=float, default=1.0, help="scale the default stages' step counts")
+    p.add_argument("--flow", choices=["realnvp", "spline"], default="realnvp", help="flow architecture")
+    p.add_argument("--n-blocks", type=int, default=4, help="coupling blocks (default 4)")
+    p.add_argument("--hidden", type=int, nargs="+", default=[128, 128], help="hidden layer widths")
+    p.add_argument("--rc", help="reaction coordinate for the RC loss (a name of the system's coordinates)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--checkpoint", help="checkpoint file (default OUTPUT.ckpt)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
+    p.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.bg)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sample", help="draw weighted samples from a trained model")
+    p.add_argument("model", help="model file written by 'openmm-bg train'")
+    p.add_argument("-n", type=int, default=10000, help="number of samples (default 10000)")
+    p.add_argument("--temperature", type=float, help="sample at this temperature in K (weights exact)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("-o", "--output", required=True, help="weighted samples (.npz: positions nm, energies kT, "
+                                                         "log weights)")
+    p.add_argument("--trajectory", help="also write an unweighted (resampled) trajectory, e.g. samples.h5")
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("free-energy", help="free-energy difference between two states, with a profile plot")
+    p.add_argument("model", help="model file written by 'openmm-bg train'")
+    p.add_argument("--states", required=True, help="two state names, e.g. C7eq,C7ax (A,B gives A(B) - A(A))")
+    p.add_argument("-n", type=int, default=50000, help="number of samples (default 50000)")
+    p.add_argument("--profile", help="reaction coordinate of the profile (default the system's first)")
+    p.add_argument("--bins", type=int, default=50, help="bins of the profile")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicas for the error")
+    p.add_argument("--temperature", type=float, help="temperature in K (default the model's)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("-o", "--output", default="free_energy", help="output folder (JSON numbers, PNG profile)")
+    p.set_defaults(func=_cmd_free_energy)
+
+    p = sub.add_parser("demo", help="the main job: alanine dipeptide in vacuum, Delta A(C7ax - C7eq) and plots")
+    p.add_argument("--quick", action="store_true", help="smoke mode: tiny MD and training (about a minute)")
+    p.add_argument("--from-scratch", action="store_true", help="run MD and training instead of using the "
+                                                                "shipped pretrained model (under 15 minutes)")
+    p.add_argument("--samples", type=int, help="number of generator samples (default 100000; 5000 with --quick)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("-o", "--output", default="openmm-bg-demo", help="output folder (default openmm-bg-demo)")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 
@@ -41,14 +305,22 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``openmm-bg`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(message)s")
     try:
+        if args.command != "systems":
+            import torch
+
+            torch.set_num_threads(max(1, args.threads))
         return args.func(args)
-    except (KeyError, ValueError, FileNotFoundError, TypeError) as err:
+    except (CLIError, KeyError, ValueError, FileNotFoundError, TypeError, RuntimeError) as err:
         if args.debug:
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"openmm-bg: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("openmm-bg: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

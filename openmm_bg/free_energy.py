@@ -31,9 +31,11 @@ Examples
 >>> dw = load("double_well")
 >>> data = openmm_bg.simulate(dw, n_frames=200, stride=10, seed=0, progress=False)
 >>> gen = openmm_bg.BoltzmannGenerator.build(dw, data, n_blocks=2, hidden=(16,), seed=0)
->>> result = state_free_energy(gen.sample(2000, seed=1), "left", "right", min_ess=1)
->>> result.state_b, result.unit_note
-('right', 'kT at 300 K')
+>>> def deep(x):  # any boolean function of positions [n, n_atoms, 3] (nm) is a state
+...     return x[:, 0, 0] < -1.8
+>>> result = state_free_energy(gen.sample(2000, seed=1), "left", deep)
+>>> result.state_b, result.unit_note, result.delta_a_kT > 0
+('deep', 'kT at 300 K', True)
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ from .systems import MolecularSystem, ReactionCoordinate, State
 from .systems.molecular_system import kT_kJ_per_mol
 
 __all__ = ["InsufficientSamplesError", "StateFreeEnergy", "ThermodynamicFreeEnergy", "TwoGeneratorEstimate",
-           "FreeEnergyProfile", "FreeEnergySurface", "state_free_energy", "thermodynamic_free_energy",
+           "FreeEnergyProfile", "FreeEnergySurface", "state_free_energy", "state_free_energy_mbar",
+           "thermodynamic_free_energy",
            "two_generator_estimate", "free_energy_profile", "mbar_profile", "free_energy_surface",
            "pymbar_module", "KJ_PER_KCAL", "DEFAULT_MIN_ESS"]
 
@@ -160,6 +163,11 @@ class StateFreeEnergy:
         Bootstrap error over samples only (generators fixed).
     n_bootstrap : int
         Bootstrap replicas.
+    method : str
+        ``"reweighting"`` (self-normalised importance sampling, bootstrap error) or ``"mbar"``
+        (generator as reference state with MD inside the states, asymptotic error).
+    notes : tuple of str
+        What was done.
     """
 
     state_a: str
@@ -178,6 +186,8 @@ class StateFreeEnergy:
     per_generator_kT: tuple[float, ...] = ()
     error_samples_kT: float = math.nan
     n_bootstrap: int = 0
+    method: str = "reweighting"
+    notes: tuple[str, ...] = ()
 
     @property
     def unit_note(self) -> str:
@@ -215,6 +225,8 @@ class StateFreeEnergy:
     def reliable(self) -> bool:
         """False when the weights (overall or inside a state) have Pareto k >= 0.7: the bootstrap error
         then understates the true error."""
+        if self.method == "mbar":  # the generator's own weights need not be light-tailed for MBAR
+            return self.diagnostics_a.reliable and self.diagnostics_b.reliable
         return self.diagnostics.reliable and self.diagnostics_a.reliable and self.diagnostics_b.reliable
 
     def as_dict(self) -> dict:
@@ -228,11 +240,13 @@ class StateFreeEnergy:
     def __str__(self) -> str:
         flag = "" if self.reliable else " [UNRELIABLE: Pareto k >= 0.7]"
         gens = f", {self.n_generators} generators" if self.n_generators > 1 else ""
+        gens += ", MBAR with MD" if self.method == "mbar" else ""
         return (f"A({self.state_b}) - A({self.state_a}) = {self.delta_a_kT:.3f} +- {self.error_kT:.3f} kT "
                 f"({self.delta_a_kJ_mol:.3f} +- {self.error_kJ_mol:.3f} kJ/mol, {self.delta_a_kcal_mol:.3f} "
                 f"+- {self.error_kcal_mol:.3f} kcal/mol) at {self.temperature:g} K{gens}; ESS in "
                 f"{self.state_a} {self.ess_a:.1f} (n={self.n_a}), in {self.state_b} {self.ess_b:.1f} "
-                f"(n={self.n_b}); all weights: {self.diagnostics}{flag}")
+                f"(n={self.n_b}); {'generator weights' if self.method == 'mbar' else 'all weights'}: "
+                f"{self.diagnostics}{flag}")
 
 
 StateLike = str | State | Callable[..., Any]
@@ -443,6 +457,135 @@ def state_free_energy(samples: Samples | Sequence[Samples], state_a: StateLike, 
                       f"{da.pareto_k:.2f}, {name_b} {db.pareto_k:.2f}; >= 0.7 is unreliable): the bootstrap "
                       f"error of Delta A({name_b} - {name_a}) understates the true error", RuntimeWarning,
                       stacklevel=2)
+    return result
+
+
+def state_free_energy_mbar(samples: Samples, generator, state_a: StateLike, state_b: StateLike, md_a=None,
+                           md_b=None, decorrelate: bool = True, min_ess: float = DEFAULT_MIN_ESS,
+                           warn: bool = True) -> StateFreeEnergy:
+    """``A_B - A_A`` between conformational states with the generator as a normalised reference (MBAR).
+
+    Three MBAR states: the generator (reduced potential ``-log p_X``, ``f = 0``), and the Boltzmann
+    distribution restricted to state A and to state B (``u`` inside, ``+inf`` outside), so that
+    ``f_A = -log Z_A`` and ``Delta A = f_B - f_A``. BG samples are drawn from the first; MD frames
+    that start in a metastable state and stay there are samples of the restricted distributions
+    (frames outside the state are dropped and counted). This uses the generator's samples *and*
+    the MD frames in both directions (BAR-like), so it stays accurate with a generator whose
+    importance weights alone are too heavy-tailed; without MD it reduces to `state_free_energy`
+    (with an asymptotic instead of a bootstrap error).
+
+    Parameters
+    ----------
+    samples : Samples
+        BG samples with their log densities (one set).
+    generator : BoltzmannGenerator
+        The generator that drew ``samples`` (its density is evaluated on MD frames).
+    state_a, state_b : str, State or callable
+        As in `state_free_energy`.
+    md_a, md_b : mdtraj.Trajectory, array or sequence of them, optional
+        MD frames ``[n, n_atoms, 3]`` (nm) at the samples' temperature inside state A / B (local
+        equilibrium within a metastable state is assumed).
+    decorrelate : bool
+        Subsample MD by the statistical inefficiency of its reduced energy and generator log density.
+    min_ess : float
+        Minimum Kish ESS of MBAR's weights inside each state.
+    warn : bool
+        Warn when MBAR's weights for a state have Pareto k >= 0.7.
+
+    Returns
+    -------
+    StateFreeEnergy
+        ``method="mbar"``; ``error_kT`` is MBAR's asymptotic error; ESS and diagnostics are those of
+        MBAR's weights for each restricted state (``diagnostics``: the generator's importance weights).
+
+    Examples
+    --------
+    >>> r = state_free_energy_mbar(samples, gen, "C7eq", "C7ax", md_a=md_eq, md_b=md_ax)  # doctest: +SKIP
+    """
+    sets = _as_sample_sets(samples)
+    if len(sets) != 1:
+        raise ValueError("state_free_energy_mbar takes one sample set and its generator")
+    s = sets[0]
+    if generator is None or not hasattr(generator, "log_prob"):
+        raise TypeError("generator must be the BoltzmannGenerator that drew the samples")
+    _require_same_topology(s.system, generator.system, "the samples and the generator")
+    temperature = float(s.temperature)
+    target = s.system.with_temperature(temperature)
+    name_a, name_b = _state_name(state_a), _state_name(state_b)
+    notes = []
+    energies = _Energies()
+    try:
+        bg = _Ensemble(positions=np.asarray(s.positions, dtype=np.float64), valid=np.isfinite(s.log_weights),
+                       system=s.system, temperature=temperature, energies=s.energies, log_prob=s.log_prob,
+                       kind="generator")
+        columns = [(bg, energies.reduced(target, bg), np.where(np.isfinite(s.log_prob), -s.log_prob, 0.0))]
+        N_k = [len(bg), 0, 0]
+        for k, (state, trajs) in enumerate(((state_a, md_a), (state_b, md_b)), start=1):
+            for traj in _as_list(trajs):
+                ens = _md_ensemble(target, traj, f"MD data for state {_state_name(state)!r}")
+                u = energies.reduced(target, ens)
+                lp = _generator_log_prob(generator, ens.positions, temperature)
+                inside = _evaluate_state(state, target, ens.positions)
+                n_all = len(ens)
+                if not inside.any():
+                    raise InsufficientSamplesError(f"no MD frame lies in state {_state_name(state)!r}")
+                keep = np.flatnonzero(inside)
+                g = 1.0
+                if decorrelate:
+                    sub, g = _subsample_md(_Ensemble(positions=ens.positions[keep], valid=ens.valid[keep],
+                                                     system=target, temperature=temperature),
+                                           [u[keep], np.where(np.isfinite(lp[keep]), lp[keep], 0.0)])
+                    step = max(1, int(round(g)))
+                    keep = keep[::step]
+                notes.append(f"MD in {_state_name(state)!r}: {inside.sum()} of {n_all} frames inside, "
+                             f"statistical inefficiency {g:.1f}, kept {keep.size}")
+                md = _Ensemble(positions=ens.positions[keep], valid=ens.valid[keep], system=target,
+                               temperature=temperature)
+                columns.append((md, u[keep], -lp[keep], k))
+                N_k[k] += keep.size
+        # rows: generator, A-restricted, B-restricted; columns grouped by sampled state
+        blocks, masks_a, masks_b = [], [], []
+        order = [columns[0]] + sorted(columns[1:], key=lambda c: c[3])
+        for col in order:
+            ens, u, u_gen = col[0], col[1], col[2]
+            in_a = _evaluate_state(state_a, target, ens.positions) & ens.valid
+            in_b = _evaluate_state(state_b, target, ens.positions) & ens.valid
+            masks_a.append(in_a)
+            masks_b.append(in_b)
+            blocks.append(np.stack([u_gen, np.where(in_a, u, math.inf), np.where(in_b, u, math.inf)]))
+        u_kn = np.concatenate(blocks, axis=1)
+        in_a, in_b = np.concatenate(masks_a), np.concatenate(masks_b)
+        for name, mask in ((name_a, in_a), (name_b, in_b)):
+            if not mask.any():
+                raise InsufficientSamplesError(f"state {name!r} holds no samples (BG or MD); check its "
+                                               "definition, or give MD frames inside it")
+        if (in_a & in_b).any():
+            raise ValueError(f"states {name_a!r} and {name_b!r} overlap ({int((in_a & in_b).sum())} "
+                             "configurations in both)")
+        mbar = _solve_mbar(u_kn, np.asarray(N_k))
+        f, cov = _mbar_covariance(mbar)
+        with np.errstate(divide="ignore"):
+            lwa, lwb = np.log(mbar.W_nk[:, 1]), np.log(mbar.W_nk[:, 2])
+    finally:
+        energies.close()
+    da, db = _diag_from_log_w(lwa), _diag_from_log_w(lwb)
+    for name, d in ((name_a, da), (name_b, db)):
+        if d is None or d.ess < min_ess:
+            raise InsufficientSamplesError(
+                f"state {name!r} holds only {0 if d is None else d.ess:.1f} effective samples (Kish ESS of "
+                f"MBAR's weights), below min_ess={min_ess:g}; give more MD frames in it or more BG samples")
+    delta = float(f[2] - f[1])
+    err = float(math.sqrt(max(cov[1, 1] + cov[2, 2] - 2 * cov[1, 2], 0.0)))
+    notes.append(f"MBAR over generator, {name_a}-restricted and {name_b}-restricted states, N_k = {N_k}")
+    result = StateFreeEnergy(state_a=name_a, state_b=name_b, delta_a_kT=delta, error_kT=err,
+                             temperature=temperature, ess_a=da.ess, ess_b=db.ess, n_a=int(in_a.sum()),
+                             n_b=int(in_b.sum()), diagnostics=reweighting.diagnose(s.log_weights, warn=False),
+                             diagnostics_a=da, diagnostics_b=db, per_generator_kT=(delta,), method="mbar",
+                             notes=tuple(notes))
+    if warn and not (da.reliable and db.reliable):
+        warnings.warn(f"MBAR weights for a state are heavy-tailed (Pareto k {da.pareto_k:.2f}, "
+                      f"{db.pareto_k:.2f}): the asymptotic error may understate the true error",
+                      RuntimeWarning, stacklevel=2)
     return result
 
 
@@ -737,6 +880,27 @@ class _MBARProblem:
         return u, N_k
 
 
+def _initial_f(u_kn: np.ndarray, N_k: np.ndarray) -> np.ndarray:
+    """Starting free energies for MBAR: EXP from the most sampled state (columns grouped by state).
+
+    Reduced free energies of molecular states relative to a generator differ by hundreds; from zeros
+    pymbar's solver may stop unconverged."""
+    from scipy.special import logsumexp
+
+    N_k = np.asarray(N_k)
+    j = int(np.argmax(N_k))
+    start = int(N_k[:j].sum())
+    cols = u_kn[:, start:start + int(N_k[j])]
+    with np.errstate(invalid="ignore"):
+        du = cols - cols[j][None, :]
+    du = np.where(np.isfinite(du), du, np.inf)
+    f = np.array([-(logsumexp(-row) - math.log(row.size)) if np.isfinite(row).any() else np.nan
+                  for row in du])
+    finite = f[np.isfinite(f)]
+    f = np.where(np.isfinite(f), f, finite.max() if finite.size else 0.0)
+    return f - f[0]
+
+
 def _solve_mbar(u_kn: np.ndarray, N_k: np.ndarray):
     pymbar = pymbar_module()
     # pymbar's default protocol; quiet its informational logging
@@ -746,9 +910,11 @@ def _solve_mbar(u_kn: np.ndarray, N_k: np.ndarray):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            u_safe = np.where(np.isfinite(u_kn), u_kn, 1e300)  # pymbar's logsumexp copes with huge, not inf
-            initial = np.zeros(u_kn.shape[0])
-            mbar = pymbar.MBAR(u_safe, N_k, initialize="zeros", initial_f_k=initial)
+            # pymbar needs finite entries: "impossible" is a reduced energy far above any finite one
+            finite = u_kn[np.isfinite(u_kn)]
+            big = float(np.max(np.abs(finite))) + 1e6 if finite.size else 1e6
+            u_safe = np.where(np.isfinite(u_kn), u_kn, big)
+            mbar = pymbar.MBAR(u_safe, N_k, initial_f_k=_initial_f(u_kn, N_k))
     finally:
         logger.setLevel(level)
     return mbar
@@ -1353,7 +1519,8 @@ def free_energy_profile(samples: Samples | Sequence[Samples], coordinate, bins: 
             with np.errstate(invalid="ignore", divide="ignore"):
                 k_bins[b] = reweighting.pareto_k(log_w[idx == b])
     return FreeEnergyProfile(coordinate=name, unit=unit, edges=edges, free_energy_kT=F, error_kT=dF,
-                             temperature=float(sets[0].temperature), ess=ess, pareto_k=k_bins, method="reweighting",
+                             temperature=float(sets[0].temperature), ess=ess, pareto_k=k_bins,
+                             method="reweighting",
                              diagnostics=reweighting.diagnose(log_w, warn=False), periodic=periodic)
 
 

@@ -290,11 +290,13 @@ class _GeneratorMove(MCMCMove):
                                 f"path: {type(self).__name__}(path, system=...)")
             key = _model_key(generator)
             gen = _MODEL_CACHE.get(key)
-            if gen is None:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                if gen is None:
                     gen = BoltzmannGenerator.load(key[0], system)
-                _MODEL_CACHE[key] = gen
+                    _MODEL_CACHE[key] = gen
+                else:  # already loaded in this process: still refuse another system
+                    check_fingerprint(system_fingerprint(gen.system), system)
             self._generator = gen
             self._model_path = key[0]
             self._system_info = _system_info(system)
@@ -423,6 +425,20 @@ class _GeneratorMove(MCMCMove):
         return rng, tgen
 
     # ------------------------------------------------------------------ energies via the context
+    def _context(self, thermodynamic_state, context_cache) -> openmm.Context:
+        """A context of the state from the cache: any cached one (e.g. the Langevin move's), or a new one.
+
+        openmmtools' default integrator defines a global variable ``kT``, which clashes with Systems that
+        have a global parameter of that name (the toy systems); a plain Verlet integrator is used then.
+        """
+        cache_ = self._get_context_cache(context_cache)
+        try:
+            context, _ = cache_.get_context(thermodynamic_state)
+        except openmm.OpenMMException:
+            verlet = openmm.VerletIntegrator(1.0 * unit.femtosecond)
+            context, _ = cache_.get_context(thermodynamic_state, verlet)
+        return context
+
     @staticmethod
     def _reduced_potential(thermodynamic_state, context, x_nm: np.ndarray) -> float:
         context.setPositions(x_nm)
@@ -476,6 +492,11 @@ class _GeneratorMove(MCMCMove):
             self._generator = _MODEL_CACHE.get(_model_key(self._model_path))
         except FileNotFoundError:
             pass  # reported clearly when the move is applied
+
+    def __copy__(self) -> _GeneratorMove:
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
 
     def __deepcopy__(self, memo) -> _GeneratorMove:
         new = type(self).__new__(type(self))
@@ -607,7 +628,7 @@ class BoltzmannGeneratorMove(_GeneratorMove):
         rng, tgen = self._rngs(thermodynamic_state)
         temperature = _kelvin(thermodynamic_state.temperature)
         t_prior = temperature if self.scale_prior else None
-        context, _ = self._get_context_cache(context_cache).get_context(thermodynamic_state)
+        context = self._context(thermodynamic_state, context_cache)
         x_cur = np.array(sampler_state.positions.value_in_unit(unit.nanometer), dtype=np.float64)
         u_cur = self._reduced_potential(thermodynamic_state, context, x_cur)
         rotate = isinstance(gen.transform, MixedTransform)
@@ -658,13 +679,14 @@ class BoltzmannGeneratorMove(_GeneratorMove):
     def _current_log_prob(self, gen: BoltzmannGenerator, x_cur: np.ndarray, t_prior) -> float:
         """``log p_X`` of the current configuration, reused if it is the one this move left behind."""
         last = self._last
-        if last is not None and last[1] == t_prior and np.array_equal(last[0], x_cur):
+        if (last is not None and last[1] == t_prior and last[3] == _weights_version(gen)
+                and np.array_equal(last[0], x_cur)):
             return last[2]
         return float(gen.log_prob(torch.as_tensor(x_cur[None]), t_prior)[0])
 
     def _remember(self, sampler_state, t_prior, lp: float) -> None:
         x = np.array(sampler_state.positions.value_in_unit(unit.nanometer), dtype=np.float64)
-        self._last = (x, t_prior, lp)
+        self._last = (x, t_prior, lp, _weights_version(self._generator))
 
 
 class LatentMetropolisMove(_GeneratorMove):
@@ -749,7 +771,7 @@ class LatentMetropolisMove(_GeneratorMove):
         """
         gen = self._ensure_generator(thermodynamic_state)
         rng, tgen = self._rngs(thermodynamic_state)
-        context, _ = self._get_context_cache(context_cache).get_context(thermodynamic_state)
+        context = self._context(thermodynamic_state, context_cache)
         x_cur = np.array(sampler_state.positions.value_in_unit(unit.nanometer), dtype=np.float64)
         u_cur = self._reduced_potential(thermodynamic_state, context, x_cur)
         f_cur = float(self._fixman(x_cur[None])[0])
@@ -799,6 +821,11 @@ class LatentMetropolisMove(_GeneratorMove):
                 z, x_cur, u_cur, f_cur, ld_cur = z_new, xn, u_new, f_new, float(ld_new[0])
         if accepted:
             self._accept_jump(thermodynamic_state, sampler_state, context, x_cur, rng)
+
+
+def _weights_version(gen: BoltzmannGenerator) -> tuple:
+    """Changes whenever the flow's weights are modified in place (e.g. by further training)."""
+    return (id(gen), *(p._version for p in gen.flow.parameters()))
 
 
 def _place(x_body: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,8 @@
 - ``trpzip2/trpzip2.prmtop``, ``trpzip2/trpzip2.inpcrd``: openmmtools' ``trpzip2-explicit``
   (an old-format prmtop that OpenMM cannot read) loaded with parmed, water and ions stripped,
   mbondi2 radii assigned for OBC2, saved in the current prmtop format.
+- ``alanine_dipeptide_c7ax.pdb``: a C7ax (alpha_L) conformation of alanine dipeptide (ff96, vacuum),
+  taken from an 800 K run and energy-minimised; starting point for MD in the rare basin.
 - ``dimer_in_solvent.pdb``: the 2D dimer (closed, d = 1 nm) and 36 solvent particles on a grid,
   energy-minimised in the plane.
 """
@@ -81,7 +83,27 @@ def dimer_pdb(seed: int = 0) -> None:
         app.PDBFile.writeFile(topology, minimized * 10 * unit.angstrom, fh)
 
 
+def alanine_c7ax_pdb(seed: int = 0) -> None:
+    import openmm_bg
+    from openmm_bg.systems import load
+
+    system = load("alanine_dipeptide")
+    phi = system.reaction_coordinates["phi"]
+    hot = openmm_bg.simulate(system, n_frames=4000, stride=50, temperature=800.0, seed=seed, progress=False,
+                             platform="Reference")
+    values = phi(hot)
+    frame = int(np.flatnonzero((values > 0.9) & (values < 1.4))[0])
+    context = openmm.Context(system.system, openmm.VerletIntegrator(0.001),
+                             openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(hot.xyz[frame].astype(np.float64))
+    openmm.LocalEnergyMinimizer.minimize(context, 1e-3, 2000)
+    positions = context.getState(getPositions=True).getPositions()
+    with open(HERE / "alanine_dipeptide_c7ax.pdb", "w") as fh:
+        app.PDBFile.writeFile(system.topology, positions, fh)
+
+
 if __name__ == "__main__":
     alanine_pdb()
+    alanine_c7ax_pdb()
     trpzip2_files()
     dimer_pdb()

@@ -60,7 +60,9 @@ def _wait_dead(pids, seconds: float) -> bool:
 def test_forgotten_pool_does_not_delay_exit(tmp_path):
     proc, pids, lines, finished = _run(tmp_path, "normal")
     assert proc.returncode == 0, proc.stderr
-    assert finished - float(lines["END"][0]) < 5.0  # exit within seconds of the last statement
+    # exit within seconds of the last statement (a wedged pool would hit the 90 s timeout; the margin
+    # is for interpreter teardown on a loaded 2-core machine, measured at ~1 s idle and ~6 s under load)
+    assert finished - float(lines["END"][0]) < 20.0
     assert _wait_dead(pids, 2.0)
 
 

@@ -12,10 +12,12 @@ import openmm_bg
 from openmm_bg import BoltzmannGenerator
 from openmm_bg.free_energy import (
     FreeEnergyProfile,
+    InsufficientSamplesError,
     free_energy_profile,
     free_energy_surface,
     mbar_profile,
     state_free_energy,
+    state_free_energy_mbar,
 )
 from openmm_bg.plots import plot_free_energies, plot_profile, plot_surface
 from openmm_bg.systems import load
@@ -54,11 +56,12 @@ def trained():
     stages = [Stage("ml", 300, batch_size=256),
               Stage("ml+kl", 300, kl=0.1, kl_end=1.0, kl_batch_size=256, lr=5e-4)]
     Trainer(gen, data, stages, seed=0, progress=False).fit()
-    return system, gen, gen.sample(20000, seed=1)
+    # trajs: MD in each well (they stay there: the barrier is 7-11 kT)
+    return system, gen, gen.sample(20000, seed=1), trajs
 
 
 def test_delta_a_between_wells_matches_quadrature(trained):
-    system, gen, samples = trained
+    system, gen, samples, _ = trained
     exact = exact_delta_a()
     assert exact == pytest.approx(3.38, abs=0.01)
     r = state_free_energy(samples, "left", "right")
@@ -78,8 +81,24 @@ def test_delta_a_between_wells_matches_quadrature(trained):
     assert math.isfinite(pooled.generator_spread_kT) and "2 generators" in str(pooled)
 
 
+def test_generator_as_reference_with_md_in_each_well(trained):
+    """MBAR over the generator and the two well-restricted Boltzmann distributions (MD in each well)."""
+    system, gen, _, (md_left, md_right) = trained
+    exact = exact_delta_a()
+    r = state_free_energy_mbar(gen.sample(5000, seed=7), gen, "left", "right", md_a=md_left, md_b=md_right)
+    assert r.method == "mbar" and "MBAR with MD" in str(r) and len(r.notes) == 3
+    assert abs(r.delta_a_kT - exact) < 4 * r.error_kT + 0.02, (str(r), exact)
+    assert r.error_kT < 0.1
+    # an untrained generator (a Gaussian fitted to both wells): still exact, with a larger error
+    poor = BoltzmannGenerator.build(system, mdtraj.join([md_left, md_right]), n_blocks=1, hidden=(4,), seed=3)
+    r2 = state_free_energy_mbar(poor.sample(5000, seed=8), poor, "left", "right", md_a=md_left, md_b=md_right)
+    assert abs(r2.delta_a_kT - exact) < 4 * r2.error_kT + 0.02, (str(r2), exact)
+    with pytest.raises(InsufficientSamplesError, match="no MD frame lies in state"):
+        state_free_energy_mbar(gen.sample(500, seed=9), gen, "left", "right", md_a=md_left, md_b=md_left)
+
+
 def test_profile_along_x1_matches_quadrature(trained):
-    system, gen, samples = trained
+    system, gen, samples, _ = trained
     profile = free_energy_profile(samples, "x1", bins=np.linspace(-2.5, 2.5, 26))
     exact = exact_bin_free_energy(profile.edges)
     # both wells, up to 7 kT: the barrier region (~11 kT) is barely sampled by the generator and
@@ -98,7 +117,7 @@ def test_profile_along_x1_matches_quadrature(trained):
 
 def test_mbar_profile_combines_generator_and_hot_md(trained):
     """MBAR over the generator state and MD at 900 K (crossing freely): profile at 300 K."""
-    system, gen, samples = trained
+    system, gen, samples, _ = trained
     hot = system.with_temperature(900.0)
     md = openmm_bg.simulate(hot, n_frames=3000, stride=300, seed=3, friction=10.0, progress=False)
     edges = np.linspace(-2.5, 2.5, 21)
@@ -127,7 +146,7 @@ def test_mbar_profile_combines_generator_and_hot_md(trained):
 
 
 def test_plots_are_written(trained, tmp_path):
-    system, gen, samples = trained
+    system, gen, samples, _ = trained
     r = state_free_energy(samples, "left", "right")
     bars = plot_free_energies([r, ("exact", exact_delta_a(), 0.0)], tmp_path / "bars.png", reference=3.38)
     profile = free_energy_profile(samples, "x1", bins=40, range=(-2.6, 2.6))

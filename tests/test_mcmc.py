@@ -40,14 +40,6 @@ def _context_cache() -> cache.ContextCache:
     return cache.ContextCache(platform=REFERENCE, capacity=4)
 
 
-def _openmmtools_compatible(system: openmm.System) -> openmm.System:
-    """The toy systems name a global parameter ``kT``, which every openmmtools integrator also defines
-    (``Context`` creation fails); rename it. Same energies, masses and constraints."""
-    xml = openmm.XmlSerializer.serialize(system)
-    xml = xml.replace('name="kT"', 'name="kT_toy"').replace("kT*(", "kT_toy*(")
-    return openmm.XmlSerializer.deserialize(xml)
-
-
 def _batch_mean(values: np.ndarray, n_batches: int = 20) -> tuple[float, float]:
     v = np.asarray(values, dtype=np.float64)
     v = v[: len(v) // n_batches * n_batches].reshape(n_batches, -1).mean(1)
@@ -86,7 +78,8 @@ def double_well():
 
 
 def _dw_chain(gen, dw, temperature, n_apply, n_proposals=4, seed=3, **kw):
-    thermo = states.ThermodynamicState(_openmmtools_compatible(dw.system), temperature=temperature * unit.kelvin)
+    thermo = states.ThermodynamicState(dw.system,
+                                       temperature=temperature * unit.kelvin)
     move = BoltzmannGeneratorMove(gen, n_proposals=n_proposals, seed=seed, **kw)
     x1, _ = _run(move, thermo, dw.positions * unit.nanometer, n_apply, lambda x: x[0, 0])
     return x1, move
@@ -127,7 +120,7 @@ def test_latent_move_is_exact(double_well):
     """The latent random walk (with Jacobian terms) samples the double well at 900 K exactly."""
     dw, gen = double_well
     exact = _double_well_exact(900.0)
-    thermo = states.ThermodynamicState(_openmmtools_compatible(dw.system), temperature=900 * unit.kelvin)
+    thermo = states.ThermodynamicState(dw.system, temperature=900 * unit.kelvin)
     move = LatentMetropolisMove(gen, step_size=0.8, n_steps=8, seed=11)
     x1, _ = _run(move, thermo, dw.positions * unit.nanometer, 600, lambda x: x[0, 0])
     assert 0.1 < move.acceptance_rate < 0.95
@@ -141,10 +134,10 @@ def test_acceptance_updates_sampler_state(double_well):
     """Accepted jumps: positions and energy from the context, velocities redrawn; confined z kept;
     same seed, same chain."""
     dw, gen = double_well
-    system = _openmmtools_compatible(dw.system)
-    thermo = states.ThermodynamicState(system, temperature=300 * unit.kelvin)
+    thermo = states.ThermodynamicState(dw.system, temperature=300 * unit.kelvin)
     start = np.array([[-1.7, 0.1, 0.003]])
-    ss = states.SamplerState(start * unit.nanometer, velocities=np.zeros((1, 3)) * unit.nanometer / unit.picosecond)
+    ss = states.SamplerState(start * unit.nanometer,
+                             velocities=np.zeros((1, 3)) * unit.nanometer / unit.picosecond)
     move = BoltzmannGeneratorMove(gen, n_proposals=20, seed=0)
     move.apply(thermo, ss, context_cache=_context_cache())
     assert move.n_accepted > 0
@@ -275,6 +268,22 @@ def test_constrained_move_samples_what_constrained_langevin_samples(methyl):
         assert abs(np.dot(v[j] - v[i], x[j] - x[i])) < 1e-4
 
 
+def test_latent_move_on_a_constrained_molecule(methyl):
+    """The latent walk of a rotation-invariant, constrained molecule (frame kept, Fixman factor)
+    reproduces the constrained-Langevin H-C-H distribution."""
+    ms, traj, gen = methyl
+    md_mean, md_se = _batch_mean(_cos_hch(traj.xyz.astype(np.float64)))
+    thermo = states.ThermodynamicState(ms.system, temperature=300 * unit.kelvin)
+    move = LatentMetropolisMove(gen, step_size=0.5, n_steps=4, seed=3)
+    out, ss = _run(move, thermo, traj.openmm_positions(0), 300, lambda x: _cos_hch(x)[0])
+    assert 0.1 < move.acceptance_rate < 0.9
+    mean, se = _batch_mean(out)
+    assert abs(mean - md_mean) < N_SIGMA * math.hypot(se, md_se), (mean, se, md_mean, md_se)
+    # the frame is kept: the first core atom does not drift away with the latent steps
+    x = ss.positions.value_in_unit(unit.nanometer)
+    assert np.linalg.norm(x.mean(0) - traj.xyz[0].mean(0)) < 0.5
+
+
 # ----------------------------------------------------------------------------------------- molecules
 @pytest.fixture(scope="module")
 def alanine(tmp_path_factory):
@@ -346,6 +355,7 @@ def test_serialisation_stores_the_path_and_copies_share_the_model(alanine, tmp_p
     unsaved = BoltzmannGeneratorMove(gen, n_proposals=2, seed=7)
     with pytest.raises(ValueError, match="model_path"):
         serialize(unsaved)
+    assert copy.copy(unsaved).generator is gen and copy.deepcopy(unsaved).generator is gen  # no path needed
     target = tmp_path / "saved_by_move.pt"
     move = BoltzmannGeneratorMove(gen, n_proposals=2, seed=7, model_path=target)
     assert target.is_file() and move.model_path == str(target.resolve())
@@ -353,7 +363,8 @@ def test_serialisation_stores_the_path_and_copies_share_the_model(alanine, tmp_p
     other = openmm_bg.BoltzmannGenerator.build(ala, noisy, n_blocks=2, hidden=(32,), seed=5)
     with pytest.raises(ValueError, match="another model"):
         BoltzmannGeneratorMove(other, model_path=target)
-    move.apply(_ala_thermo(ala), states.SamplerState(ala.positions * unit.nanometer), context_cache=_context_cache())
+    move.apply(_ala_thermo(ala), states.SamplerState(ala.positions * unit.nanometer),
+               context_cache=_context_cache())
     data = serialize(move)
     text = json.dumps(data)  # plain data, no weights
     assert "flow_state" not in text and len(text) < 20_000
@@ -374,8 +385,15 @@ def test_serialisation_stores_the_path_and_copies_share_the_model(alanine, tmp_p
     os.utime(target, None)
     clear_model_cache()
     fresh = deserialize(copy.deepcopy(data))
-    fresh.apply(_ala_thermo(ala), states.SamplerState(ala.positions * unit.nanometer), context_cache=_context_cache())
+    fresh.apply(_ala_thermo(ala), states.SamplerState(ala.positions * unit.nanometer),
+                context_cache=_context_cache())
     assert fresh.generator is not loaded
+    from_file = BoltzmannGeneratorMove(str(target), system=ala, n_proposals=2)
+    assert from_file.generator is fresh.generator and from_file.model_path == str(target.resolve())
+    with pytest.raises(TypeError, match="system"):
+        BoltzmannGeneratorMove(str(target))
+    with pytest.raises(ModelMismatchError):
+        BoltzmannGeneratorMove(str(target), system=load("alanine_dipeptide", constraints="hbonds"))
     latent = LatentMetropolisMove(gen, step_size=0.1, model_path=path)
     back = deserialize(serialize(latent))
     assert back.step_size == 0.1 and back.model_path == str(Path(path).resolve())
@@ -426,12 +444,89 @@ def test_alanine_c7ax_population_against_reference(tmp_path):
     if not ref_file.is_file():
         pytest.skip(f"reference {ref_file} not written yet (the lead produces it)")
     ref = json.loads(ref_file.read_text())["vacuum"]
-    from benchmarks.mcmc_mixing import run_chain, train_generator  # noqa: PLC0415
+    import importlib.util
 
+    spec = importlib.util.spec_from_file_location("mcmc_mixing", ref_file.parents[1] / "mcmc_mixing.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run_chain, train_generator = bench.run_chain, bench.train_generator
     ala = load("alanine_dipeptide")
     gen = train_generator(ala, seed=0, minutes=6.0)
     result = run_chain(ala, gen, wall_seconds=600.0, seed=1)
     p_ax = result["c7ax_fraction"]
     delta_a = -math.log(p_ax / (1 - p_ax))
     se = result["c7ax_fraction_se"] / (p_ax * (1 - p_ax))
-    assert abs(delta_a - ref["delta_a_kT"]) < N_SIGMA * math.hypot(se, ref.get("error_kT", 0.0)), (delta_a, se, ref)
+    tolerance = N_SIGMA * math.hypot(se, ref.get("error_kT", 0.0))
+    assert abs(delta_a - ref["delta_a_kT"]) < tolerance, (delta_a, se, ref)
+
+
+def test_constrained_langevin_samples_the_fixman_weighted_measure(methyl):
+    """Why the move needs the Fixman factor: constrained Langevin's mean Fixman factor agrees with the
+    exact average under exp(-u) sqrt(det Z) (importance sampling from the generator, which has the
+    fixed-bond measure) and not with the average under exp(-u) alone."""
+    ms, traj, gen = methyl
+    fix = FixmanFactor(ms.constraints, ms.masses)
+    md_mean, md_se = _batch_mean(fix(traj.xyz.astype(np.float64)))
+    samples = gen.sample(60_000, seed=3)
+    ok = np.isfinite(samples.log_weights)
+    f = fix(samples.positions[ok])
+    z = {}
+    for use in (True, False):
+        lw = samples.log_weights[ok] + (f if use else 0.0)
+        w = np.exp(lw - lw.max())
+        w /= w.sum()
+        mean = float((w * f).sum())
+        se = math.sqrt(float((w**2 * (f - mean) ** 2).sum()))  # delta-method SE of the ratio estimate
+        assert 1 / (w**2).sum() > 5000  # enough effective samples for a reference
+        z[use] = abs(mean - md_mean) / math.hypot(se, md_se)
+    assert z[True] < N_SIGMA and z[False] > N_SIGMA, z
+
+
+def _methyl_cosines(ala) -> list[tuple[int, int, int]]:
+    """(carbon, h1, h2) triples of the methyl groups of alanine dipeptide."""
+    hydrogens: dict[int, list[int]] = {}
+    for a, b in ala.mdtraj_topology.bonds:
+        for c, h in ((a, b), (b, a)):
+            if c.element.symbol == "C" and h.element.symbol == "H":
+                hydrogens.setdefault(c.index, []).append(h.index)
+    return [(c, hs[p], hs[q]) for c, hs in hydrogens.items() if len(hs) == 3
+            for p, q in ((0, 1), (0, 2), (1, 2))]
+
+
+@pytest.mark.slow
+def test_alanine_hbonds_langevin_plus_move_keeps_hch_distribution():
+    """Alanine dipeptide with H-bond constraints: the methyl H-C-H angle distribution of constrained
+    Langevin alone and of Langevin + BG move (briefly trained generator) agree."""
+    from openmm_bg.training import Stage, Trainer
+
+    ala = load("alanine_dipeptide", constraints="hbonds")
+    triples = _methyl_cosines(ala)
+    assert len(triples) == 9  # ACE, ALA and NME methyl groups
+
+    def mean_cos(x):
+        x = np.asarray(x, dtype=np.float64)
+        x = x[None] if x.ndim == 2 else x
+        out = []
+        for c, a, b in triples:
+            u, v = x[:, a] - x[:, c], x[:, b] - x[:, c]
+            out.append((u * v).sum(-1) / np.linalg.norm(u, axis=-1) / np.linalg.norm(v, axis=-1))
+        return np.mean(out, axis=0)
+
+    md = openmm_bg.simulate(ala, n_frames=4000, stride=100, seed=0, equilibration_steps=5000, progress=False)
+    md_mean, md_se = _batch_mean(mean_cos(md.xyz))
+    gen = openmm_bg.BoltzmannGenerator.build(ala, md[:2000], n_blocks=4, hidden=(64, 64), seed=0)
+    Trainer(gen, md[:2000], [Stage("ml", steps=600, lr=1e-3, batch_size=128)], seed=0, progress=False).fit()
+    gen.flow.eval()
+    thermo = states.ThermodynamicState(ala.system, temperature=300 * unit.kelvin)
+    langevin = mcmc.LangevinDynamicsMove(timestep=2 * unit.femtosecond, n_steps=50)
+    bg = BoltzmannGeneratorMove(gen, n_proposals=10, seed=0)
+    sampler = mcmc.MCMCSampler(thermo, states.SamplerState(md.openmm_positions(0)),
+                               mcmc.SequenceMove([langevin, bg]))
+    cc = _context_cache()
+    out = []
+    for _ in range(3000):
+        sampler.run(1, context_cache=cc)
+        out.append(mean_cos(sampler.sampler_state.positions.value_in_unit(unit.nanometer))[0])
+    assert bg.n_accepted > 20
+    mean, se = _batch_mean(np.array(out))
+    assert abs(mean - md_mean) < N_SIGMA * math.hypot(se, md_se), (mean, se, md_mean, md_se)

@@ -95,8 +95,10 @@ def run(system, move, n_iterations: int, context_cache) -> tuple[np.ndarray, flo
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="saved generator (loaded, or written after training)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None,
+                        help="saved generator (loaded, or written after training)")
     parser.add_argument("--train-minutes", type=float, default=10.0)
     parser.add_argument("--iterations", type=int, default=2000, help="MCMC iterations of each run")
     parser.add_argument("--md-steps", type=int, default=500, help="Langevin steps (1 fs) per iteration")
@@ -110,8 +112,8 @@ def main(argv=None) -> None:
     context_cache = cache.ContextCache(capacity=4)
 
     # --- 1. plain MD ------------------------------------------------------------------------------
-    langevin = mcmc.LangevinDynamicsMove(timestep=1.0 * unit.femtosecond, collision_rate=1.0 / unit.picosecond,
-                                         n_steps=args.md_steps)
+    langevin = mcmc.LangevinDynamicsMove(timestep=1.0 * unit.femtosecond,
+                                         collision_rate=1.0 / unit.picosecond, n_steps=args.md_steps)
     phi, wall = run(system, langevin, args.iterations, context_cache)
     print(f"plain MD:           {count_transitions(phi)} transitions, C7ax fraction "
           f"{np.mean((phi > 0) & (phi < 2.2)):.3f}, {wall:.1f} s")

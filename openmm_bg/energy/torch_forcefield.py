@@ -53,7 +53,7 @@ import numpy as np
 import openmm
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 from .expressions import Expression, ExpressionError
 
@@ -792,8 +792,9 @@ class TorchForceField(nn.Module):
         Where the parameters live and the computation runs.
     chunk_size : int, optional
         Largest number of configurations evaluated at once; larger batches are split into
-        chunks, each under activation checkpointing when gradients are required, so that memory
-        stays bounded while autograd still works. Default: about a million pair
+        chunks so that memory stays bounded. With gradients required, a larger batch computes its
+        forces chunk by chunk during the forward pass and hands them to autograd (first
+        derivatives only; double backward needs batches within one chunk). Default: about a million pair
         interactions per chunk (e.g. ~720 implicit-solvent alanine-dipeptide or ~20 trpzip2
         configurations; memory then stays below a few hundred MB).
     compile : bool
@@ -896,18 +897,24 @@ class TorchForceField(nn.Module):
         return x.to(dtype=self.dtype, device=self.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Potential energy (kJ/mol, ``[batch]``) of positions ``x`` (nm, ``[batch, n_atoms, 3]``)."""
+        """Potential energy of a batch of configurations.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Positions ``[batch, n_atoms, 3]`` in nm (any float dtype; cast to ``self.dtype``).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch]`` in kJ/mol; differentiable with respect to ``x`` (forces ``-dE/dx``).
+        """
         x = self._prepare(x)
         if x.shape[0] <= self.chunk_size:
             return self._evaluate(x)
-        grad = torch.is_grad_enabled() and x.requires_grad
-        parts = []
-        for chunk in x.split(self.chunk_size):
-            if grad:
-                parts.append(checkpoint(self._evaluate, chunk, use_reentrant=False))
-            else:
-                parts.append(self._evaluate(chunk))
-        return torch.cat(parts)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _ChunkedEnergy.apply(x, self)
+        return torch.cat([self._evaluate(chunk) for chunk in x.split(self.chunk_size)])
 
     def energy_and_forces(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Energies and forces, chunk by chunk, without keeping a graph.
@@ -934,6 +941,23 @@ class TorchForceField(nn.Module):
                 energies.append(energy.detach())
                 forces.append(-grad)
         return torch.cat(energies), torch.cat(forces)
+
+
+class _ChunkedEnergy(torch.autograd.Function):
+    """Energy of a batch larger than one chunk: forces are computed chunk by chunk in the forward
+    pass (no graph is kept, so memory stays bounded) and used by the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, forcefield: TorchForceField) -> torch.Tensor:
+        energy, forces = forcefield.energy_and_forces(x)
+        ctx.save_for_backward(forces)
+        return energy
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_energy: torch.Tensor):
+        (forces,) = ctx.saved_tensors
+        return -grad_energy[:, None, None] * forces, None
 
 
 def _n_pairs(term: _Term) -> int:

@@ -1,0 +1,196 @@
+"""The main job: alanine dipeptide in vacuum, from a Boltzmann Generator to Delta A and pictures.
+
+``run_demo`` (``openmm-bg demo``) loads the shipped pretrained generator (or, with
+``from_scratch``, runs MD and trains one), draws weighted samples and writes to the output folder:
+
+- ``ramachandran.png``: phi/psi free energy of the MD data, the raw generator samples and the
+  reweighted samples, side by side;
+- ``profile_phi.png``: the reweighted free-energy profile along phi with bootstrap errors;
+- ``summary.json``: Delta A = A(C7ax) - A(C7eq) with its error, ESS and weight diagnostics, timings.
+
+Examples
+--------
+$ openmm-bg demo --quick -o demo-out      # about a minute: tiny MD and training
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import mdtraj
+import numpy as np
+import openmm.app as app
+import openmm.unit as unit
+
+from .data import structure_path
+from .samples import Samples
+from .systems import MolecularSystem, load
+
+__all__ = ["run_demo", "PRETRAINED", "demo_data", "demo_training"]
+
+#: The shipped pretrained generator (made by ``benchmarks/make_demo_model.py``).
+PRETRAINED = "models/alanine_dipeptide_vacuum.bg"
+
+
+def c7ax_structure() -> np.ndarray:
+    """A minimised C7ax conformation of alanine dipeptide, ``[22, 3]`` nm."""
+    pdb = app.PDBFile(str(structure_path("alanine_dipeptide_c7ax.pdb")))
+    return np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+
+
+def demo_data(system: MolecularSystem, ns_c7eq: float, ns_c7ax: float, seed: int,
+              progress: bool = True) -> mdtraj.Trajectory:
+    """300 K MD frames (1 ps apart) from the C7eq reference and from a C7ax start."""
+    import openmm_bg
+
+    eq = openmm_bg.simulate(system, n_frames=max(1, int(ns_c7eq * 1000)), stride=1000, seed=seed,
+                            equilibration_steps=5000, progress=progress)
+    ax = openmm_bg.simulate(system, n_frames=max(1, int(ns_c7ax * 1000)), stride=1000, seed=seed + 1,
+                            positions=c7ax_structure(), equilibration_steps=5000, progress=progress)
+    return mdtraj.join([eq, ax])
+
+
+def demo_training(scale: float):
+    """The demo's schedule: ML, then ML + KL with a rising KL weight; step counts times ``scale``."""
+    from .training import Stage
+
+    return [Stage("ml", max(10, int(2000 * scale)), lr=1e-3),
+            Stage("ml+kl", max(10, int(4000 * scale)), kl=1e-3, kl_end=0.2, lr=5e-4, kl_batch_size=256),
+            Stage("kl", max(10, int(1000 * scale)), kl=0.2, kl_end=0.5, lr=1e-4, kl_batch_size=512)]
+
+
+def _unweighted(system: MolecularSystem, positions: np.ndarray) -> Samples:
+    """Plain (unweighted) configurations as a `Samples` set with equal weights."""
+    n = len(positions)
+    return Samples(system, positions, energies=np.zeros(n), log_prob=np.zeros(n))
+
+
+def _ramachandran(path: Path, panels: list[tuple[str, Samples]], vmax: float = 10.0) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .free_energy import free_energy_surface
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.0, 4.0), sharey=True,
+                             constrained_layout=True)
+    for ax, (title, samples) in zip(np.atleast_1d(axes), panels):
+        surface = free_energy_surface(samples, "phi", "psi", bins=60)
+        f = np.array(surface.free_energy_kT, dtype=float)
+        cx = 0.5 * (surface.edges_x[1:] + surface.edges_x[:-1])
+        cy = 0.5 * (surface.edges_y[1:] + surface.edges_y[:-1])
+        masked = np.ma.masked_where(~np.isfinite(f) | (f > vmax), f)
+        cs = ax.contourf(cx, cy, masked.T, levels=np.linspace(0, vmax, 21), cmap="viridis")
+        ax.axvline(0.0, color="w", lw=0.6, ls=":")
+        ax.axvline(2.2, color="w", lw=0.6, ls=":")
+        ax.set_title(title)
+        ax.set_xlabel("phi / rad")
+    np.atleast_1d(axes)[0].set_ylabel("psi / rad")
+    fig.colorbar(cs, ax=axes, label="F / kT")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def run_demo(output: Path, quick: bool = False, from_scratch: bool = False, seed: int = 0,
+             n_samples: int | None = None, progress: bool = True) -> dict:
+    """Run the demo and write its files into ``output``; returns the summary.
+
+    Parameters
+    ----------
+    output : Path
+        Folder for the PNG and JSON files (created).
+    quick : bool
+        Smoke mode (about a minute): 0.1 ns of MD, a few hundred training steps, 5000 samples.
+    from_scratch : bool
+        Run MD (2 ns) and training (~10 minutes) instead of loading the pretrained generator.
+    seed : int
+        Seeds MD, training and sampling.
+    n_samples : int, optional
+        Generator samples (default 100000, 5000 in quick mode).
+    """
+    import openmm_bg
+    from .free_energy import free_energy_profile, state_free_energy
+    from .plots import plot_profile
+    from .training import Trainer
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    system = load("alanine_dipeptide")
+    timings = {}
+    t0 = time.perf_counter()
+    if quick or from_scratch:
+        ns_eq, ns_ax, scale = (0.08, 0.04, 0.05) if quick else (1.5, 0.5, 1.0)
+        print(f"[1/4] MD of alanine dipeptide at 300 K: {ns_eq} ns from C7eq, {ns_ax} ns from C7ax")
+        data = demo_data(system, ns_eq, ns_ax, seed, progress)
+        timings["md_s"] = time.perf_counter() - t0
+        print("[2/4] training the Boltzmann Generator (ML, then ML + KL)")
+        gen = openmm_bg.BoltzmannGenerator.build(system, data, n_blocks=4 if not quick else 2,
+                                                 hidden=(128, 128) if not quick else (32, 32), seed=seed)
+        t1 = time.perf_counter()
+        Trainer(gen, data, demo_training(scale), seed=seed, progress=progress).fit()
+        timings["training_s"] = time.perf_counter() - t1
+        gen.save(output / "model.bg", extra={"system_spec": {"name": "alanine_dipeptide", "options": {}}})
+    else:
+        try:
+            model = structure_path(PRETRAINED)
+        except FileNotFoundError:
+            raise FileNotFoundError("the pretrained demo model is not installed; run 'openmm-bg demo "
+                                    "--from-scratch' (about 15 minutes) instead") from None
+        print(f"[1/4] loading the pretrained generator {model.name}")
+        gen = openmm_bg.BoltzmannGenerator.load(model, system)
+        data = mdtraj.load(str(structure_path("models/alanine_dipeptide_vacuum_md.h5")))
+        print("[2/4] (training skipped: pretrained; use --from-scratch to train)")
+    n = n_samples or (5000 if quick else 100_000)
+    print(f"[3/4] drawing {n} samples and their importance weights")
+    t2 = time.perf_counter()
+    samples = gen.sample(n, seed=seed + 1, progress=progress)
+    timings["sampling_s"] = time.perf_counter() - t2
+    diag = samples.diagnostics(warn=False)
+    print("[4/4] free energies and plots")
+    summary = {"system": system.description, "n_samples": n, "diagnostics": diag.as_dict(),
+               "counts": samples.counts, "timings_s": timings}
+    try:
+        fe = state_free_energy(samples, "C7eq", "C7ax", min_ess=10 if quick else 30, seed=seed)
+        summary["delta_a"] = fe.as_dict()
+        line = f"A(C7ax) - A(C7eq) = {fe.delta_a_kT:.2f} +- {fe.error_kT:.2f} kT ({fe.delta_a_kJ_mol:.2f} kJ/mol)"
+        if not fe.reliable:
+            line += "  [weights heavy-tailed: the error is underestimated]"
+    except ValueError as err:
+        summary["delta_a"] = None
+        line = f"A(C7ax) - A(C7eq): not reported: {err}"
+    plots = {"ramachandran": str(_ramachandran(output / "ramachandran.png", [
+        ("MD data (300 K)", _unweighted(system, data.xyz.astype(np.float64))),
+        ("BG samples, raw", _unweighted(system, samples.positions[np.isfinite(samples.log_prob)])),
+        ("BG samples, reweighted", samples)]))}
+    profile = free_energy_profile(samples, "phi", bins=60, seed=seed)
+    plots["profile_phi"] = str(plot_profile(profile, output / "profile_phi.png",
+                                            title="alanine dipeptide (vacuum, 300 K): free energy along phi"))
+    summary["plots"] = plots
+    summary["timings_s"]["total"] = time.perf_counter() - t0
+    (output / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
+    width = 34
+    print("\n" + "=" * 72)
+    print(f"{'system':<{width}}alanine dipeptide, AMBER ff96, vacuum, 300 K")
+    print(f"{'samples':<{width}}{n} ({samples.counts['out_of_domain']} out of domain, "
+          f"{samples.counts['inverted_chirality']} inverted chirality)")
+    print(f"{'effective sample size':<{width}}{diag.ess:.0f} ({100 * diag.ess_fraction:.1f}%), largest weight "
+          f"{100 * diag.max_weight_share:.2f}%, Pareto k {diag.pareto_k:.2f}")
+    print(f"{'free energy':<{width}}{line}")
+    print(f"{'plots':<{width}}{plots['ramachandran']}, {plots['profile_phi']}")
+    print(f"{'numbers':<{width}}{output / 'summary.json'}")
+    print(f"{'wall time':<{width}}{summary['timings_s']['total']:.0f} s")
+    print("=" * 72)
+    return summary
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
