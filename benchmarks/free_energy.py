@@ -228,6 +228,10 @@ def md_time_to_target(md300: dict, hot: list[dict], p_ax: float | None) -> dict:
             return out
     out["md_ns_needed"] = need_transitions / (k * (1 - p_ax))
     out["wall_s"] = out["md_ns_needed"] / speed
+    if math.isfinite(out["wall_s_lower_bound"]) and out["wall_s"] < out["wall_s_lower_bound"]:
+        # the extrapolated rate exceeds what the 300 K run allows: keep the bound
+        out["note"] = "extrapolated time below the 300 K Poisson bound; the bound is used"
+        out["wall_s"] = out["wall_s_lower_bound"]
     return out
 
 
@@ -329,8 +333,16 @@ def run_bg(system, args, ref, ref_err, log) -> tuple[dict, object, float]:
         points.append(evaluate([_concat(pool)], clock, ref, ref_err, label, log))
     mbar_points.append(evaluate_mbar(_concat(pool), gen, md_eq, md_ax, clock, ref, ref_err,
                                      f"MBAR with {len(pool) * args.eval_samples} samples", log))
+    from openmm_bg.free_energy import free_energy_surface
+    from openmm_bg.plots import plot_surface
+
+    surface_png = Path(args.output).with_name(Path(args.output).stem + "_ramachandran.png")
+    plot_surface(free_energy_surface(_concat(pool), "phi", "psi", bins=40), surface_png,
+                 title="BG reweighted phi/psi free energy, 300 K")
     last = points[-1]
-    result = {"points": points, "data_s": data_s, "training_end_s": train_end, "total_s": clock(),
+    result = {"surface_png": str(surface_png), "points": points, "data_s": data_s,
+              "training_end_s": train_end,
+              "total_s": clock(),
               "time_to_target_s": next((p["t_s"] for p in points if p["reached"]), math.nan),
               "mbar_points": mbar_points,
               "mbar_time_to_target_s": next((p["t_s"] for p in mbar_points if p["reached"]), math.nan)}

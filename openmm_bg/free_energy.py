@@ -62,10 +62,14 @@ __all__ = ["InsufficientSamplesError", "StateFreeEnergy", "ThermodynamicFreeEner
            "FreeEnergyProfile", "FreeEnergySurface", "state_free_energy", "state_free_energy_mbar",
            "thermodynamic_free_energy",
            "two_generator_estimate", "free_energy_profile", "mbar_profile", "free_energy_surface",
-           "pymbar_module", "KJ_PER_KCAL", "DEFAULT_MIN_ESS"]
+           "pymbar_module", "KJ_PER_KCAL", "DEFAULT_MIN_ESS", "MIN_OVERLAP"]
 
 #: kJ per kcal (thermochemical calorie).
 KJ_PER_KCAL = 4.184
+
+#: Smallest MBAR overlap (pymbar ``compute_overlap`` matrix element) between the generator and a state
+#: that `state_free_energy_mbar` calls reliable (a common rule of thumb is >= 0.03).
+MIN_OVERLAP = 0.03
 
 #: Default minimum Kish ESS inside a state below which `state_free_energy` refuses to report.
 #: With ESS = 30 the relative error of the state's weight is ~ 1/sqrt(30) = 0.18 (0.18 kT).
@@ -168,6 +172,11 @@ class StateFreeEnergy:
         (generator as reference state with MD inside the states, asymptotic error).
     notes : tuple of str
         What was done.
+    overlap : tuple of float
+        ``"mbar"`` only: MBAR overlap-matrix elements ``O[k, gen]`` of the A- and B-restricted states
+        with the generator (pymbar ``compute_overlap``; about ``N_gen / N`` for a perfect generator);
+        below `MIN_OVERLAP` the asymptotic error is not trustworthy (the per-state ESS counts MD frames
+        and cannot show this).
     """
 
     state_a: str
@@ -188,6 +197,7 @@ class StateFreeEnergy:
     n_bootstrap: int = 0
     method: str = "reweighting"
     notes: tuple[str, ...] = ()
+    overlap: tuple[float, ...] = ()
 
     @property
     def unit_note(self) -> str:
@@ -226,7 +236,8 @@ class StateFreeEnergy:
         """False when the weights (overall or inside a state) have Pareto k >= 0.7: the bootstrap error
         then understates the true error."""
         if self.method == "mbar":  # the generator's own weights need not be light-tailed for MBAR
-            return self.diagnostics_a.reliable and self.diagnostics_b.reliable
+            return (self.diagnostics_a.reliable and self.diagnostics_b.reliable
+                    and all(o >= MIN_OVERLAP for o in self.overlap))
         return self.diagnostics.reliable and self.diagnostics_a.reliable and self.diagnostics_b.reliable
 
     def as_dict(self) -> dict:
@@ -238,9 +249,12 @@ class StateFreeEnergy:
         return _jsonable(out)
 
     def __str__(self) -> str:
-        flag = "" if self.reliable else " [UNRELIABLE: Pareto k >= 0.7]"
+        flag = "" if self.reliable else (" [UNRELIABLE: Pareto k >= 0.7]" if not self.overlap or
+                                         min(self.overlap) >= MIN_OVERLAP else " [UNRELIABLE: poor overlap]")
         gens = f", {self.n_generators} generators" if self.n_generators > 1 else ""
         gens += ", MBAR with MD" if self.method == "mbar" else ""
+        if self.overlap:
+            gens += f" (overlap {min(self.overlap):.3f})"
         return (f"A({self.state_b}) - A({self.state_a}) = {self.delta_a_kT:.3f} +- {self.error_kT:.3f} kT "
                 f"({self.delta_a_kJ_mol:.3f} +- {self.error_kJ_mol:.3f} kJ/mol, {self.delta_a_kcal_mol:.3f} "
                 f"+- {self.error_kcal_mol:.3f} kcal/mol) at {self.temperature:g} K{gens}; ESS in "
@@ -566,6 +580,10 @@ def state_free_energy_mbar(samples: Samples, generator, state_a: StateLike, stat
         f, cov = _mbar_covariance(mbar)
         with np.errstate(divide="ignore"):
             lwa, lwb = np.log(mbar.W_nk[:, 1]), np.log(mbar.W_nk[:, 2])
+        overlap_matrix = np.asarray(mbar.compute_overlap()["matrix"])
+        # row k: how much of state k's (few) samples' weight the generator state shares; the column
+        # element O[0, k] would scale with N_k / N and look small even for a perfect generator
+        overlap = tuple(float(overlap_matrix[k, 0]) for k in (1, 2) if N_k[k] > 0)
     finally:
         energies.close()
     da, db = _diag_from_log_w(lwa), _diag_from_log_w(lwb)
@@ -576,15 +594,17 @@ def state_free_energy_mbar(samples: Samples, generator, state_a: StateLike, stat
                 f"MBAR's weights), below min_ess={min_ess:g}; give more MD frames in it or more BG samples")
     delta = float(f[2] - f[1])
     err = float(math.sqrt(max(cov[1, 1] + cov[2, 2] - 2 * cov[1, 2], 0.0)))
-    notes.append(f"MBAR over generator, {name_a}-restricted and {name_b}-restricted states, N_k = {N_k}")
+    notes.append(f"MBAR over generator, {name_a}-restricted and {name_b}-restricted states, N_k = {N_k}; "
+                 f"overlap generator-state {', '.join(f'{o:.3f}' for o in overlap) or 'n/a (no MD)'}")
     result = StateFreeEnergy(state_a=name_a, state_b=name_b, delta_a_kT=delta, error_kT=err,
                              temperature=temperature, ess_a=da.ess, ess_b=db.ess, n_a=int(in_a.sum()),
                              n_b=int(in_b.sum()), diagnostics=reweighting.diagnose(s.log_weights, warn=False),
                              diagnostics_a=da, diagnostics_b=db, per_generator_kT=(delta,), method="mbar",
-                             notes=tuple(notes))
-    if warn and not (da.reliable and db.reliable):
+                             notes=tuple(notes), overlap=overlap)
+    if warn and not result.reliable:
         warnings.warn(f"MBAR weights for a state are heavy-tailed (Pareto k {da.pareto_k:.2f}, "
-                      f"{db.pareto_k:.2f}): the asymptotic error may understate the true error",
+                      f"{db.pareto_k:.2f}) or the generator overlaps poorly with a state (overlap "
+                      f"{overlap}, < {MIN_OVERLAP}): the asymptotic error may understate the true error",
                       RuntimeWarning, stacklevel=2)
     return result
 
@@ -704,8 +724,10 @@ class ThermodynamicFreeEnergy:
 
     @property
     def reliable(self) -> bool:
-        """False when the weights for either state have Pareto k >= 0.7."""
-        return all(d is None or d.reliable for d in (self.diagnostics_a, self.diagnostics_b))
+        """False when the weights for either state have Pareto k >= 0.7, or the estimator could not
+        give a finite error (no overlap)."""
+        return math.isfinite(self.error_f) and all(d is None or d.reliable
+                                                   for d in (self.diagnostics_a, self.diagnostics_b))
 
     def as_dict(self) -> dict:
         """Plain dictionary for JSON."""
@@ -719,7 +741,8 @@ class ThermodynamicFreeEnergy:
         kj = (f"{self.delta_a_kJ_mol:.3f} +- {self.error_kJ_mol:.3f} kJ/mol"
               if math.isfinite(self.delta_a_kJ_mol)
               else "kJ/mol undetermined (different temperatures without a normalised reference)")
-        flag = "" if self.reliable else " [UNRELIABLE: Pareto k >= 0.7]"
+        flag = "" if self.reliable else (" [UNRELIABLE: Pareto k >= 0.7]" if math.isfinite(self.error_f)
+                                         else " [UNRELIABLE: no finite error, no overlap]")
         text = (f"f({self.label_b}) - f({self.label_a}) = {self.delta_f:.3f} +- {self.error_f:.3f} (reduced, "
                 f"{self.method.upper()}); A_B - A_A = {kj}; weights A: {_fmt_diag(self.diagnostics_a)}; "
                 f"B: {_fmt_diag(self.diagnostics_b)}{flag}")
@@ -1119,7 +1142,11 @@ def thermodynamic_free_energy(state_a: MolecularSystem | float, state_b: Molecul
         result.pop("f_abs", None)
     finally:
         energies.close()
-    out = ThermodynamicFreeEnergy(label_a=_label(a), label_b=_label(b), temperature_a=a.temperature,
+    label_a, label_b = _label(a), _label(b)
+    if label_a == label_b:  # e.g. vacuum vs implicit solvent of one molecule: say which is which
+        label_a, label_b = (f"{s.name} ({s.description or 'state ' + k}) at {s.temperature:g} K"
+                            for s, k in ((a, "A"), (b, "B")))
+    out = ThermodynamicFreeEnergy(label_a=label_a, label_b=label_b, temperature_a=a.temperature,
                                   temperature_b=b.temperature, two_generator=two, notes=tuple(notes),
                                   **result)
     if warn and not out.reliable:

@@ -80,6 +80,8 @@ def pareto_k(log_w) -> float:
     tail = w[-m:] - threshold
     if tail[-1] <= 0:  # flat tail: all the largest weights equal
         return float("-inf")
+    if tail[int(m / 4 + 0.5) - 1] <= 0:  # most of the tail underflows next to the largest weight
+        return float("inf")
     return _gpd_shape(tail)
 
 
@@ -92,7 +94,8 @@ def _gpd_shape(x: np.ndarray) -> float:
     b = b / (prior * x[int(n / 4 + 0.5) - 1]) + 1.0 / x[-1]
     k = np.log1p(-b[:, None] * x).mean(axis=1)
     log_lik = n * (np.log(-b / k) - k - 1.0)
-    weights = 1.0 / np.exp(log_lik - log_lik[:, None]).sum(axis=1)
+    with np.errstate(over="ignore"):  # exp overflow -> inf -> weight 0 for hopeless grid points
+        weights = 1.0 / np.exp(log_lik - log_lik[:, None]).sum(axis=1)
     b_post = np.sum(b * weights)
     shape = np.log1p(-b_post * x).mean()
     return float((n * shape + 10 * 0.5) / (n + 10))  # weakly informative prior towards 0.5

@@ -418,7 +418,7 @@ class Trainer:
 
 
 def plot_history(history: Sequence[dict], path: str | os.PathLike) -> Path:
-    """Training curves (ML, KL, RC losses and mean energy against step) written to a PNG."""
+    """Training curves (ML loss, KL loss and the mean energy of the KL samples against step) as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -35,6 +35,13 @@ def test_pareto_k_recovers_tail_shape(shape):
     assert rw.pareto_k(log_w) == pytest.approx(shape, abs=0.1)
 
 
+def test_pareto_k_of_a_single_dominating_weight_is_infinite():
+    log_w = np.full(1000, -900.0)
+    log_w[0] = 0.0
+    assert rw.pareto_k(log_w) == np.inf
+    assert not rw.diagnose(log_w, warn=False).reliable
+
+
 def test_pareto_k_light_tail_and_warning():
     rng = np.random.default_rng(1)
     light = 0.1 * rng.standard_normal(20000)  # log-normal, sigma 0.1: essentially uniform weights

@@ -76,11 +76,13 @@ def md_from_starts(system, starts, n_frames, seed, friction=10.0) -> mdtraj.Traj
     """Short MD runs started in each basin; they do not cross the barriers, so the data hold the
     basins in the proportion we chose (equal), not in their Boltzmann proportion."""
     trajs = []
+    # platform="Reference": the same seed gives the same trajectory (by default openmm-bg picks the
+    # fastest platform by timing, and CPU and Reference trajectories differ)
     for k, (x, y) in enumerate(starts):
         x0 = system.positions.copy()
         x0[0, :2] = (x, y)
         trajs.append(openmm_bg.simulate(system, n_frames=n_frames, stride=10, seed=seed + k, positions=x0,
-                                        friction=friction, progress=False))
+                                        friction=friction, platform="Reference", progress=False))
     return mdtraj.join(trajs)
 
 

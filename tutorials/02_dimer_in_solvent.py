@@ -18,8 +18,8 @@ What you see
 ------------
 In ``--output`` (default ``tutorial-output/02_dimer_in_solvent``):
 
-- ``dimer_configurations.png``: a closed and an open configuration drawn by the generator (solvent
-  grey, dimer coloured, box walls dashed), with their energies.
+- ``dimer_configurations.png``: the highest-weight closed and open configurations drawn by the
+  generator (solvent grey, dimer coloured, box walls dashed), with their energies.
 - ``dimer_free_energy.png``: free energy along ``d`` from reweighted BG samples (with bootstrap
   errors) and from raw samples, against MD histograms of the two runs (each MD basin is shifted onto
   the BG curve at its minimum: MD gives no relative level between the basins).
@@ -27,10 +27,20 @@ In ``--output`` (default ``tutorial-output/02_dimer_in_solvent``):
 
 The printed summary gives ``A(open) - A(closed)`` with its error and the weight diagnostics.
 
+What to expect
+--------------
+This is a hard target (76 coupled dimensions, steep r^-12 repulsion). With the default schedule on
+one CPU core (about 17 minutes of training), the raw samples cover both states and look like
+plausible configurations, but the importance weights are dominated by a handful of samples
+(ESS of a few out of 20000): the script then refuses to report ``A(open) - A(closed)`` and the
+reweighted curve covers the closed basin only. That refusal is the point of the diagnostics --
+train much longer (``--steps``; the paper trained for far more iterations on a GPU) until ESS/N
+reaches at least a few per cent before reading the reweighted curve.
+
 Run
 ---
-``python tutorials/02_dimer_in_solvent.py`` (about 10 minutes on one CPU core; ``--steps`` scales the
-training) or with ``--smoke`` (seconds; tiny MD and training, only checks that everything runs).
+``python tutorials/02_dimer_in_solvent.py`` (about 20 minutes on one CPU core; ``--steps`` sets the
+training steps per stage) or with ``--smoke`` (seconds; tiny MD and training, only checks that everything runs).
 """
 
 from __future__ import annotations
@@ -86,7 +96,8 @@ def md_data(system, n_frames: int, seed: int) -> tuple[mdtraj.Trajectory, mdtraj
     for k, d in enumerate((1.0, 2.0)):
         runs.append(openmm_bg.simulate(system, n_frames=n_frames, stride=20, seed=seed + k,
                                        positions=start_with_dimer_distance(system, d), minimize=True,
-                                       equilibration_steps=200, friction=10.0, progress=False))
+                                       equilibration_steps=200, friction=10.0, platform="Reference",
+                                       progress=False))
     return runs[0], runs[1]
 
 
@@ -130,7 +141,7 @@ def main(argv=None) -> None:
     gen = openmm_bg.BoltzmannGenerator.build(system, data, n_blocks=2 if small else 6,
                                              hidden=(16,) if small else (128, 128), seed=args.seed)
     stages = [Stage("ml", n, lr=1e-3, batch_size=256),
-              Stage("ml+kl+rc", n, kl=1e-3, kl_end=0.5, rc=0.2, lr=5e-4, batch_size=256,
+              Stage("ml+kl+rc", n, kl=1e-3, kl_end=0.05, rc=0.2, lr=5e-4, batch_size=256,
                     kl_batch_size=64 if small else 256)]
     t0 = time.perf_counter()
     history = Trainer(gen, data, stages, seed=args.seed, rc="d", progress=not small).fit()

@@ -14,6 +14,10 @@ those data, then by the energy (KL). Its samples are independent, and their impo
 means something only when the weights are light-tailed: the script prints the effective sample size
 (ESS) and Pareto k (k > 0.7: the error is underestimated).
 
+Raw samples can look right long before the weights are usable: a shortened run (``--train-scale
+0.3``) draws both basins but has an ESS of a few out of 50000, and the script then refuses to
+report Delta A. Train with the full schedule (or longer) until ESS/N is at least a few per cent.
+
 What you see
 ------------
 In ``--output`` (default ``tutorial-output/03_alanine_dipeptide``):
@@ -44,7 +48,7 @@ import torch
 
 import openmm_bg
 from openmm_bg.demo import _ramachandran, demo_data, demo_training
-from openmm_bg.free_energy import InsufficientSamplesError, free_energy_profile, state_free_energy
+from openmm_bg.free_energy import InsufficientSamplesError, free_energy_profile, pymbar_module, state_free_energy
 from openmm_bg.plots import plot_profile
 from openmm_bg.systems import load
 from openmm_bg.training import Trainer, plot_history
@@ -79,6 +83,7 @@ def main(argv=None) -> None:
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    pymbar_module()  # import pymbar quietly now (openmmtools, used by the loader, would print its banner)
     system = load("alanine_dipeptide")  # vacuum, AMBER ff96, 300 K
     small = args.smoke
 

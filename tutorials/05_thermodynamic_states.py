@@ -44,16 +44,20 @@ import math
 import time
 from pathlib import Path
 
-import mdtraj
-import torch
-from scipy import integrate
+import matplotlib
 
-import openmm_bg
-from openmm_bg.free_energy import thermodynamic_free_energy
-from openmm_bg.plots import plot_free_energies
-from openmm_bg.systems import load
-from openmm_bg.systems.toy import DOUBLE_WELL_EXPRESSION, Z_CONFINEMENT
-from openmm_bg.training import Stage, Trainer
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mdtraj  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy import integrate  # noqa: E402
+
+import openmm_bg  # noqa: E402
+from openmm_bg.free_energy import thermodynamic_free_energy  # noqa: E402
+from openmm_bg.systems import load  # noqa: E402
+from openmm_bg.systems.toy import DOUBLE_WELL_EXPRESSION, Z_CONFINEMENT  # noqa: E402
+from openmm_bg.training import Stage, Trainer  # noqa: E402
 
 NAME = "05_thermodynamic_states"
 T_A, T_B = 300.0, 350.0
@@ -105,7 +109,7 @@ def two_well_md(system, n_frames: int, seed: int) -> mdtraj.Trajectory:
         x0 = system.positions.copy()
         x0[0, 0] = x1
         trajs.append(openmm_bg.simulate(system, n_frames=n_frames, stride=10, seed=seed + k, positions=x0,
-                                        friction=10.0, progress=False))
+                                        friction=10.0, platform="Reference", progress=False))
     return mdtraj.join(trajs)
 
 
@@ -122,23 +126,46 @@ def train(system, args) -> openmm_bg.BoltzmannGenerator:
 
 
 def report(title: str, exact_df: float, exact_kj: float, rows: list[tuple[str, object]], path: Path) -> None:
-    """Print a table and draw the bar chart (reduced Delta f) with the exact value as a line."""
+    """Print a table; plot Delta f of every estimate against the exact value (left) and the unbiased
+    estimates' deviation from it with their error bars (right, zoomed)."""
     print(f"\n{title}\n{'estimate':<34}{'Delta f (reduced)':<22}{'Delta A / kJ/mol':<22}weights")
     print(f"{'exact (quadrature)':<34}{exact_df:<22.3f}{exact_kj:<22.3f}")
-    bars = []
+    labels, values, errors = [], [], []
     for label, r in rows:
         if hasattr(r, "bias"):  # the two-generator estimate
             print(f"{label:<34}{f'{r.delta_f:.3f} +- {r.error:.3f}':<22}{r.delta_a_kJ_mol:<22.3f}"
                   f"bias KL_B - KL_A = {r.bias:.3f}")
-            bars.append((label, r.delta_f, r.error))
+            value, error = r.delta_f, r.error
         else:
             diag = r.diagnostics_b or r.diagnostics_a
             weights = "n/a" if diag is None else f"ESS {diag.ess:.0f}/{diag.n}, Pareto k {diag.pareto_k:.2f}"
             print(f"{label:<34}{f'{r.delta_f:.3f} +- {r.error_f:.3f}':<22}"
                   f"{f'{r.delta_a_kJ_mol:.3f} +- {r.error_kJ_mol:.3f}':<22}{weights}")
-            bars.append((label, r.delta_f, r.error_f))
-    bars.append(("exact", exact_df, 0.0))
-    plot_free_energies(bars, path, reference=exact_df, title=title)
+            value, error = r.delta_f, r.error_f
+        labels.append(label.replace(", ", "\n", 1).replace("two-generator ", "two-generator\n"))
+        values.append(value)
+        errors.append(error if math.isfinite(error) else 0.0)
+    values, errors = np.array(values), np.array(errors)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [len(rows), 3]})
+    x = np.arange(len(rows))
+    left.bar(x, values, yerr=errors, capsize=4, color="tab:blue", alpha=0.8, edgecolor="black")
+    left.axhline(exact_df, color="tab:red", ls="--", label=f"exact {exact_df:.3f}")
+    left.axhline(0.0, color="black", lw=0.6)
+    left.set_xticks(x, labels, fontsize=8)
+    left.set_ylabel(r"$\Delta f = f_B - f_A$ (reduced, dimensionless)")
+    left.legend(fontsize=8)
+    unbiased = [k for k, (label, _) in enumerate(rows) if not label.startswith("two-generator")]
+    right.errorbar(np.arange(len(unbiased)), values[unbiased] - exact_df, yerr=errors[unbiased], fmt="o",
+                   capsize=4, color="tab:blue")
+    right.axhline(0.0, color="tab:red", ls="--")
+    right.set_xticks(np.arange(len(unbiased)), [labels[k] for k in unbiased], fontsize=8)
+    right.set_xlim(-0.5, len(unbiased) - 0.5)
+    right.set_ylabel(r"$\Delta f$ - exact (reduced)")
+    right.set_title("unbiased estimators (zoom)", fontsize=10)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def main(argv=None) -> None:

@@ -12,8 +12,9 @@ is cached in ``alanine_reference.json`` beside this script; other benchmarks rea
     python benchmarks/reference/alanine_reference.py --solvent vacuum --method pt
     python benchmarks/reference/alanine_reference.py --solvent vacuum --method umbrella
 
-Each run adds or replaces its entry (``{solvent}: {method: {...}}``) and recomputes the combined
-value (inverse-variance mean of the methods) under ``{solvent}: {"delta_a_kT", "error_kT"}``.
+Each run adds or replaces its entry under ``{solvent}: {"runs": {...}}`` and recomputes the combined
+value (inverse-variance mean; widened and flagged ``"consistent": false`` when the runs disagree) under
+``{solvent}: {"delta_a_kT", "error_kT"}``.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def _umbrella_force(k_kj: float) -> openmm.CustomTorsionForce:
 
 
 def umbrella(solvent: str, n_windows: int, k_kj: float, equilibration_ps: float, production_ps: float,
-             seed: int, platform: str) -> dict:
+             seed: int, platform: str, reverse: bool = False) -> dict:
     import pymbar
 
     system = load("alanine_dipeptide", solvent=solvent)
@@ -147,6 +148,8 @@ def umbrella(solvent: str, n_windows: int, k_kj: float, equilibration_ps: float,
     omm.addForce(_umbrella_force(k_kj))
     kT = system.kT
     centres = np.linspace(-math.pi, math.pi, n_windows, endpoint=False)
+    if reverse:  # walk the circle the other way round: hysteresis in psi shows up as a difference
+        centres = centres[::-1].copy()
     integrator = openmm.LangevinMiddleIntegrator(system.temperature * unit.kelvin, 1.0 / unit.picosecond,
                                                  0.001 * unit.picoseconds)
     integrator.setRandomNumberSeed(seed + 1)
@@ -186,7 +189,8 @@ def umbrella(solvent: str, n_windows: int, k_kj: float, equilibration_ps: float,
 
     log_w = unbiased_log_weights(phis)
     delta = _delta_a(_in_c7ax(phis.ravel()), np.exp(log_w - log_w.max()))
-    _save_samples(f"alanine_{solvent}_umbrella", phi=phis.ravel(), psi=psis.ravel(), log_weights=log_w)
+    _save_samples(f"alanine_{solvent}_umbrella{'_reverse' if reverse else ''}", phi=phis.ravel(), psi=psis.ravel(),
+                  log_weights=log_w)
     rng = np.random.default_rng(seed)
     n_blocks = 10
     blocks = np.array_split(np.arange(n_samples), n_blocks)
@@ -211,6 +215,7 @@ def main(argv=None) -> None:
     parser.add_argument("--k", type=float, default=200.0, help="umbrella force constant (kJ/mol/rad^2)")
     parser.add_argument("--equilibration-ps", type=float, default=20.0)
     parser.add_argument("--production-ps", type=float, default=200.0)
+    parser.add_argument("--reverse", action="store_true", help="umbrella windows in descending phi order")
     parser.add_argument("--platform", default="Reference")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -220,21 +225,34 @@ def main(argv=None) -> None:
                                     args.platform)
     else:
         result = umbrella(args.solvent, args.windows, args.k, args.equilibration_ps, args.production_ps,
-                          args.seed, args.platform)
+                          args.seed, args.platform, reverse=args.reverse)
     result["seed"] = args.seed
     print(json.dumps(result, indent=1))
     table = json.loads(RESULT.read_text()) if RESULT.exists() else {}
     entry = table.setdefault(args.solvent, {})
-    entry[args.method] = result
-    methods = [v for k, v in entry.items() if k in ("pt", "umbrella")]
-    weights = np.array([1 / max(m["error_kT"], 1e-3) ** 2 for m in methods])
-    values = np.array([m["delta_a_kT"] for m in methods])
-    entry["delta_a_kT"] = float((weights * values).sum() / weights.sum())
-    entry["error_kT"] = float(1 / math.sqrt(weights.sum()))
-    entry["methods"] = sorted(k for k in entry if k in ("pt", "umbrella"))
+    key = args.method + ("_reverse" if args.method == "umbrella" and args.reverse else "")
+    key += f"_seed{args.seed}" if args.seed else ""
+    entry.setdefault("runs", {})[key] = result
+    entry.update(combine(entry["runs"]))
     RESULT.write_text(json.dumps(table, indent=1) + "\n")
     print(f"{args.solvent}: Delta A(C7ax - C7eq) = {entry['delta_a_kT']:.3f} +- {entry['error_kT']:.3f} kT "
-          f"(methods: {', '.join(entry['methods'])}) -> {RESULT}")
+          f"(runs: {', '.join(entry['runs'])}; consistent: {entry['consistent']}) -> {RESULT}")
+
+
+def combine(runs: dict) -> dict:
+    """Inverse-variance mean of the runs; if they disagree (chi^2 per degree of freedom > 4), the error
+    is widened by their spread and the entry is flagged, so that nobody trusts a number the methods
+    do not agree on."""
+    values = np.array([r["delta_a_kT"] for r in runs.values()])
+    errors = np.array([max(r["error_kT"], 1e-3) for r in runs.values()])
+    weights = 1 / errors**2
+    mean = float((weights * values).sum() / weights.sum())
+    error = float(1 / math.sqrt(weights.sum()))
+    chi2 = float((((values - mean) / errors) ** 2).sum() / max(len(values) - 1, 1))
+    consistent = bool(chi2 <= 4.0)
+    if not consistent:
+        error = float(math.sqrt(error**2 + np.var(values, ddof=1)))
+    return {"delta_a_kT": mean, "error_kT": error, "chi2_per_dof": chi2, "consistent": consistent}
 
 
 if __name__ == "__main__":

@@ -40,9 +40,18 @@ def _constraints(value):
 
 
 def _openmmtools_data(name: str) -> str:
-    from openmmtools.testsystems import get_data_filename
+    """Path of a file in openmmtools' data folder, found without importing openmmtools (whose import
+    loads pymbar and its banner)."""
+    import importlib.util
+    from pathlib import Path
 
-    return get_data_filename(f"data/{name}")
+    spec = importlib.util.find_spec("openmmtools")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("openmmtools is not installed: pip install openmmtools")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"openmmtools data file {name!r} not found at {path}; reinstall openmmtools")
+    return str(path)
 
 
 def _dihedral_coordinate(name: str, atoms) -> ReactionCoordinate:
