@@ -7,7 +7,7 @@ refused rather than silently dropped.
 Examples
 --------
 >>> import numpy as np
->>> log_w = np.log(np.array([1.0, 1.0, 2.0, 0.0]))
+>>> log_w = np.array([0.0, 0.0, np.log(2.0), -np.inf])  # the last sample has weight 0
 >>> round(kish_ess(log_w), 3)
 2.667
 >>> round(largest_weight_share(log_w), 3)

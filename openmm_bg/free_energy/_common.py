@@ -1,0 +1,191 @@
+"""Shared pieces of the free-energy estimators: constants, pymbar import, unit and sample helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import reweighting
+from ..reweighting import WeightDiagnostics
+from ..samples import Samples
+from ..systems import MolecularSystem, State
+from ..systems.molecular_system import kT_kJ_per_mol
+
+#: kJ per kcal (thermochemical calorie).
+KJ_PER_KCAL = 4.184
+
+
+#: Smallest MBAR overlap (pymbar ``compute_overlap`` matrix element) between the generator and a state
+#: that `state_free_energy_mbar` calls reliable (a common rule of thumb is >= 0.03).
+MIN_OVERLAP = 0.03
+
+
+#: Default minimum Kish ESS inside a state below which `state_free_energy` refuses to report.
+#: With ESS = 30 the relative error of the state's weight is ~ 1/sqrt(30) = 0.18 (0.18 kT).
+DEFAULT_MIN_ESS = 30.0
+
+
+class InsufficientSamplesError(ValueError):
+    """A state holds too few (effective) samples for a free energy to mean anything."""
+
+
+# ---------------------------------------------------------------------- pymbar, quietly
+_PYMBAR = None
+
+
+def pymbar_module():
+    """Import pymbar once, silencing its "JAX NOT FOUND" banner and timeseries notice.
+
+    pymbar 4 logs both through ``logging`` on import (printed by the last-resort handler to
+    stderr); this raises those loggers' levels and redirects stdout/stderr during the import only.
+    """
+    global _PYMBAR
+    if _PYMBAR is None:
+        names = ["pymbar", "pymbar.mbar_solvers", "pymbar.timeseries", "pymbar.mbar"]
+        loggers = [logging.getLogger(n) for n in names]
+        levels = [lg.level for lg in loggers]
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                import pymbar
+                import pymbar.other_estimators  # noqa: F401
+                import pymbar.timeseries  # noqa: F401
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+        _PYMBAR = pymbar
+    return _PYMBAR
+
+
+def _kT(temperature: float) -> float:
+    return kT_kJ_per_mol(temperature)
+
+
+def _fmt_diag(d: WeightDiagnostics | None) -> str:
+    if d is None:
+        return "n/a"
+    return f"ESS {d.ess:.1f}/{d.n}, max weight {100 * d.max_weight_share:.1f}%, k {d.pareto_k:.2f}"
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()]
+    if isinstance(value, float | np.floating):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, WeightDiagnostics):
+        return _jsonable(value.as_dict())
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+StateLike = str | State | Callable[..., Any]
+
+
+def _as_sample_sets(samples) -> list[Samples]:
+    sets = [samples] if isinstance(samples, Samples) else list(samples)
+    if not sets:
+        raise ValueError("no samples given: pass a Samples object or a list of them")
+    for s in sets:
+        if not isinstance(s, Samples):
+            raise TypeError(f"expected openmm_bg.Samples, got {type(s).__name__}")
+        if len(s) == 0:
+            raise ValueError("a Samples set is empty (0 samples)")
+    return sets
+
+
+def _same_topology(a: MolecularSystem, b: MolecularSystem) -> str | None:
+    """None if ``a`` and ``b`` share atoms (names, elements, order) and constraints; else why not."""
+    if a.n_atoms != b.n_atoms:
+        return f"{a.name!r} has {a.n_atoms} atoms, {b.name!r} has {b.n_atoms}"
+    for x, y in zip(a.topology.atoms(), b.topology.atoms()):
+        ex = x.element.symbol if x.element is not None else ""
+        ey = y.element.symbol if y.element is not None else ""
+        if x.name != y.name or ex != ey:
+            return (f"atom {x.index} is {x.residue.name}:{x.name} in {a.name!r} but "
+                    f"{y.residue.name}:{y.name} in {b.name!r}")
+    ca = [(i, j, round(d, 6)) for i, j, d in a.constraints]
+    cb = [(i, j, round(d, 6)) for i, j, d in b.constraints]
+    if ca != cb:
+        return f"constraints differ ({len(ca)} in {a.name!r}, {len(cb)} in {b.name!r})"
+    return None
+
+
+def _require_same_topology(a: MolecularSystem, b: MolecularSystem, what: str) -> None:
+    why = _same_topology(a, b)
+    if why is not None:
+        raise ValueError(f"{what} must share a topology (same atoms in the same order, same constraints): "
+                         f"{why}")
+
+
+def _state_name(state: StateLike) -> str:
+    if isinstance(state, str):
+        return state
+    if isinstance(state, State):
+        return state.name
+    return getattr(state, "__name__", "custom state")
+
+
+def _evaluate_state(state: StateLike, system: MolecularSystem, positions: np.ndarray) -> np.ndarray:
+    """Boolean mask ``[n]`` of ``positions`` inside ``state`` (name, `State` or function)."""
+    if isinstance(state, str):
+        if state not in system.states:
+            raise KeyError(f"system {system.name!r} has no state {state!r}; it has {sorted(system.states)} "
+                           "(or pass a State or a boolean function of positions)")
+        state = system.states[state]
+    if not callable(state):
+        raise TypeError("a state must be a name, a State or a function of positions, got "
+                        f"{type(state).__name__}")
+    finite = np.isfinite(positions).all(axis=(1, 2))
+    safe = np.where(finite[:, None, None], positions, 0.0)
+    if isinstance(state, State):
+        mask = state(safe)
+    else:
+        try:
+            mask = state(safe)
+        except (AttributeError, TypeError):  # written for an mdtraj.Trajectory: give it one
+            mask = state(system.to_mdtraj(safe))
+        mask = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    mask = np.asarray(mask)
+    if mask.shape != (positions.shape[0],):
+        raise ValueError(f"state {_state_name(state)!r} returned shape {mask.shape}; a state function must "
+                         f"return one boolean per configuration, shape ({positions.shape[0]},)")
+    if mask.dtype != bool:
+        if not np.isin(mask, [0, 1]).all():
+            raise ValueError(f"state {_state_name(state)!r} must return booleans, got values like {mask[:3]}")
+        mask = mask.astype(bool)
+    return mask & finite
+
+
+def _label(system: MolecularSystem) -> str:
+    return f"{system.name} at {system.temperature:g} K"
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return list(value)
+    return [value]
+
+
+def _diag_from_log_w(log_w: np.ndarray) -> WeightDiagnostics | None:
+    log_w = np.asarray(log_w, dtype=np.float64)
+    if log_w.size == 0 or not np.isfinite(log_w).any():
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return reweighting.diagnose(log_w, warn=False)
+

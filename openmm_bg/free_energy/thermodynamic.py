@@ -1,0 +1,502 @@
+"""Free-energy differences between thermodynamic states sharing a topology (MBAR, BAR, EXP)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..reweighting import WeightDiagnostics
+from ..samples import Samples
+from ..systems import MolecularSystem
+from ._common import (
+    KJ_PER_KCAL,
+    _as_list,
+    _as_sample_sets,
+    _diag_from_log_w,
+    _fmt_diag,
+    _jsonable,
+    _kT,
+    _label,
+    _require_same_topology,
+    pymbar_module,
+)
+from ._mbar import (
+    _bar,
+    _concat,
+    _Energies,
+    _Ensemble,
+    _exp,
+    _generator_log_prob,
+    _mbar_covariance,
+    _MBARProblem,
+    _solve_mbar,
+    _subsample_md,
+)
+
+
+@dataclass(frozen=True)
+class TwoGeneratorEstimate:
+    """The seed's two-generator estimate ``Delta f = <J_KL^B> - <J_KL^A>`` (reduced).
+
+    ``J_KL^k = E_{x ~ p_k}[u_k(x) + log p_k(x)] = f_k + KL(p_k || mu_k) >= f_k``: each term is an upper
+    bound on the reduced free energy ``f_k = -log Z_k`` of its state, so the difference is biased by
+    ``KL_B - KL_A`` (the difference of the two generators' errors), of either sign; it is not an
+    unbiased estimate and its error bar below is the sampling error only.
+
+    Attributes
+    ----------
+    j_kl_a, j_kl_b : float
+        Sample means of ``u + log p`` (reduced, dimensionless) of the generators for states A and B.
+    delta_f : float
+        ``j_kl_b - j_kl_a``.
+    error : float
+        Standard error of ``delta_f`` from sampling (not the bias).
+    delta_a_kJ_mol : float
+        ``kT_B j_kl_b - kT_A j_kl_a`` (kJ/mol).
+    kl_a, kl_b : float
+        ``J_KL - f`` of each generator with ``f`` from the unbiased estimate (NaN if none): estimated KL
+        divergences, whose difference ``bias`` is the two-generator estimate's bias.
+    n_excluded : int
+        Zero-weight samples left out of the means (their ``J_KL`` term is infinite).
+    """
+
+    j_kl_a: float
+    j_kl_b: float
+    delta_f: float
+    error: float
+    delta_a_kJ_mol: float
+    kl_a: float = math.nan
+    kl_b: float = math.nan
+    n_excluded: int = 0
+
+    @property
+    def bias(self) -> float:
+        """Estimated bias ``KL_B - KL_A`` of ``delta_f`` (reduced)."""
+        return self.kl_b - self.kl_a
+
+    def as_dict(self) -> dict:
+        """Plain dictionary for JSON."""
+        return _jsonable({**asdict(self), "bias": self.bias})
+
+    def __str__(self) -> str:
+        return (f"two-generator <J_KL^B> - <J_KL^A> = {self.delta_f:.3f} +- {self.error:.3f} (reduced; "
+                f"{self.delta_a_kJ_mol:.3f} kJ/mol), a difference of two upper bounds with bias KL_B - KL_A "
+                f"= {self.kl_b:.3f} - {self.kl_a:.3f} = {self.bias:.3f}")
+
+
+@dataclass(frozen=True)
+class ThermodynamicFreeEnergy:
+    """Free-energy difference between two thermodynamic states A and B sharing a topology.
+
+    Attributes
+    ----------
+    label_a, label_b : str
+        Descriptions of the states (system name and temperature).
+    temperature_a, temperature_b : float
+        K.
+    delta_f : float
+        Reduced difference ``f_B - f_A`` with ``f = A/kT`` (dimensionless; unambiguous across
+        temperatures).
+    error_f : float
+        Its standard error (MBAR/BAR/EXP asymptotic).
+    delta_a_kJ_mol : float
+        ``A_B - A_A = kT_B f_B - kT_A f_A`` in kJ/mol. Needs absolute ``f`` (a normalised generator
+        reference) when the temperatures differ, else NaN; across temperatures it depends on the unit
+        of length of the configurational measure (nm here), as any absolute configurational A does.
+    error_kJ_mol : float
+        Its standard error (with the covariance of ``f_A`` and ``f_B``).
+    method : str
+        ``"mbar"``, ``"bar"`` or ``"exp"``.
+    n_samples : dict
+        Samples used per sampled state (after decorrelating MD).
+    diagnostics_a, diagnostics_b : WeightDiagnostics or None
+        Weights of all samples for states A and B (MBAR's mixture weights, or the importance weights).
+    two_generator : TwoGeneratorEstimate or None
+        The seed's estimate, when sample sets of generators for both states were given.
+    generator_consistency : float
+        Largest ``|f_gen_j - f_gen_0|`` MBAR finds between generator states, which are all exactly
+        normalised (0 in theory; large values flag poor overlap). NaN with fewer than two.
+    notes : tuple of str
+        What was done (estimators, decorrelation).
+    """
+
+    label_a: str
+    label_b: str
+    temperature_a: float
+    temperature_b: float
+    delta_f: float
+    error_f: float
+    delta_a_kJ_mol: float
+    error_kJ_mol: float
+    method: str
+    n_samples: dict = field(default_factory=dict)
+    diagnostics_a: WeightDiagnostics | None = None
+    diagnostics_b: WeightDiagnostics | None = None
+    two_generator: TwoGeneratorEstimate | None = None
+    generator_consistency: float = math.nan
+    notes: tuple[str, ...] = ()
+
+    @property
+    def delta_a_kcal_mol(self) -> float:
+        """``A_B - A_A`` in kcal/mol."""
+        return self.delta_a_kJ_mol / KJ_PER_KCAL
+
+    @property
+    def error_kcal_mol(self) -> float:
+        """Error in kcal/mol."""
+        return self.error_kJ_mol / KJ_PER_KCAL
+
+    @property
+    def reliable(self) -> bool:
+        """False when the weights for either state have Pareto k >= 0.7, or the estimator could not
+        give a finite error (no overlap)."""
+        return math.isfinite(self.error_f) and all(d is None or d.reliable
+                                                   for d in (self.diagnostics_a, self.diagnostics_b))
+
+    def as_dict(self) -> dict:
+        """Plain dictionary for JSON."""
+        out = asdict(self)
+        out["two_generator"] = self.two_generator.as_dict() if self.two_generator is not None else None
+        out.update(delta_a_kcal_mol=self.delta_a_kcal_mol, error_kcal_mol=self.error_kcal_mol,
+                   reliable=self.reliable)
+        return _jsonable(out)
+
+    def __str__(self) -> str:
+        kj = (f"{self.delta_a_kJ_mol:.3f} +- {self.error_kJ_mol:.3f} kJ/mol"
+              if math.isfinite(self.delta_a_kJ_mol)
+              else "kJ/mol undetermined (different temperatures without a normalised reference)")
+        flag = "" if self.reliable else (" [UNRELIABLE: Pareto k >= 0.7]" if math.isfinite(self.error_f)
+                                         else " [UNRELIABLE: no finite error, no overlap]")
+        text = (f"f({self.label_b}) - f({self.label_a}) = {self.delta_f:.3f} +- {self.error_f:.3f} (reduced, "
+                f"{self.method.upper()}); A_B - A_A = {kj}; weights A: {_fmt_diag(self.diagnostics_a)}; "
+                f"B: {_fmt_diag(self.diagnostics_b)}{flag}")
+        if self.two_generator is not None:
+            text += f"; {self.two_generator}"
+        return text
+
+
+def _resolve_states(state_a, state_b, sets: list[Samples]) -> tuple[MolecularSystem, MolecularSystem]:
+    base = next((s for s in (state_a, state_b) if isinstance(s, MolecularSystem)), None)
+    if base is None:
+        base = sets[0].system if sets else None
+    if base is None:
+        raise ValueError("give at least one state as a MolecularSystem (or samples) so that temperatures "
+                         "can be resolved to a system")
+    out = []
+    for s in (state_a, state_b):
+        if isinstance(s, MolecularSystem):
+            out.append(s)
+        elif isinstance(s, int | float):
+            out.append(base.with_temperature(float(s)))
+        else:
+            raise TypeError(f"a thermodynamic state must be a MolecularSystem or a temperature in K, got "
+                            f"{type(s).__name__}")
+    a, b = out
+    _require_same_topology(a, b, "the two thermodynamic states")
+    for s in sets:
+        _require_same_topology(a, s.system, "the samples and the thermodynamic states")
+    for state in (a, b):
+        state.require_nonperiodic("thermodynamic_free_energy")
+    return a, b
+
+
+def _j_kl(s: Samples, target: MolecularSystem, energies: _Energies) -> tuple[float, float, int]:
+    ens = _Ensemble(positions=np.asarray(s.positions, dtype=np.float64), valid=np.isfinite(s.log_weights),
+                    system=s.system, temperature=float(s.temperature), energies=s.energies, kind="generator")
+    u = energies.reduced(target, ens)
+    values = u + s.log_prob
+    ok = np.isfinite(values)
+    if ok.sum() < 2:
+        raise ValueError("fewer than two finite samples for the two-generator estimate")
+    v = values[ok]
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size)), int((~ok).sum())
+
+
+def _matches(s: Samples, target: MolecularSystem) -> bool:
+    return s.system.system is target.system and math.isclose(float(s.temperature), target.temperature,
+                                                             rel_tol=1e-9)
+
+
+def two_generator_estimate(samples_a: Samples, samples_b: Samples, state_a: MolecularSystem | None = None,
+                           state_b: MolecularSystem | None = None, f_a: float = math.nan,
+                           f_b: float = math.nan) -> TwoGeneratorEstimate:
+    """The seed's two-generator estimate ``Delta f_AB = <J_KL^B> - <J_KL^A>``.
+
+    ``J_KL^k`` is the sample mean of ``u_k(x) + log p_k(x)`` over samples of the generator for state
+    ``k`` (normalised density, so ``E[J_KL^k] = f_k + KL(p_k || mu_k) >= f_k``). The difference is
+    biased by ``KL_B - KL_A`` and is no substitute for BAR/MBAR; report it next to them.
+
+    Parameters
+    ----------
+    samples_a, samples_b : Samples
+        Samples of the generators trained for states A and B (with their own log densities).
+    state_a, state_b : MolecularSystem, optional
+        The states (default: each set's system at its temperature).
+    f_a, f_b : float
+        Unbiased reduced free energies of the states relative to a normalised reference (e.g. from
+        `thermodynamic_free_energy`), used only to report the KL terms (the bias).
+
+    Returns
+    -------
+    TwoGeneratorEstimate
+    """
+    state_a = state_a or samples_a.system.with_temperature(samples_a.temperature)
+    state_b = state_b or samples_b.system.with_temperature(samples_b.temperature)
+    _require_same_topology(state_a, state_b, "the two thermodynamic states")
+    energies = _Energies()
+    try:
+        ja, ea, xa = _j_kl(samples_a, state_a, energies)
+        jb, eb, xb = _j_kl(samples_b, state_b, energies)
+    finally:
+        energies.close()
+    return TwoGeneratorEstimate(j_kl_a=ja, j_kl_b=jb, delta_f=jb - ja, error=math.hypot(ea, eb),
+                                delta_a_kJ_mol=_kT(state_b.temperature) * jb - _kT(state_a.temperature) * ja,
+                                kl_a=ja - f_a, kl_b=jb - f_b, n_excluded=xa + xb)
+
+
+def thermodynamic_free_energy(state_a: MolecularSystem | float, state_b: MolecularSystem | float,
+                              samples: Samples | Sequence[Samples] | None = None, generators=None,
+                              md_a=None, md_b=None, method: str = "auto", decorrelate: bool = True,
+                              warn: bool = True) -> ThermodynamicFreeEnergy:
+    """Free-energy difference between two thermodynamic states sharing a topology.
+
+    Each sample set comes from a generator whose density (normalised, so ``f_gen = 0``) is a
+    tractable reference state. With ``method="mbar"`` (default where there are samples) one MBAR
+    (pymbar 4) solves the generator states, the two targets and any MD frames together; absolute
+    reduced free energies ``f_A``, ``f_B`` then follow relative to the generator, which gives the
+    kJ/mol difference across temperatures too. ``"bar"``: BAR between the generator and each target
+    (pymbar ``bar``) where MD of that target exists, EXP (pymbar ``exp``) from the generator where it
+    does not; without samples, BAR between the two MD ensembles. ``"exp"``: one direction only (from
+    the generator, or from MD of A when that is all there is).
+
+    Parameters
+    ----------
+    state_a, state_b : MolecularSystem or float
+        The states; a float is a temperature (K) of the other state's system (or of the samples').
+    samples : Samples or sequence of Samples, optional
+        BG samples with their log densities, each set at its own temperature (K).
+    generators : BoltzmannGenerator or sequence, optional
+        The generator of each sample set; needed with several sets or with MD data (the density must
+        be evaluated on configurations it did not draw).
+    md_a, md_b : mdtraj.Trajectory, array or sequence of them, optional
+        Equilibrium MD frames ``[n, n_atoms, 3]`` (nm) at state A / B. Correlated frames are
+        subsampled by their statistical inefficiency when ``decorrelate``.
+    method : {"auto", "mbar", "bar", "exp"}
+    decorrelate : bool
+        Subsample MD frames by the statistical inefficiency of their energy differences.
+    warn : bool
+        Warn when the weights for a state have Pareto k >= 0.7.
+
+    Returns
+    -------
+    ThermodynamicFreeEnergy
+        ``delta_f`` (reduced) and ``delta_a_kJ_mol`` with errors; the two-generator estimate when
+        sample sets for both states are present (a set "is for" a state when it shares its
+        ``openmm.System`` object and temperature).
+
+    Examples
+    --------
+    >>> hot = system.with_temperature(350.0)  # doctest: +SKIP
+    >>> r = thermodynamic_free_energy(system, hot, samples=[gen.sample(10000), gen.sample(10000, 350.0)],
+    ...                               generators=[gen, gen])  # doctest: +SKIP
+    """
+    sets = _as_sample_sets(samples) if samples is not None else []
+    gens = _as_list(generators)
+    if gens and len(gens) != len(sets):
+        raise ValueError(f"give one generator per sample set ({len(sets)} sets, {len(gens)} generators)")
+    md_a, md_b = _as_list(md_a), _as_list(md_b)
+    a, b = _resolve_states(state_a, state_b, sets)
+    if not sets and not md_a and not md_b:
+        raise ValueError("no data: give BG samples and/or MD frames of the states")
+    if method == "auto":
+        method = "mbar" if sets else ("bar" if md_a and md_b else "exp")
+    if method not in ("mbar", "bar", "exp"):
+        raise ValueError(f"method must be 'auto', 'mbar', 'bar' or 'exp', got {method!r}")
+    if method in ("mbar", "bar") and sets and (len(sets) > 1 or md_a or md_b) and not gens:
+        raise ValueError("with several sample sets or MD data, pass generators=[...] (one per sample set): "
+                         "the generator density must be evaluated on configurations it did not draw")
+    notes = []
+    energies = _Energies()
+    try:
+        problem = _MBARProblem(sets, gens, [a, b], [(0, t) for t in md_a] + [(1, t) for t in md_b])
+        # decorrelate MD ensembles on the energy difference between the two targets
+        if decorrelate:
+            for i, ens in enumerate(problem.ensembles):
+                if ens.kind != "md":
+                    continue
+                du = energies.reduced(b, ens) - energies.reduced(a, ens)
+                sub, g = _subsample_md(ens, [du])
+                problem.ensembles[i] = sub
+                notes.append(f"MD at {_label(problem.targets[ens.own_state - problem.n_gen])}: statistical "
+                             f"inefficiency {g:.1f}, kept {len(sub)} of {len(ens)} frames")
+        if method == "mbar":
+            result = _thermo_mbar(problem, energies, a, b, notes)
+        elif method == "bar":
+            result = _thermo_bar(problem, energies, a, b, notes)
+        else:
+            result = _thermo_exp(problem, energies, a, b, notes)
+        two = None
+        set_a = next((s for s in sets if _matches(s, a)), None)
+        set_b = next((s for s in sets if _matches(s, b)), None)
+        if set_a is not None and set_b is not None and set_a is not set_b:
+            fa, fb = result.pop("f_abs", (math.nan, math.nan))
+            ja, ea, xa = _j_kl(set_a, a, energies)
+            jb, eb, xb = _j_kl(set_b, b, energies)
+            two = TwoGeneratorEstimate(j_kl_a=ja, j_kl_b=jb, delta_f=jb - ja, error=math.hypot(ea, eb),
+                                       delta_a_kJ_mol=_kT(b.temperature) * jb - _kT(a.temperature) * ja,
+                                       kl_a=ja - fa, kl_b=jb - fb, n_excluded=xa + xb)
+        result.pop("f_abs", None)
+    finally:
+        energies.close()
+    label_a, label_b = _label(a), _label(b)
+    if label_a == label_b:  # e.g. vacuum vs implicit solvent of one molecule: say which is which
+        label_a, label_b = (f"{s.name} ({s.description or 'state ' + k}) at {s.temperature:g} K"
+                            for s, k in ((a, "A"), (b, "B")))
+    out = ThermodynamicFreeEnergy(label_a=label_a, label_b=label_b, temperature_a=a.temperature,
+                                  temperature_b=b.temperature, two_generator=two, notes=tuple(notes),
+                                  **result)
+    if warn and not out.reliable:
+        warnings.warn("importance weights for a thermodynamic state are heavy-tailed (Pareto k >= 0.7): "
+                      f"{out}", RuntimeWarning, stacklevel=2)
+    return out
+
+
+def _kj(a: MolecularSystem, b: MolecularSystem, f_a: float, f_b: float, cov: np.ndarray | None,
+        absolute: bool, delta_f: float, err_f: float) -> tuple[float, float]:
+    kta, ktb = _kT(a.temperature), _kT(b.temperature)
+    if absolute:
+        c = np.array([-kta, ktb])
+        return ktb * f_b - kta * f_a, float(math.sqrt(max(c @ cov @ c, 0.0)))
+    if math.isclose(a.temperature, b.temperature, rel_tol=1e-12):
+        return kta * delta_f, kta * err_f
+    return math.nan, math.nan
+
+
+def _thermo_mbar(problem: _MBARProblem, energies: _Energies, a, b, notes: list) -> dict:
+    u, N_k = problem.u_kn(energies)
+    ka, kb = problem.n_gen, problem.n_gen + 1
+    if N_k.sum() == 0:
+        raise ValueError("no samples")
+    mbar = _solve_mbar(u, N_k)
+    f, cov = _mbar_covariance(mbar)
+    delta_f = float(f[kb] - f[ka])
+    err_f = float(math.sqrt(max(cov[ka, ka] + cov[kb, kb] - 2 * cov[ka, kb], 0.0)))
+    with np.errstate(divide="ignore"):
+        W = mbar.W_nk
+        lwa, lwb = np.log(W[:, ka]), np.log(W[:, kb])
+    absolute = problem.n_gen > 0
+    if absolute:
+        # f relative to generator 0 (normalised: f_gen = 0 exactly)
+        dkj, ekj = _kj(a, b, f[ka], f[kb], cov[np.ix_([ka, kb], [ka, kb])], True, delta_f, err_f)
+    else:
+        dkj, ekj = _kj(a, b, math.nan, math.nan, None, False, delta_f, err_f)
+    consistency = float(np.max(np.abs(f[:problem.n_gen]))) if problem.n_gen > 1 else math.nan
+    notes.append(f"MBAR over {problem.n_states} states ({problem.n_gen} generator, 2 target), "
+                 f"N_k = {N_k.tolist()}")
+    return dict(delta_f=delta_f, error_f=err_f, delta_a_kJ_mol=dkj, error_kJ_mol=ekj, method="mbar",
+                n_samples=problem.counts(N_k), diagnostics_a=_diag_from_log_w(lwa),
+                diagnostics_b=_diag_from_log_w(lwb), generator_consistency=consistency,
+                f_abs=(float(f[ka]), float(f[kb])) if absolute else (math.nan, math.nan))
+
+
+def _thermo_exp(problem: _MBARProblem, energies: _Energies, a, b, notes: list) -> dict:
+    pymbar = pymbar_module()
+    gens = [e for e in problem.ensembles if e.kind == "generator"]
+    if len(gens) > 1:
+        raise ValueError("method='exp' uses one sample set; use 'mbar' for several")
+    if gens:
+        ens = gens[0]
+        works, log_ws = [], []
+        for target in (a, b):
+            w = energies.reduced(target, ens) + ens.log_prob  # u_k - u_gen with u_gen = -log p
+            w = np.where(np.isfinite(ens.log_prob), w, math.inf)  # out of domain: weight 0
+            works.append(w)
+            log_ws.append(-w)
+        fs, cov = [], np.zeros((2, 2))
+        for k, w in enumerate(works):
+            r = _exp(pymbar, w)
+            fs.append(r[0])
+            cov[k, k] = r[1] ** 2
+        # covariance of the two EXP estimates from the same samples (delta method)
+        wa, wb = (np.exp(-(w - np.min(w[np.isfinite(w)]))) for w in works)
+        n = wa.size
+        cov[0, 1] = cov[1, 0] = float(np.cov(wa, wb)[0, 1] / (n * wa.mean() * wb.mean()))
+        delta_f = fs[1] - fs[0]
+        err_f = float(math.sqrt(max(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1], 0.0)))
+        dkj, ekj = _kj(a, b, fs[0], fs[1], cov, True, delta_f, err_f)
+        notes.append(f"EXP (importance sampling) from the generator to each state, {n} samples")
+        return dict(delta_f=delta_f, error_f=err_f, delta_a_kJ_mol=dkj, error_kJ_mol=ekj, method="exp",
+                    n_samples={"generator": n}, diagnostics_a=_diag_from_log_w(log_ws[0]),
+                    diagnostics_b=_diag_from_log_w(log_ws[1]), f_abs=(fs[0], fs[1]))
+    md = [e for e in problem.ensembles if e.kind == "md"]
+    src = [e for e in md if e.own_state == problem.n_gen]
+    reverse = False
+    if not src:
+        src, reverse = [e for e in md if e.own_state == problem.n_gen + 1], True
+    ens = _concat(src)
+    w = energies.reduced(b, ens) - energies.reduced(a, ens)
+    w = -w if reverse else w
+    df, ddf = _exp(pymbar, w)
+    delta_f = -df if reverse else df
+    notes.append(f"EXP from MD of state {'B' if reverse else 'A'} only ({len(ens)} frames)")
+    dkj, ekj = _kj(a, b, math.nan, math.nan, None, False, delta_f, ddf)
+    diag = _diag_from_log_w(-w)
+    return dict(delta_f=delta_f, error_f=ddf, delta_a_kJ_mol=dkj, error_kJ_mol=ekj, method="exp",
+                n_samples={"md": len(ens)}, diagnostics_a=diag if reverse else None,
+                diagnostics_b=None if reverse else diag)
+
+
+def _thermo_bar(problem: _MBARProblem, energies: _Energies, a, b, notes: list) -> dict:
+    pymbar = pymbar_module()
+    gens = [e for e in problem.ensembles if e.kind == "generator"]
+    md_a = [e for e in problem.ensembles if e.kind == "md" and e.own_state == problem.n_gen]
+    md_b = [e for e in problem.ensembles if e.kind == "md" and e.own_state == problem.n_gen + 1]
+    if not gens:
+        if not (md_a and md_b):
+            raise ValueError("BAR needs MD frames of both states (or BG samples); use method='exp' for "
+                             "one side")
+        ea, eb = _concat(md_a), _concat(md_b)
+        w_f = energies.reduced(b, ea) - energies.reduced(a, ea)
+        w_r = energies.reduced(a, eb) - energies.reduced(b, eb)
+        delta_f, err_f = _bar(pymbar, w_f, w_r)
+        notes.append(f"BAR between MD of A ({len(ea)} frames) and MD of B ({len(eb)} frames)")
+        dkj, ekj = _kj(a, b, math.nan, math.nan, None, False, delta_f, err_f)
+        return dict(delta_f=delta_f, error_f=err_f, delta_a_kJ_mol=dkj, error_kJ_mol=ekj, method="bar",
+                    n_samples={"md_a": len(ea), "md_b": len(eb)}, diagnostics_a=_diag_from_log_w(-w_r),
+                    diagnostics_b=_diag_from_log_w(-w_f))
+    if len(gens) > 1:
+        raise ValueError("method='bar' uses one sample set; use 'mbar' for several")
+    gen_ens = gens[0]
+    gen = gen_ens.generator
+    fs, vs, diags = [], [], []
+    for target, md in ((a, md_a), (b, md_b)):
+        w_f = energies.reduced(target, gen_ens) + gen_ens.log_prob
+        w_f = np.where(np.isfinite(gen_ens.log_prob), w_f, math.inf)
+        if md:
+            ens = _concat(md)
+            log_p = _generator_log_prob(gen, ens.positions, gen_ens.temperature)
+            w_r = -log_p - energies.reduced(target, ens)
+            f, df = _bar(pymbar, w_f, w_r)
+            notes.append(f"BAR generator -> {_label(target)} ({len(w_f)} BG samples, {len(w_r)} MD frames)")
+        else:
+            f, df = _exp(pymbar, w_f)
+            notes.append(f"EXP generator -> {_label(target)} ({len(w_f)} BG samples; no MD of this state)")
+        fs.append(f)
+        vs.append(df**2)
+        diags.append(_diag_from_log_w(-w_f))
+    delta_f = fs[1] - fs[0]
+    # the two estimates share the generator samples; their errors are positively correlated, so
+    # sqrt(var_a + var_b) is conservative
+    err_f = math.sqrt(vs[0] + vs[1])
+    cov = np.diag(vs)
+    dkj, ekj = _kj(a, b, fs[0], fs[1], cov, True, delta_f, err_f)
+    notes.append("error combines the two estimates as independent (conservative: they share BG samples)")
+    return dict(delta_f=delta_f, error_f=err_f, delta_a_kJ_mol=dkj, error_kJ_mol=ekj, method="bar",
+                n_samples={"generator": len(gen_ens), "md_a": sum(len(e) for e in md_a),
+                           "md_b": sum(len(e) for e in md_b)},
+                diagnostics_a=diags[0], diagnostics_b=diags[1], f_abs=(fs[0], fs[1]))
+
