@@ -405,14 +405,14 @@ class Expression:
                 try:
                     return ("num", float(_BINARY[node[1]](a[1], b[1])))
                 except (ZeroDivisionError, OverflowError, ValueError):
-                    pass
+                    pass  # not foldable (e.g. 1/0): keep the node, torch evaluates it as OpenMM would
             return ("op", node[1], a, b)
         args = tuple(self._fold(a, constants) for a in node[2])
         if node[1] in FUNCTIONS and all(a[0] == "num" for a in args):
             try:
                 return ("num", float(FUNCTIONS[node[1]][1](*(a[1] for a in args))))
             except (ZeroDivisionError, OverflowError, ValueError, TypeError):
-                pass
+                pass  # not foldable: keep the call for torch
         return ("call", node[1], args)
 
     def _simplify(self) -> None:

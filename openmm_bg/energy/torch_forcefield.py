@@ -70,7 +70,7 @@ _DEFAULT_PAIRS_PER_CHUNK = 1_000_000
 
 
 class _Unsupported(ValueError):
-    pass
+    """A force (or a feature of one) the torch force field cannot translate."""
 
 
 # --------------------------------------------------------------------------------------------
