@@ -128,7 +128,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--save-model", type=Path, default=None)
+    parser.add_argument("--save-model", type=Path, default=None, help="also write the trained model here")
+    parser.add_argument("--save-data", type=Path, default=None,
+                        help="also write every 3rd training frame here (the demo's MD panel)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     tag = f"alanine_{args.solvent}_{args.flow}"
@@ -153,8 +155,13 @@ def main(argv=None) -> dict:
     history = trainer.fit(resume=True)
     t_train = time.perf_counter() - t2
     plot_history(history, RESULTS / f"{tag}_training.png")
-    model = args.save_model or CACHE / f"{tag}.bg"
-    gen.save(model, extra={"benchmark": vars(args) | {"save_model": str(args.save_model)}})
+    extra = {"benchmark": {k: str(v) for k, v in vars(args).items()},
+             "system_spec": {"name": "alanine_dipeptide", "options": {"solvent": args.solvent}}}
+    gen.save(CACHE / f"{tag}.bg", extra=extra)
+    if args.save_model is not None:
+        gen.save(args.save_model, extra=extra)
+    if args.save_data is not None:
+        data[::3].save(str(args.save_data))
     t3 = time.perf_counter()
     samples = gen.sample(args.samples, seed=args.seed + 1, progress=True)
     t_sample = time.perf_counter() - t3
