@@ -2,8 +2,8 @@
 
 Per run (one solvent, one flow), on the CPU:
 
-1. training data: Langevin MD at 300 K from a C7eq start and from a C7ax start (found by a short
-   800 K run), cached in ``benchmarks/cache/`` (total within the 10 ns budget);
+1. training data: Langevin MD at 300 K from a C7eq start and from the shipped C7ax structure,
+   cached in ``benchmarks/cache/`` (total within the 10 ns budget);
 2. training for a wall-clock budget: ML, then ML + KL with a rising KL weight, then KL-dominated;
 3. ``--samples`` reweighted samples: ESS/N with the weight diagnostics, the fraction with inverted
    chirality, Delta A = A(C7ax) - A(C7eq) with its bootstrap error, KL(reference || reweighted) of
@@ -39,30 +39,16 @@ RESULTS = HERE / "results"
 REFERENCE = HERE / "reference" / "alanine_reference.json"
 
 
-def c7ax_start(system, seed: int) -> np.ndarray:
-    """A configuration in the C7ax core (0.5 < phi < 1.8), from a short 800 K run, relaxed at 300 K."""
-    phi = system.reaction_coordinates["phi"]
-    hot = openmm_bg.simulate(system, n_frames=2000, stride=50, temperature=800.0, seed=seed, progress=False)
-    values = phi(hot)
-    inside = np.flatnonzero((values > 0.7) & (values < 1.6))
-    if inside.size == 0:
-        raise RuntimeError("the 800 K run did not visit C7ax; rerun with another --seed")
-    return hot.xyz[inside[0]].astype(np.float64)
-
-
 def training_data(system, solvent: str, md_ns: float, c7ax_fraction: float, seed: int) -> mdtraj.Trajectory:
-    """300 K MD frames (1 ps apart) from C7eq and C7ax starts; cached."""
-    path = CACHE / f"alanine_{solvent}_md_{md_ns:g}ns_seed{seed}.h5"
+    """300 K MD frames (1 ps apart) from C7eq and from the shipped C7ax structure (the demo's data
+    recipe, `openmm_bg.demo.demo_data`); cached."""
+    from openmm_bg.demo import demo_data
+
+    path = CACHE / f"alanine_{solvent}_md_{md_ns:g}ns_ax{c7ax_fraction:g}_seed{seed}.h5"
     if path.exists():
         return mdtraj.load(str(path))
     CACHE.mkdir(parents=True, exist_ok=True)
-    n_total = int(md_ns * 1000)
-    n_ax = int(n_total * c7ax_fraction)
-    eq = openmm_bg.simulate(system, n_frames=n_total - n_ax, stride=1000, seed=seed, equilibration_steps=10000)
-    start = c7ax_start(system, seed)
-    ax = openmm_bg.simulate(system, n_frames=n_ax, stride=1000, seed=seed + 1, positions=start,
-                            equilibration_steps=10000)
-    data = mdtraj.join([eq, ax])
+    data = demo_data(system, md_ns * (1 - c7ax_fraction), md_ns * c7ax_fraction, seed)
     data.save(str(path))
     return data
 
@@ -149,8 +135,8 @@ def main(argv=None) -> dict:
     stages = schedule(step_s, args.train_minutes)
     CACHE.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(gen, data, stages, seed=args.seed, checkpoint=CACHE / f"{tag}.ckpt", checkpoint_every=500,
-                      metrics=RESULTS / f"{tag}_training.csv")
+    trainer = Trainer(gen, data, stages, seed=args.seed, checkpoint=CACHE / f"{tag}_seed{args.seed}.ckpt",
+                      checkpoint_every=500, metrics=RESULTS / f"{tag}_training.csv")
     t2 = time.perf_counter()
     history = trainer.fit(resume=True)
     t_train = time.perf_counter() - t2

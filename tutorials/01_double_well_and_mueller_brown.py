@@ -52,6 +52,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mdtraj  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import tutorial_parser  # noqa: E402  (tutorials/_common.py, beside this script)
 from scipy import integrate  # noqa: E402
 
 import openmm_bg  # noqa: E402
@@ -63,12 +64,7 @@ NAME = "01_double_well_and_mueller_brown"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="seconds: tiny MD and training (for CI)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds MD, training and sampling")
-    parser.add_argument("--output", type=Path, default=Path("tutorial-output") / NAME,
-                        help="folder for the PNG files")
+    parser = tutorial_parser(NAME, __doc__)
     return parser.parse_args(argv)
 
 

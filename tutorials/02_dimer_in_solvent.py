@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import matplotlib
 
@@ -56,6 +55,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mdtraj  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import tutorial_parser  # noqa: E402  (tutorials/_common.py, beside this script)
 from matplotlib.patches import Circle  # noqa: E402
 
 import openmm_bg  # noqa: E402
@@ -68,12 +68,7 @@ NAME = "02_dimer_in_solvent"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="seconds: tiny MD and training (for CI)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds MD, training and sampling")
-    parser.add_argument("--output", type=Path, default=Path("tutorial-output") / NAME,
-                        help="folder for the PNG files")
+    parser = tutorial_parser(NAME, __doc__)
     parser.add_argument("--steps", type=int, default=1500,
                         help="training steps per stage in full mode (ML, then ML + KL + RC)")
     parser.add_argument("--samples", type=int, default=20000, help="generator samples in full mode")

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import tutorial_parser
 
 import openmm_bg
 from openmm_bg.demo import _ramachandran, demo_data, demo_training
@@ -57,12 +58,8 @@ NAME = "03_alanine_dipeptide"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="about a minute: tiny MD and training (for CI)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds MD, training and sampling")
-    parser.add_argument("--output", type=Path, default=Path("tutorial-output") / NAME,
-                        help="folder for the PNG files and the trained model")
+    parser = tutorial_parser(NAME, __doc__, smoke_help="about a minute: tiny MD and training (for CI)",
+                             output_help="folder for the PNG files and the trained model")
     parser.add_argument("--model", type=Path, default=None,
                         help="use this saved generator (BoltzmannGenerator.save) instead of training one")
     parser.add_argument("--train-scale", type=float, default=1.0,

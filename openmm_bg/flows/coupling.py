@@ -40,6 +40,20 @@ def _as_mask(mask: Sequence[bool] | torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def _split(mask: Sequence[bool] | torch.Tensor, domain: Domain | None):
+    """Validated ``(mask, domain, transformed indices, conditioning indices)`` of a coupling layer."""
+    mask = _as_mask(mask)
+    n = len(mask)
+    domain = Domain.real(n) if domain is None else domain
+    if domain.n_dof != n:
+        raise ValueError(f"mask has {n} dimensions, domain {domain.n_dof}")
+    idx_t = torch.nonzero(mask).flatten()
+    idx_c = torch.nonzero(~mask).flatten()
+    if len(idx_t) == 0:
+        raise ValueError("mask selects no dimension to transform")
+    return mask, domain, idx_t, idx_c
+
+
 class AffineCoupling(Transform):
     """Affine coupling layer on ``[batch, n_dof]``.
 
@@ -62,15 +76,7 @@ class AffineCoupling(Transform):
                  hidden: Sequence[int] = (64, 64), scale_bound: float = 2.0,
                  activation: type[nn.Module] = nn.SiLU):
         super().__init__()
-        mask = _as_mask(mask)
-        n = len(mask)
-        domain = Domain.real(n) if domain is None else domain
-        if domain.n_dof != n:
-            raise ValueError(f"mask has {n} dimensions, domain {domain.n_dof}")
-        idx_t = torch.nonzero(mask).flatten()
-        idx_c = torch.nonzero(~mask).flatten()
-        if len(idx_t) == 0:
-            raise ValueError("mask selects no dimension to transform")
+        mask, domain, idx_t, idx_c = _split(mask, domain)
         bad = [int(i) for i in idx_t if domain.kinds[int(i)] != REAL]
         if bad:
             raise ValueError(f"affine coupling can only transform real dimensions; {bad} are not")

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .base import MLP, Transform
-from .coupling import _as_mask
+from .coupling import _split
 from .domain import CIRCULAR, REAL, Domain
 from .splines import derivatives, knots, rq_spline
 
@@ -73,15 +73,7 @@ class SplineCoupling(Transform):
                  hidden: Sequence[int] = (64, 64), tail_bound: float = 5.0, min_bin: float = 1e-3,
                  min_derivative: float = 1e-3, activation: type[nn.Module] = nn.SiLU):
         super().__init__()
-        mask = _as_mask(mask)
-        n = len(mask)
-        domain = Domain.real(n) if domain is None else domain
-        if domain.n_dof != n:
-            raise ValueError(f"mask has {n} dimensions, domain {domain.n_dof}")
-        idx_t = torch.nonzero(mask).flatten()
-        idx_c = torch.nonzero(~mask).flatten()
-        if len(idx_t) == 0:
-            raise ValueError("mask selects no dimension to transform")
+        mask, domain, idx_t, idx_c = _split(mask, domain)
         if bins < 2:
             raise ValueError("need at least 2 bins")
         self.register_buffer("idx_t", idx_t)
