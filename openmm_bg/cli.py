@@ -255,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="training trajectory (.h5 with topology, or .dcd/.xtc matching "
                                                  "the system's atoms)")
     p.add_argument("--config", help="TOML file of training stages ([[stage]] tables with steps, ml, kl, kl_end, "
-                                    "rc, lr, batch_size, ...); default ML then ML+KL")
+                                    "rc, lr, lr_end, batch_size, ...); default: 1500 ML steps, then 3000 steps of "
+                                    "KL + 0.1 ML")
     p.add_argument("--steps-scale", type=float, default=1.0, help="scale the default stages' step counts")
     p.add_argument("--flow", choices=["realnvp", "spline"], default="realnvp", help="flow architecture")
     p.add_argument("--n-blocks", type=int, default=4, help="coupling blocks (default 4)")

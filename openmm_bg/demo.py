@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import mdtraj
@@ -29,10 +30,15 @@ from .data import structure_path
 from .samples import Samples
 from .systems import MolecularSystem, load
 
-__all__ = ["run_demo", "PRETRAINED", "demo_data", "demo_training"]
+__all__ = ["run_demo", "PRETRAINED", "REFERENCE_DELTA_A_KT", "demo_data", "demo_training"]
 
-#: The shipped pretrained generator (``systems/models/``; not shipped yet: the demo then trains one).
+#: The shipped pretrained generator (``systems/models/``), made by
+#: ``python benchmarks/alanine_dipeptide.py --kl-steps 3000 --save-model systems/models/alanine_dipeptide_vacuum.bg
+#: --save-data systems/models/alanine_dipeptide_vacuum_md.h5``.
 PRETRAINED = "models/alanine_dipeptide_vacuum.bg"
+#: Reference Delta A(C7ax - C7eq) in vacuum at 300 K and its error (kT), from
+#: ``benchmarks/reference/alanine_reference.json`` (biased MD, umbrella sampling and parallel tempering).
+REFERENCE_DELTA_A_KT = (4.74, 0.06)
 #: Wall-clock budget of the from-scratch training (s); the schedule is scaled to fit it.
 TRAINING_BUDGET_S = 480.0
 
@@ -56,12 +62,11 @@ def demo_data(system: MolecularSystem, ns_c7eq: float, ns_c7ax: float, seed: int
 
 
 def demo_training(scale: float):
-    """The demo's schedule: ML, then ML + KL with a rising KL weight; step counts times ``scale``."""
-    from .training import Stage
+    """The demo's schedule: `openmm_bg.training.default_stages` (ML, then KL + 0.1 ML), steps times
+    ``scale``."""
+    from .training import default_stages
 
-    return [Stage("ml", max(10, int(2000 * scale)), lr=1e-3),
-            Stage("ml+kl", max(10, int(4000 * scale)), kl=1e-3, kl_end=0.2, lr=5e-4, kl_batch_size=256),
-            Stage("kl", max(10, int(1000 * scale)), kl=0.2, kl_end=0.5, lr=1e-4, kl_batch_size=512)]
+    return [replace(stage, steps=max(10, stage.steps)) for stage in default_stages(scale)]
 
 
 def _unweighted(system: MolecularSystem, positions: np.ndarray) -> Samples:
@@ -109,7 +114,7 @@ def run_demo(output: Path, quick: bool = False, from_scratch: bool = False, seed
     quick : bool
         Smoke mode (about a minute): 0.1 ns of MD, a few hundred training steps, 5000 samples.
     from_scratch : bool
-        Run MD (1.4 ns) and training (sized to ``TRAINING_BUDGET_S``) instead of loading the pretrained
+        Run MD (4 ns) and training (sized to ``TRAINING_BUDGET_S``) instead of loading the pretrained
         generator; also what happens when no pretrained generator is installed.
     seed : int
         Seeds MD, training and sampling.
@@ -132,11 +137,11 @@ def run_demo(output: Path, quick: bool = False, from_scratch: bool = False, seed
         try:
             model_path = structure_path(PRETRAINED)
         except FileNotFoundError:
-            print("note: the pretrained demo generator is not shipped with this version yet; training one "
+            print("note: the pretrained demo generator is missing from this installation; training one "
                   "from scratch instead (about 15 minutes on 2 cores; --quick for a one-minute smoke run)")
             from_scratch = True
     if quick or from_scratch:
-        ns_eq, ns_ax, scale = (0.08, 0.04, 0.05) if quick else (1.0, 0.4, None)
+        ns_eq, ns_ax, scale = (0.08, 0.04, 0.05) if quick else (3.0, 1.0, None)
         print(f"[1/4] MD of alanine dipeptide at 300 K: {ns_eq} ns from C7eq, {ns_ax} ns from C7ax")
         data = demo_data(system, ns_eq, ns_ax, seed, progress)
         timings["md_s"] = time.perf_counter() - t0
@@ -144,11 +149,13 @@ def run_demo(output: Path, quick: bool = False, from_scratch: bool = False, seed
         gen = openmm_bg.BoltzmannGenerator.build(system, data, n_blocks=4 if not quick else 2,
                                                  hidden=(128, 128) if not quick else (32, 32), seed=seed)
         if scale is None:  # size the schedule to the training budget from a few timed steps
-            probe = Trainer(gen, data, [Stage("probe", 5, kl=0.01, kl_batch_size=256)], seed=seed, progress=False)
+            probe = Trainer(gen, data, [Stage("probe", 5, ml=0.1, kl=1.0, kl_batch_size=256)], seed=seed,
+                            progress=False)
             t_probe = time.perf_counter()
             probe.fit()
             seconds_per_step = (time.perf_counter() - t_probe) / 5
-            scale = min(1.0, TRAINING_BUDGET_S / seconds_per_step / 7000)
+            # an ML step costs about 0.45 KL steps: 1500 ML + 3000 KL steps ~ 3700 KL steps
+            scale = min(1.0, TRAINING_BUDGET_S / seconds_per_step / 3700)
             gen = openmm_bg.BoltzmannGenerator.build(system, data, n_blocks=4, hidden=(128, 128), seed=seed)
         t1 = time.perf_counter()
         Trainer(gen, data, demo_training(scale), seed=seed, progress=progress).fit()
@@ -195,6 +202,8 @@ def run_demo(output: Path, quick: bool = False, from_scratch: bool = False, seed
     print(f"{'effective sample size':<{width}}{diag.ess:.0f} ({100 * diag.ess_fraction:.1f}%), largest weight "
           f"{100 * diag.max_weight_share:.2f}%, Pareto k {diag.pareto_k:.2f}")
     print(f"{'free energy':<{width}}{line}")
+    ref, ref_error = REFERENCE_DELTA_A_KT
+    print(f"{'reference (benchmarks/reference)':<{width}}{ref:.2f} +- {ref_error:.2f} kT")
     print(f"{'plots':<{width}}{plots['ramachandran']}, {plots['profile_phi']}")
     print(f"{'numbers':<{width}}{output / 'summary.json'}")
     print(f"{'wall time':<{width}}{summary['timings_s']['total']:.0f} s")

@@ -57,6 +57,18 @@ def test_rc_stage_needs_a_coordinate(double_well_data):
     assert np.isfinite(history[-1]["rc"])
 
 
+def test_cosine_learning_rate_reaches_the_optimiser(double_well_data):
+    system, data = double_well_data
+    stage = Stage("ml", 5, lr=1e-3, lr_end=1e-5)
+    assert [stage.learning_rate(i) for i in (0, 2, 4)] == pytest.approx([1e-3, 0.5 * (1e-3 + 1e-5), 1e-5])
+    assert Stage("ml", 5, lr=1e-3).learning_rate(4) == 1e-3
+    gen = BoltzmannGenerator.build(system, data, n_blocks=2, hidden=(16,), seed=0)
+    trainer = Trainer(gen, data, [stage], progress=False)
+    history = trainer.fit()
+    assert [row["lr"] for row in history] == pytest.approx([stage.learning_rate(i) for i in range(5)])
+    assert trainer._optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)
+
+
 def test_load_stages_from_toml(tmp_path):
     path = tmp_path / "stages.toml"
     path.write_text('[[stage]]\nname = "ml"\nsteps = 10\n\n[[stage]]\nsteps = 20\nkl = 0.01\nkl_end = 0.1\n')

@@ -5,6 +5,9 @@ standardised. Unimodal circular dimensions (e.g. the torsions that place a methy
 third hydrogens, always ~120 degrees from the first) are rotated on the circle so that their mode
 sits at 0 and then scaled like real dimensions; a standardised value whose image would wrap
 around the circle more than half a period is out of domain (the map is only injective there).
+Multimodal circular dimensions (phi, psi, methyl rotors: left to circular splines) keep their
+scale but are rotated so that the widest gap in the data sits at the circle's boundary, so no
+mode is cut in two there.
 
 ``forward`` maps standardised ``v`` -> ``y``: ``y = shift + scale * v`` (wrapped onto
 ``[low, low + period)`` for circular-shifted dimensions); ``log_det = sum(log scale)``.
@@ -68,8 +71,11 @@ class Standardize(Transform):
         """Mean and standard deviation per dimension of data ``y`` ``[n, n_dof]``.
 
         ``wrap_mask`` dimensions use the circular mean and the spread of the wrapped deviations;
-        ``identity_mask`` dimensions (e.g. multimodal torsions left to circular splines) are
-        passed through unchanged.
+        ``identity_mask`` dimensions (e.g. multimodal torsions left to circular splines) keep their
+        scale but are rotated on the circle so that the emptiest point of the data (the centre of the
+        least populated of ``72`` bins, smoothed over three) sits at the boundary ``low``: a mode
+        that straddled the boundary would otherwise be split in two halves that a circular spline
+        must glue back together.
         """
         y = torch.as_tensor(y, dtype=torch.float64)
         n_dof = y.shape[1]
@@ -84,16 +90,17 @@ class Standardize(Transform):
         shift = torch.where(wrap, circ_mean, shift)
         dev = torch.where(wrap, _wrap(y - shift, -period / 2, period), y - shift)
         scale = dev.std(0).clamp_min(min_scale)
-        shift = torch.where(ident, torch.zeros_like(shift), shift)
+        shift = torch.where(ident, _emptiest_point(y, low, period) + 0.5 * period, shift)
+        shift = torch.where(ident, _wrap(shift, low, period), shift)
         scale = torch.where(ident, torch.ones_like(scale), scale)
-        wrap = wrap & ~ident
+        wrap = wrap | ident
         return cls(shift, scale, wrap, low=low, period=period)
 
     def in_domain(self, v: torch.Tensor) -> torch.Tensor:
         """``[batch]`` bool: wrapped dimensions stay within half a period of their centre."""
         half = 0.5 * self.period
         scaled = (v * self.scale.to(v)).abs()
-        ok = torch.where(self.wrap.to(v.device), scaled < half, torch.isfinite(v))
+        ok = torch.where(self.wrap.to(v.device), scaled <= half, torch.isfinite(v))
         return ok.all(-1)
 
     def forward(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,6 +114,25 @@ class Standardize(Transform):
         d = y - self.shift.to(y)
         d = torch.where(self.wrap.to(y.device), _wrap(d, -0.5 * self.period, self.period), d)
         return d / self.scale.to(y), -self.scale.to(y).log().sum().expand(y.shape[0])
+
+
+def _emptiest_point(y: torch.Tensor, low: float, period: float, bins: int = 72) -> torch.Tensor:
+    """``[n_dof]``: per column of ``y``, the centre of the bin farthest from any bin holding more than
+    0.1% of the data (the middle of the widest gap), or, where no bin is that empty, of the least
+    populated bin after 3-bin circular smoothing."""
+    idx = (_wrap(y, low, period) - low) * (bins / period)
+    idx = idx.long().clamp(0, bins - 1)
+    counts = torch.zeros(bins, y.shape[1], dtype=torch.float64).scatter_add_(0, idx, torch.ones_like(y))
+    smooth = counts + counts.roll(1, 0) + counts.roll(-1, 0)
+    best = smooth.argmin(0)
+    occupied = counts > 1e-3 * y.shape[0]
+    k = torch.arange(bins)
+    gap = (k[:, None] - k[None, :]).abs()
+    gap = torch.minimum(gap, bins - gap).to(torch.float64)  # [bins, bins] circular bin distance
+    for d in range(y.shape[1]):
+        if occupied[:, d].any() and not occupied[:, d].all():
+            best[d] = gap[:, occupied[:, d]].min(1).values.argmax()
+    return low + (best.to(torch.float64) + 0.5) * (period / bins)
 
 
 def _wrap(x: torch.Tensor, low: float, period: float) -> torch.Tensor:
