@@ -16,7 +16,7 @@ Per run (one solvent, one flow), on the CPU:
 Results go to ``benchmarks/results/alanine_{solvent}_{flow}.json`` and a Ramachandran plot
 ``...png``; the model to ``benchmarks/cache/alanine_{solvent}_{flow}.bg`` (``--save-model`` elsewhere).
 
-    python benchmarks/alanine_dipeptide.py --solvent vacuum --flow realnvp --kl-steps 6000
+    python benchmarks/alanine_dipeptide.py --solvent vacuum --flow realnvp --kl-steps 3000
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import mdtraj
@@ -100,7 +101,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--solvent", choices=["vacuum", "implicit"], default="vacuum")
     parser.add_argument("--flow", choices=["realnvp", "spline"], default="realnvp")
-    parser.add_argument("--kl-steps", type=int, default=6000, help="steps of the KL stage")
+    parser.add_argument("--kl-steps", type=int, default=3000, help="steps of the KL stage")
+    parser.add_argument("--kl-stage-ml", type=float, default=0.1, help="ML weight in the KL stage")
     parser.add_argument("--md-ns", type=float, default=10.0, help="training MD at 300 K (ns, <= 10)")
     parser.add_argument("--c7ax-fraction", type=float, default=0.25, help="share of MD started in C7ax")
     parser.add_argument("--samples", type=int, default=100_000)
@@ -131,6 +133,7 @@ def main(argv=None) -> dict:
         gen = openmm_bg.BoltzmannGenerator.build(system, data, flow=args.flow, n_blocks=args.n_blocks,
                                                  hidden=tuple(args.hidden), seed=args.seed)
         stages = default_stages(1.0, kl_scale=args.kl_steps / default_stages()[1].steps)
+        stages[1] = replace(stages[1], ml=args.kl_stage_ml)
         trainer = Trainer(gen, data, stages, seed=args.seed, checkpoint=CACHE / f"{tag}_seed{args.seed}.ckpt",
                           checkpoint_every=500, metrics=RESULTS / f"{tag}_training.csv")
         t2 = time.perf_counter()

@@ -14,9 +14,10 @@ those data, then by the energy (KL). Its samples are independent, and their impo
 means something only when the weights are light-tailed: the script prints the effective sample size
 (ESS) and Pareto k (k > 0.7: the error is underestimated).
 
-Raw samples can look right long before the weights are usable: a shortened run (``--train-scale
-0.3``) draws both basins but has an ESS of a few out of 50000, and the script then refuses to
-report Delta A. Train with the full schedule (or longer) until ESS/N is at least a few per cent.
+Raw samples can look right long before the weights are usable: a barely trained generator draws
+both basins but has an ESS of a few out of 50000, and the script then refuses to report Delta A.
+The default schedule (``openmm_bg.training.default_stages``: 1500 ML steps, then 3000 of KL + 0.1 ML)
+reaches ESS/N of about 20 % on 10 ns of data in the benchmark (``benchmarks/README.md``).
 
 What you see
 ------------
@@ -30,7 +31,7 @@ In ``--output`` (default ``tutorial-output/03_alanine_dipeptide``):
 
 Run
 ---
-``python tutorials/03_alanine_dipeptide.py`` (2 ns of MD and ~7000 training steps: about 15-30
+``python tutorials/03_alanine_dipeptide.py`` (4 ns of MD and 4500 training steps: about 10-20
 minutes on one CPU core; ``--train-scale 0.3`` for a quicker, rougher model),
 ``python tutorials/03_alanine_dipeptide.py --model tutorial-output/03_alanine_dipeptide/model.bg``
 (reuse a saved generator; only MD for the data panel and sampling), or ``--smoke`` (about a minute;
@@ -63,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, default=None,
                         help="use this saved generator (BoltzmannGenerator.save) instead of training one")
     parser.add_argument("--train-scale", type=float, default=1.0,
-                        help="multiplies the training steps of the demo schedule (7000 steps at 1.0)")
+                        help="multiplies the training steps of the default schedule (4500 steps at 1.0)")
     parser.add_argument("--samples", type=int, default=50000, help="generator samples in full mode")
     return parser.parse_args(argv)
 
@@ -85,7 +86,7 @@ def main(argv=None) -> None:
     small = args.smoke
 
     # 1. MD from C7eq (the reference structure) and from a C7ax structure: 1 ps between frames.
-    ns_eq, ns_ax = (0.03, 0.015) if small else (1.5, 0.5)
+    ns_eq, ns_ax = (0.03, 0.015) if small else (3.0, 1.0)
     print(f"MD at 300 K: {ns_eq} ns from C7eq, {ns_ax} ns from C7ax")
     data = demo_data(system, ns_eq, ns_ax, seed=args.seed, progress=not small)
     phi = system.reaction_coordinates["phi"](data.xyz.astype(np.float64))
