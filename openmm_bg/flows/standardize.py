@@ -72,10 +72,9 @@ class Standardize(Transform):
 
         ``wrap_mask`` dimensions use the circular mean and the spread of the wrapped deviations;
         ``identity_mask`` dimensions (e.g. multimodal torsions left to circular splines) keep their
-        scale but are rotated on the circle so that the emptiest point of the data (the centre of the
-        least populated of ``72`` bins, smoothed over three) sits at the boundary ``low``: a mode
-        that straddled the boundary would otherwise be split in two halves that a circular spline
-        must glue back together.
+        scale but are rotated on the circle so that the middle of the data's widest gap (on ``72``
+        bins) sits at the boundary ``low``: a mode that straddled the boundary would otherwise be
+        split in two halves that a circular spline must glue back together.
         """
         y = torch.as_tensor(y, dtype=torch.float64)
         n_dof = y.shape[1]
