@@ -48,6 +48,18 @@ def _platform(name: str) -> tuple[openmm.Platform, dict]:
     return openmm.Platform.getPlatformByName(name), ({"Threads": "1"} if name == "CPU" else {})
 
 
+def _biased_context(system, omm: openmm.System, seed: int, platform: str):
+    """``(context, integrator)``: 300 K Langevin (1 fs, 1/ps) on ``omm`` (the system plus a bias force),
+    started from the system's positions."""
+    integrator = openmm.LangevinMiddleIntegrator(system.temperature * unit.kelvin, 1.0 / unit.picosecond,
+                                                 0.001 * unit.picoseconds)
+    integrator.setRandomNumberSeed(seed + 1)
+    context = openmm.Context(omm, integrator, *_platform(platform))
+    context.setPositions(system.positions)
+    context.setVelocitiesToTemperature(system.temperature * unit.kelvin, seed + 1)
+    return context, integrator
+
+
 def _phi_psi(positions: np.ndarray) -> tuple[float, float]:
     from openmm_bg.geometry import dihedral
 
@@ -161,12 +173,7 @@ def umbrella(solvent: str, n_windows: int, k_kj: float, equilibration_ps: float,
     centres = np.linspace(-math.pi, math.pi, n_windows, endpoint=False)
     if reverse:  # walk the circle the other way round: hysteresis in psi shows up as a difference
         centres = centres[::-1].copy()
-    integrator = openmm.LangevinMiddleIntegrator(system.temperature * unit.kelvin, 1.0 / unit.picosecond,
-                                                 0.001 * unit.picoseconds)
-    integrator.setRandomNumberSeed(seed + 1)
-    context = openmm.Context(omm, integrator, *_platform(platform))
-    context.setPositions(system.positions)
-    context.setVelocitiesToTemperature(system.temperature * unit.kelvin, seed + 1)
+    context, integrator = _biased_context(system, omm, seed, platform)
     stride = 100  # 0.1 ps between samples
     n_samples = int(production_ps * 1000 / stride)
     phis = np.empty((n_windows, n_samples))
@@ -253,12 +260,7 @@ def biased_md(solvent: str, ns: float, scale: float, seed: int, platform: str) -
     omm = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system.system))
     coeffs = scale * phi_bias_coefficients()
     omm.addForce(_phi_bias_force(coeffs, system.kT))
-    integrator = openmm.LangevinMiddleIntegrator(system.temperature * unit.kelvin, 1.0 / unit.picosecond,
-                                                 0.001 * unit.picoseconds)
-    integrator.setRandomNumberSeed(seed + 1)
-    context = openmm.Context(omm, integrator, *_platform(platform))
-    context.setPositions(system.positions)
-    context.setVelocitiesToTemperature(system.temperature * unit.kelvin, seed + 1)
+    context, integrator = _biased_context(system, omm, seed, platform)
     integrator.step(20_000)  # 20 ps equilibration
     stride = 100  # 0.1 ps between samples
     n = int(ns * 1e6 / stride)

@@ -22,6 +22,20 @@ from ..systems.molecular_system import kT_kJ_per_mol
 KJ_PER_KCAL = 4.184
 
 
+class _KcalUnits:
+    """``delta_a_kcal_mol`` / ``error_kcal_mol`` for a result that has ``delta_a_kJ_mol`` / ``error_kJ_mol``."""
+
+    @property
+    def delta_a_kcal_mol(self) -> float:
+        """``Delta A`` in kcal/mol."""
+        return self.delta_a_kJ_mol / KJ_PER_KCAL
+
+    @property
+    def error_kcal_mol(self) -> float:
+        """Error in kcal/mol."""
+        return self.error_kJ_mol / KJ_PER_KCAL
+
+
 #: Smallest MBAR overlap (pymbar ``compute_overlap`` matrix element) between the generator and a state
 #: that `state_free_energy_mbar` calls reliable (a common rule of thumb is >= 0.03).
 MIN_OVERLAP = 0.03

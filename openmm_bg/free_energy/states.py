@@ -14,7 +14,6 @@ from ..reweighting import WeightDiagnostics
 from ..samples import Samples
 from ._common import (
     DEFAULT_MIN_ESS,
-    KJ_PER_KCAL,
     MIN_OVERLAP,
     InsufficientSamplesError,
     StateLike,
@@ -23,6 +22,7 @@ from ._common import (
     _diag_from_log_w,
     _evaluate_state,
     _jsonable,
+    _KcalUnits,
     _kT,
     _require_same_topology,
     _state_name,
@@ -31,7 +31,7 @@ from ._mbar import _Energies, _Ensemble, _generator_log_prob, _mbar_covariance, 
 
 
 @dataclass(frozen=True)
-class StateFreeEnergy:
+class StateFreeEnergy(_KcalUnits):
     """Free-energy difference ``A_B - A_A`` between two conformational states of one system.
 
     Attributes
@@ -106,16 +106,6 @@ class StateFreeEnergy:
     def error_kJ_mol(self) -> float:
         """Error in kJ/mol."""
         return self.error_kT * _kT(self.temperature)
-
-    @property
-    def delta_a_kcal_mol(self) -> float:
-        """``Delta A`` in kcal/mol."""
-        return self.delta_a_kJ_mol / KJ_PER_KCAL
-
-    @property
-    def error_kcal_mol(self) -> float:
-        """Error in kcal/mol."""
-        return self.error_kJ_mol / KJ_PER_KCAL
 
     @property
     def generator_spread_kT(self) -> float:

@@ -13,12 +13,12 @@ from ..reweighting import WeightDiagnostics
 from ..samples import Samples
 from ..systems import MolecularSystem
 from ._common import (
-    KJ_PER_KCAL,
     _as_list,
     _as_sample_sets,
     _diag_from_log_w,
     _fmt_diag,
     _jsonable,
+    _KcalUnits,
     _kT,
     _label,
     _require_same_topology,
@@ -89,7 +89,7 @@ class TwoGeneratorEstimate:
 
 
 @dataclass(frozen=True)
-class ThermodynamicFreeEnergy:
+class ThermodynamicFreeEnergy(_KcalUnits):
     """Free-energy difference between two thermodynamic states A and B sharing a topology.
 
     Attributes
@@ -139,16 +139,6 @@ class ThermodynamicFreeEnergy:
     two_generator: TwoGeneratorEstimate | None = None
     generator_consistency: float = math.nan
     notes: tuple[str, ...] = ()
-
-    @property
-    def delta_a_kcal_mol(self) -> float:
-        """``A_B - A_A`` in kcal/mol."""
-        return self.delta_a_kJ_mol / KJ_PER_KCAL
-
-    @property
-    def error_kcal_mol(self) -> float:
-        """Error in kcal/mol."""
-        return self.error_kJ_mol / KJ_PER_KCAL
 
     @property
     def reliable(self) -> bool:
