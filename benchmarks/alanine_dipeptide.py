@@ -43,16 +43,19 @@ RESULTS = HERE / "results"
 REFERENCE = HERE / "reference" / "alanine_reference.json"
 
 
-def training_data(system, solvent: str, md_ns: float, c7ax_fraction: float, seed: int) -> mdtraj.Trajectory:
+def training_data(system, solvent: str, md_ns: float, c7ax_fraction: float, seed: int,
+                  restrain_c7ax: bool = False) -> mdtraj.Trajectory:
     """300 K MD frames (1 ps apart) from C7eq and from the shipped C7ax structure (the demo's data
-    recipe, `openmm_bg.demo.demo_data`); cached."""
+    recipe, `openmm_bg.demo.demo_data`, the C7ax run optionally held in C7ax by a flat-bottom phi
+    restraint); cached."""
     from openmm_bg.demo import demo_data
 
-    path = CACHE / f"alanine_{solvent}_md_{md_ns:g}ns_ax{c7ax_fraction:g}_seed{seed}.h5"
+    tag = "_restrained" if restrain_c7ax else ""
+    path = CACHE / f"alanine_{solvent}_md_{md_ns:g}ns_ax{c7ax_fraction:g}{tag}_seed{seed}.h5"
     if path.exists():
         return mdtraj.load(str(path))
     CACHE.mkdir(parents=True, exist_ok=True)
-    data = demo_data(system, md_ns * (1 - c7ax_fraction), md_ns * c7ax_fraction, seed)
+    data = demo_data(system, md_ns * (1 - c7ax_fraction), md_ns * c7ax_fraction, seed, restrain_c7ax=restrain_c7ax)
     data.save(str(path))
     return data
 
@@ -105,6 +108,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--kl-stage-ml", type=float, default=0.1, help="ML weight in the KL stage")
     parser.add_argument("--md-ns", type=float, default=10.0, help="training MD at 300 K (ns, <= 10)")
     parser.add_argument("--c7ax-fraction", type=float, default=0.25, help="share of MD started in C7ax")
+    parser.add_argument("--c7ax-restraint", action="store_true",
+                        help="hold the C7ax part of the MD in C7ax with a flat-bottom phi restraint")
+    parser.add_argument("--c7ax-stride", type=int, default=1,
+                        help="train on every N-th frame of the C7ax part of the MD only (fewer C7ax frames)")
+    parser.add_argument("--tag", default="", help="suffix of the result and model file names")
     parser.add_argument("--samples", type=int, default=100_000)
     parser.add_argument("--n-blocks", type=int, default=4)
     parser.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
@@ -117,10 +125,13 @@ def main(argv=None) -> dict:
                         help="also write every 3rd training frame here (the demo's MD panel)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    tag = f"alanine_{args.solvent}_{args.flow}"
+    tag = f"alanine_{args.solvent}_{args.flow}{args.tag}"
     system = load("alanine_dipeptide", solvent=args.solvent)
     t0 = time.perf_counter()
-    data = training_data(system, args.solvent, args.md_ns, args.c7ax_fraction, args.seed)
+    data = training_data(system, args.solvent, args.md_ns, args.c7ax_fraction, args.seed, args.c7ax_restraint)
+    if args.c7ax_stride > 1:  # demo_data puts the C7eq frames first
+        n_eq = max(1, int(args.md_ns * (1 - args.c7ax_fraction) * 1000))
+        data = mdtraj.join([data[:n_eq], data[n_eq::args.c7ax_stride]])
     t_data = time.perf_counter() - t0
     CACHE.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)

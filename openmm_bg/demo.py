@@ -30,7 +30,8 @@ from .data import structure_path
 from .samples import Samples
 from .systems import MolecularSystem, load
 
-__all__ = ["run_demo", "PRETRAINED", "REFERENCE_DELTA_A_KT", "demo_data", "demo_training"]
+__all__ = ["run_demo", "PRETRAINED", "REFERENCE_DELTA_A_KT", "demo_data", "demo_training", "c7ax_restrained",
+           "C7AX_RESTRAINT_PHI"]
 
 #: The shipped pretrained generator (``systems/models/``), made by
 #: ``python benchmarks/alanine_dipeptide.py --kl-steps 3000 --save-model systems/models/alanine_dipeptide_vacuum.bg
@@ -50,15 +51,60 @@ def c7ax_structure() -> np.ndarray:
 
 
 def demo_data(system: MolecularSystem, ns_c7eq: float, ns_c7ax: float, seed: int,
-              progress: bool = True) -> mdtraj.Trajectory:
-    """300 K MD frames (1 ps apart) from the C7eq reference and from a C7ax start."""
+              progress: bool = True, restrain_c7ax: bool = False) -> mdtraj.Trajectory:
+    """300 K MD frames (1 ps apart) from the C7eq reference and from a C7ax start.
+
+    With ``restrain_c7ax`` the C7ax run carries a flat-bottom restraint on phi (`c7ax_restraint`) that
+    is zero inside the basin, so its frames are Boltzmann-distributed within C7ax and never leave it
+    (in implicit solvent an unrestrained run leaves C7ax within tens of ps). Training data need not
+    be Boltzmann-distributed overall: the generator's weights are exact either way.
+    """
     import openmm_bg
 
     eq = openmm_bg.simulate(system, n_frames=max(1, int(ns_c7eq * 1000)), stride=1000, seed=seed,
                             equilibration_steps=5000, progress=progress)
-    ax = openmm_bg.simulate(system, n_frames=max(1, int(ns_c7ax * 1000)), stride=1000, seed=seed + 1,
+    ax_system = c7ax_restrained(system) if restrain_c7ax else system
+    ax = openmm_bg.simulate(ax_system, n_frames=max(1, int(ns_c7ax * 1000)), stride=1000, seed=seed + 1,
                             positions=c7ax_structure(), equilibration_steps=5000, progress=progress)
     return mdtraj.join([eq, ax])
+
+
+#: Flat bottom of `c7ax_restrained` (phi in rad), inside the C7ax state (0 < phi < 2.2).
+C7AX_RESTRAINT_PHI = (0.25, 1.95)
+
+
+def c7ax_restrained(system: MolecularSystem, k_kj_per_mol: float = 1000.0) -> MolecularSystem:
+    """A copy of alanine dipeptide ``system`` with a flat-bottom restraint that keeps phi in C7ax.
+
+    The restraint is zero for phi in `C7AX_RESTRAINT_PHI` and ``0.5 k (|phi - centre| - half width)^2``
+    outside (distance on the circle, ``k`` in kJ/mol/rad^2), so inside the basin the restrained
+    system has the original energy.
+
+    Examples
+    --------
+    >>> from openmm_bg.systems import load
+    >>> ala = load("alanine_dipeptide")
+    >>> restrained = c7ax_restrained(ala)
+    >>> x = c7ax_structure()[None]
+    >>> bool(abs(restrained.reduced_energy(x)[0] - ala.reduced_energy(x)[0]) < 1e-9)
+    True
+    """
+    import openmm
+
+    from .systems.peptides import ALANINE_PHI
+
+    lo, hi = C7AX_RESTRAINT_PHI
+    force = openmm.CustomTorsionForce(
+        "0.5*k_c7ax*max(0, abs(d) - w_c7ax)^2; d = theta - c_c7ax - 2*pi*floor((theta - c_c7ax + pi)/(2*pi));"
+        f" pi = {math.pi:.17g}")
+    force.addGlobalParameter("k_c7ax", float(k_kj_per_mol))
+    force.addGlobalParameter("c_c7ax", 0.5 * (lo + hi))
+    force.addGlobalParameter("w_c7ax", 0.5 * (hi - lo))
+    force.addTorsion(*ALANINE_PHI, [])
+    omm = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system.system))
+    omm.addForce(force)
+    return replace(system, system=omm, name=f"{system.name}_c7ax_restrained",
+                   description=f"{system.description} + flat-bottom phi restraint in C7ax")
 
 
 def demo_training(scale: float):

@@ -50,3 +50,23 @@ def test_shipped_generator_matches_the_builtin_system_and_the_reference(tmp_path
     out = capsys.readouterr().out
     assert "loading the pretrained generator" in out and "[1/4] MD" not in out
     assert json.loads((tmp_path / "summary.json").read_text())["n_samples"] == 5000
+
+
+def test_c7ax_restraint_is_zero_inside_the_basin_and_a_flat_bottom_wall_outside():
+    """The training-data restraint of the implicit-solvent benchmark: the system's own energy for
+    phi inside the flat bottom, 0.5 k (|phi - centre| - half width)^2 on the circle outside."""
+    import mdtraj
+
+    from openmm_bg.demo import C7AX_RESTRAINT_PHI, c7ax_restrained
+
+    ala = load("alanine_dipeptide")
+    xyz = mdtraj.load(str(structure_path("models/alanine_dipeptide_vacuum_md.h5"))).xyz[::10].astype(np.float64)
+    phi = ala.reaction_coordinates["phi"](xyz)
+    lo, hi = C7AX_RESTRAINT_PHI
+    assert (phi < lo).any() and ((phi > lo) & (phi < hi)).any()  # frames on both sides
+    k = 250.0
+    diff = c7ax_restrained(ala, k_kj_per_mol=k).reduced_energy(xyz) - ala.reduced_energy(xyz)
+    distance = np.abs(np.angle(np.exp(1j * (phi - 0.5 * (lo + hi)))))
+    expected = 0.5 * k * np.maximum(0.0, distance - 0.5 * (hi - lo)) ** 2 / ala.kT
+    np.testing.assert_allclose(diff, expected, rtol=1e-6, atol=1e-6)
+    assert diff.max() > 10.0

@@ -52,12 +52,13 @@ K_A, K_B = 100.0, 300.0
 def oscillators():
     a = oscillator(K_A, 300.0, "ho_a")
     b = oscillator(K_B, 350.0, "ho_b")
-    md_a = openmm_bg.simulate(a, n_frames=4000, stride=50, seed=0, progress=False)
-    md_b = openmm_bg.simulate(b, n_frames=4000, stride=50, seed=1, progress=False)
+    md_a = openmm_bg.simulate(a, n_frames=4000, stride=50, seed=0, platform="Reference", progress=False)
+    md_b = openmm_bg.simulate(b, n_frames=4000, stride=50, seed=1, platform="Reference", progress=False)
     # a generator "trained" by its whitening alone: built from equilibrium samples of A
     gen_a = BoltzmannGenerator.build(a, md_a, n_blocks=1, hidden=(8,), seed=0)
     # a deliberately poor generator for B: built from frames at 3x the temperature (too broad)
-    hot = openmm_bg.simulate(b.with_temperature(1050.0), n_frames=1000, stride=50, seed=2, progress=False)
+    hot = openmm_bg.simulate(b.with_temperature(1050.0), n_frames=1000, stride=50, seed=2, platform="Reference",
+                             progress=False)
     gen_b = BoltzmannGenerator.build(b, hot, n_blocks=1, hidden=(8,), seed=0)
     return a, b, md_a, md_b, gen_a, gen_b
 
@@ -155,7 +156,7 @@ def test_two_generator_estimate_is_biased_by_the_kl_difference(oscillators):
 @pytest.fixture(scope="module")
 def double_well_samples():
     system = load("double_well")
-    data = openmm_bg.simulate(system, n_frames=300, stride=10, seed=0, progress=False)
+    data = openmm_bg.simulate(system, n_frames=300, stride=10, seed=0, platform="Reference", progress=False)
     gen = BoltzmannGenerator.build(system, data, n_blocks=1, hidden=(8,), seed=0)
     return system, gen.sample(2000, seed=0)
 

@@ -49,8 +49,8 @@ def trained():
     for k, start in enumerate([(-1.7, 0.0), (1.6, 0.0)]):
         x0 = system.positions.copy()
         x0[0, :2] = start
-        trajs.append(openmm_bg.simulate(system, n_frames=500, stride=10, seed=k, positions=x0, friction=10.0,
-                                        progress=False))
+        trajs.append(openmm_bg.simulate(system, n_frames=500, stride=10, seed=k, platform="Reference", positions=x0,
+                                        friction=10.0, progress=False))
     data = mdtraj.join(trajs)
     gen = BoltzmannGenerator.build(system, data, n_blocks=4, hidden=(64, 64), seed=0)
     stages = [Stage("ml", 300, batch_size=256),
@@ -119,7 +119,7 @@ def test_mbar_profile_combines_generator_and_hot_md(trained):
     """MBAR over the generator state and MD at 900 K (crossing freely): profile at 300 K."""
     system, gen, samples, _ = trained
     hot = system.with_temperature(900.0)
-    md = openmm_bg.simulate(hot, n_frames=3000, stride=300, seed=3, friction=10.0, progress=False)
+    md = openmm_bg.simulate(hot, n_frames=3000, stride=300, seed=3, platform="Reference", friction=10.0, progress=False)
     edges = np.linspace(-2.5, 2.5, 21)
     profile = mbar_profile("x1", system, samples=gen.sample(5000, seed=4), generators=gen,
                            trajectories=[(hot, md)], bins=edges)

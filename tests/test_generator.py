@@ -21,8 +21,8 @@ def _two_well_data(system, starts, n_frames=500, stride=10, friction=10.0):
     for k, start in enumerate(starts):
         x0 = system.positions.copy()
         x0[0, :2] = start
-        trajs.append(openmm_bg.simulate(system, n_frames=n_frames, stride=stride, seed=k, positions=x0,
-                                        friction=friction, progress=False))
+        trajs.append(openmm_bg.simulate(system, n_frames=n_frames, stride=stride, seed=k, platform="Reference",
+                                        positions=x0, friction=friction, progress=False))
     return mdtraj.join(trajs)
 
 
@@ -80,7 +80,7 @@ def test_mueller_brown_reweighted_density_matches_quadrature():
 @pytest.fixture(scope="module")
 def alanine():
     system = load("alanine_dipeptide")
-    data = openmm_bg.simulate(system, n_frames=300, stride=50, seed=0, progress=False)
+    data = openmm_bg.simulate(system, n_frames=300, stride=50, seed=0, platform="Reference", progress=False)
     gen = BoltzmannGenerator.build(system, data, n_blocks=2, hidden=(32, 32), seed=0)
     Trainer(gen, data, [Stage("ml", 30, batch_size=128)], progress=False).fit()
     return system, data, gen

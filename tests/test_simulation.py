@@ -25,7 +25,7 @@ def test_same_seed_same_trajectory_and_files(tmp_path):
 def test_double_well_md_samples_left_well_at_temperature():
     """MD in the left well stays near x1 ~ -1.7 with x2 variance ~ 1 (kT units)."""
     dw = load("double_well")
-    traj = openmm_bg.simulate(dw, n_frames=2000, stride=20, seed=1, progress=False, friction=10.0)
+    traj = openmm_bg.simulate(dw, n_frames=2000, stride=20, seed=1, platform="Reference", progress=False, friction=10.0)
     x1, x2 = traj.xyz[:, 0, 0], traj.xyz[:, 0, 1]
     assert np.all(x1 < 0.2)  # a 10 kT barrier is not crossed in 200 ps
     assert 0.6 < x2.var() < 1.5  # u = x2^2/2 gives unit variance

@@ -21,7 +21,7 @@ from openmm_bg.training import Stage, Trainer, load_stages, rc_loss
 @pytest.fixture(scope="module")
 def double_well_data():
     system = load("double_well")
-    return system, openmm_bg.simulate(system, n_frames=300, stride=10, seed=0, progress=False)
+    return system, openmm_bg.simulate(system, n_frames=300, stride=10, seed=0, platform="Reference", progress=False)
 
 
 def test_nonfinite_steps_are_skipped_not_applied(double_well_data):
@@ -87,7 +87,7 @@ RESUME_SCRIPT = textwrap.dedent("""
     from openmm_bg.systems import load
     from openmm_bg.training import Stage, Trainer
     system = load("double_well")
-    data = openmm_bg.simulate(system, n_frames=300, stride=10, seed=0, progress=False)
+    data = openmm_bg.simulate(system, n_frames=300, stride=10, seed=0, platform="Reference", progress=False)
     gen = openmm_bg.BoltzmannGenerator.build(system, data, n_blocks=2, hidden=(16,), seed=0)
     stages = [Stage("ml", 40, batch_size=64), Stage("kl", 40, kl=0.5, kl_batch_size=64)]
     trainer = Trainer(gen, data, stages, seed=5, checkpoint=sys.argv[1], checkpoint_every=5,

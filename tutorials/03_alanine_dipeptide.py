@@ -32,7 +32,8 @@ In ``--output`` (default ``tutorial-output/03_alanine_dipeptide``):
 Run
 ---
 ``python tutorials/03_alanine_dipeptide.py`` (4 ns of MD and 4500 training steps: about 10-20
-minutes on one CPU core; ``--train-scale 0.3`` for a quicker, rougher model),
+minutes on one CPU core; ``--md-ns 10`` is the recipe of the shipped demo generator, ``--train-scale
+0.3`` a quicker, rougher model),
 ``python tutorials/03_alanine_dipeptide.py --model tutorial-output/03_alanine_dipeptide/model.bg``
 (reuse a saved generator; only MD for the data panel and sampling), or ``--smoke`` (about a minute;
 barely trained, only checks that everything runs).
@@ -65,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="use this saved generator (BoltzmannGenerator.save) instead of training one")
     parser.add_argument("--train-scale", type=float, default=1.0,
                         help="multiplies the training steps of the default schedule (4500 steps at 1.0)")
+    parser.add_argument("--md-ns", type=float, default=4.0,
+                        help="ns of training MD in full mode, a quarter of it started in C7ax")
     parser.add_argument("--samples", type=int, default=50000, help="generator samples in full mode")
     return parser.parse_args(argv)
 
@@ -86,7 +89,7 @@ def main(argv=None) -> None:
     small = args.smoke
 
     # 1. MD from C7eq (the reference structure) and from a C7ax structure: 1 ps between frames.
-    ns_eq, ns_ax = (0.03, 0.015) if small else (3.0, 1.0)
+    ns_eq, ns_ax = (0.03, 0.015) if small else (0.75 * args.md_ns, 0.25 * args.md_ns)
     print(f"MD at 300 K: {ns_eq} ns from C7eq, {ns_ax} ns from C7ax")
     data = demo_data(system, ns_eq, ns_ax, seed=args.seed, progress=not small)
     phi = system.reaction_coordinates["phi"](data.xyz.astype(np.float64))

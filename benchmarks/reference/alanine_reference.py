@@ -11,12 +11,23 @@
    barriers hundreds of times per nanosecond and psi, never biased, relaxes on its own clock, which
    removes the psi hysteresis of the windowed umbrella. Error from a block bootstrap over time.
 
+4. Well-tempered metadynamics along phi (OpenMM's ``Metadynamics``): the free-energy profile
+   ``F(phi) = -(gamma / (gamma - 1)) V(phi)`` of the converged bias, integrated over each basin. No
+   sample is reweighted and the bias is built on the fly, so it shares nothing with method 3; its
+   error is the spread of the estimates over the last half of the run (a convergence measure).
+5. Implicit solvent only: the vacuum biased MD of method 3 (positions saved), reweighted exactly to
+   the implicit-solvent ensemble with ``log w = V_bias / kT + u_vacuum - u_implicit`` (a free-energy
+   perturbation over the solvation energy; its overlap is reported as the ESS of those weights).
+   It shares no implicit-solvent trajectory with method 3, so it cross-checks the implicit value.
+
 Plain MD at 300 K almost never enters C7ax, so the methods cross-check each other. The result
 is cached in ``alanine_reference.json`` beside this script; other benchmarks read it.
 
     python benchmarks/reference/alanine_reference.py --solvent vacuum --method pt
     python benchmarks/reference/alanine_reference.py --solvent vacuum --method umbrella
     python benchmarks/reference/alanine_reference.py --solvent vacuum --method biased-md --ns 8
+    python benchmarks/reference/alanine_reference.py --solvent implicit --method vacuum-reweighted --ns 20
+    python benchmarks/reference/alanine_reference.py --solvent implicit --method metadynamics --ns 5 --platform CPU
 
 Each run adds or replaces its entry under ``{solvent}: {"runs": {...}}`` and recomputes the combined
 value (inverse-variance mean; widened and flagged ``"consistent": false`` when the runs disagree) under
@@ -289,10 +300,103 @@ def biased_md(solvent: str, ns: float, scale: float, seed: int, platform: str) -
             "bias_coefficients_kT": [float(c) for c in coeffs], "n_samples": n, "wall_s": time.perf_counter() - start}
 
 
+def metadynamics(solvent: str, ns: float, seed: int, platform: str, bias_factor: float = 6.0,
+                 height_kj: float = 1.0, width: float = 0.35, n_estimates: int = 20) -> dict:
+    """Method 4: well-tempered metadynamics along phi; Delta A from the final free-energy profile."""
+    from openmm.app.metadynamics import BiasVariable, Metadynamics
+
+    system = load("alanine_dipeptide", solvent=solvent)
+    omm = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system.system))
+    cv = openmm.CustomTorsionForce("theta")
+    cv.addTorsion(*ALANINE_PHI, [])
+    phi_variable = BiasVariable(cv, -math.pi, math.pi, width, periodic=True, gridWidth=180)
+    meta = Metadynamics(omm, [phi_variable], system.temperature * unit.kelvin, bias_factor,
+                        height_kj * unit.kilojoule_per_mole, 500)
+    integrator = openmm.LangevinMiddleIntegrator(system.temperature * unit.kelvin, 1.0 / unit.picosecond,
+                                                 0.001 * unit.picoseconds)
+    integrator.setRandomNumberSeed(seed + 1)
+    simulation = openmm.app.Simulation(system.topology, omm, integrator, *_platform(platform))
+    simulation.context.setPositions(system.positions)
+    simulation.context.setVelocitiesToTemperature(system.temperature * unit.kelvin, seed + 1)
+
+    def estimate() -> float:
+        f = np.asarray(meta.getFreeEnergy().value_in_unit(unit.kilojoule_per_mole)) / system.kT
+        grid = -math.pi + np.arange(len(f)) * (2 * math.pi / len(f))
+        return _delta_a(_in_c7ax(grid), np.exp(-(f - f.min())))
+
+    n_steps = int(ns * 1e6)
+    chunk = n_steps // n_estimates
+    estimates = []
+    start = time.perf_counter()
+    for k in range(n_estimates):
+        meta.step(simulation, chunk)
+        estimates.append(estimate())
+        print(f"  metadynamics {(k + 1) * chunk * 1e-6:.2f}/{ns:g} ns: Delta A {estimates[-1]:.3f} kT, "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
+    late = np.array(estimates[n_estimates // 2:])
+    return {"delta_a_kT": estimates[-1], "error_kT": float(max(late.std(ddof=1), abs(late[-1] - late.mean()))),
+            "ns": ns, "bias_factor": bias_factor, "height_kJ_per_mol": height_kj, "width_rad": width,
+            "estimates_kT": [float(e) for e in estimates], "wall_s": time.perf_counter() - start}
+
+
+def _vacuum_bias_coefficients(scale: float) -> np.ndarray:
+    """``scale`` x `phi_bias_coefficients`, taken from a biased-MD run recorded in the result file
+    (all of them use that vacuum profile) so that no umbrella cache is needed."""
+    table = json.loads(RESULT.read_text()) if RESULT.exists() else {}
+    for entry in table.values():
+        for run in entry.get("runs", {}).values():
+            if "bias_coefficients_kT" in run:
+                return scale / run["bias_scale"] * np.array(run["bias_coefficients_kT"])
+    return scale * phi_bias_coefficients()
+
+
+def vacuum_reweighted(ns: float, scale: float, seed: int, platform: str, stride: int = 500) -> dict:
+    """Method 4: vacuum MD biased along phi, every frame reweighted to implicit solvent (OBC1)."""
+    vacuum, implicit = load("alanine_dipeptide", solvent="vacuum"), load("alanine_dipeptide", solvent="implicit")
+    coeffs = _vacuum_bias_coefficients(scale)
+    omm = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(vacuum.system))
+    omm.addForce(_phi_bias_force(coeffs, vacuum.kT))
+    context, integrator = _biased_context(vacuum, omm, seed, platform)
+    integrator.step(20_000)  # 20 ps equilibration
+    n = int(ns * 1e6 / stride)
+    xyz = np.empty((n, vacuum.n_atoms, 3))
+    start = time.perf_counter()
+    for s in range(n):
+        integrator.step(stride)
+        xyz[s] = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        if (s + 1) % max(1, n // 10) == 0:
+            print(f"  vacuum biased MD {(s + 1) * stride * 1e-6:.2f}/{ns:g} ns, {time.perf_counter() - start:.0f} s",
+                  flush=True)
+    print(f"  implicit-solvent energies of {n} frames", flush=True)
+    from openmm_bg.geometry import dihedral
+
+    phis, psis = dihedral(xyz, *ALANINE_PHI), dihedral(xyz, *ALANINE_PSI)
+    du = implicit.reduced_energy(xyz, platform=platform) - vacuum.reduced_energy(xyz, platform=platform)
+    log_w = _phi_bias(phis, coeffs) - du
+    _save_samples("alanine_implicit_vacuum_reweighted", phi=phis, psi=psis, log_weights=log_w)
+    w = np.exp(log_w - log_w.max())
+    in_ax = _in_c7ax(phis)
+
+    def ess(mask: np.ndarray) -> float:
+        return float(w[mask].sum() ** 2 / (w[mask] ** 2).sum())
+
+    def estimate(idx: np.ndarray) -> float:
+        return _delta_a(in_ax[idx], w[idx])
+
+    error = _block_bootstrap(np.arange(n), 20, estimate, 500, np.random.default_rng(seed))
+    return {"delta_a_kT": _delta_a(in_ax, w), "error_kT": error, "ns": ns, "n_samples": n,
+            "ess_c7eq": ess(~in_ax), "ess_c7ax": ess(in_ax), "ess_fraction": ess(np.ones(n, bool)) / n,
+            "solvation_energy_std_kT": float(np.std(du)), "bias_scale": scale,
+            "bias_coefficients_kT": [float(c) for c in coeffs],
+            "wall_s": time.perf_counter() - start}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--solvent", choices=["vacuum", "implicit"], default="vacuum")
-    parser.add_argument("--method", choices=["pt", "umbrella", "biased-md"], default="pt")
+    parser.add_argument("--method", default="pt",
+                        choices=["pt", "umbrella", "biased-md", "metadynamics", "vacuum-reweighted"],
+                        help="vacuum-reweighted: vacuum biased MD reweighted to --solvent implicit")
     parser.add_argument("--iterations", type=int, default=4000, help="PT exchange iterations")
     parser.add_argument("--steps", type=int, default=500, help="MD steps (1 fs) between exchanges")
     parser.add_argument("--temperatures", type=float, nargs="+",
@@ -312,6 +416,12 @@ def main(argv=None) -> None:
     if args.method == "pt":
         result = parallel_tempering(args.solvent, args.iterations, args.steps, args.temperatures, args.seed,
                                     args.platform)
+    elif args.method == "vacuum-reweighted":
+        if args.solvent != "implicit":
+            parser.error("--method vacuum-reweighted reweights vacuum MD to implicit solvent: use --solvent implicit")
+        result = vacuum_reweighted(args.ns, args.bias_scale, args.seed, args.platform)
+    elif args.method == "metadynamics":
+        result = metadynamics(args.solvent, args.ns, args.seed, args.platform)
     elif args.method == "biased-md":
         result = biased_md(args.solvent, args.ns, args.bias_scale, args.seed, args.platform)
     else:
@@ -330,10 +440,17 @@ def main(argv=None) -> None:
           f"(runs: {', '.join(entry['runs'])}; consistent: {entry['consistent']}) -> {RESULT}")
 
 
+#: Runs of a reweighting method with fewer effective samples in C7ax than this are recorded, not combined:
+#: their bootstrap error is not trustworthy.
+MIN_ESS_C7AX = 30.0
+
+
 def combine(runs: dict) -> dict:
     """Inverse-variance mean of the runs; if they disagree (chi^2 per degree of freedom > 4), the error
     is widened by their spread and the entry is flagged, so that nobody trusts a number the methods
-    do not agree on."""
+    do not agree on. Runs with ``ess_c7ax < MIN_ESS_C7AX`` are left out (listed under ``excluded``)."""
+    excluded = sorted(k for k, r in runs.items() if r.get("ess_c7ax", math.inf) < MIN_ESS_C7AX)
+    runs = {k: r for k, r in runs.items() if k not in excluded}
     values = np.array([r["delta_a_kT"] for r in runs.values()])
     errors = np.array([max(r["error_kT"], 1e-3) for r in runs.values()])
     weights = 1 / errors**2
@@ -343,7 +460,8 @@ def combine(runs: dict) -> dict:
     consistent = bool(chi2 <= 4.0)
     if not consistent:
         error = float(math.sqrt(error**2 + np.var(values, ddof=1)))
-    return {"delta_a_kT": mean, "error_kT": error, "chi2_per_dof": chi2, "consistent": consistent}
+    return {"delta_a_kT": mean, "error_kT": error, "chi2_per_dof": chi2, "consistent": consistent,
+            "excluded": excluded}
 
 
 if __name__ == "__main__":
