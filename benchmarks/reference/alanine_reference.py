@@ -269,7 +269,7 @@ def _phi_bias(phi: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
 def biased_md(solvent: str, ns: float, scale: float, seed: int, platform: str) -> dict:
     system = load("alanine_dipeptide", solvent=solvent)
     omm = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system.system))
-    coeffs = scale * phi_bias_coefficients()
+    coeffs = _vacuum_bias_coefficients(scale)
     omm.addForce(_phi_bias_force(coeffs, system.kT))
     context, integrator = _biased_context(system, omm, seed, platform)
     integrator.step(20_000)  # 20 ps equilibration
