@@ -23,12 +23,14 @@ from pathlib import Path
 
 import mdtraj
 import numpy as np
+import openmm
 import openmm.app as app
 import openmm.unit as unit
 
 from .data import structure_path
 from .samples import Samples
 from .systems import MolecularSystem, load
+from .systems.peptides import ALANINE_PHI
 
 __all__ = ["run_demo", "PRETRAINED", "REFERENCE_DELTA_A_KT", "demo_data", "demo_training", "c7ax_restrained",
            "C7AX_RESTRAINT_PHI"]
@@ -54,7 +56,7 @@ def demo_data(system: MolecularSystem, ns_c7eq: float, ns_c7ax: float, seed: int
               progress: bool = True, restrain_c7ax: bool = False) -> mdtraj.Trajectory:
     """300 K MD frames (1 ps apart) from the C7eq reference and from a C7ax start.
 
-    With ``restrain_c7ax`` the C7ax run carries a flat-bottom restraint on phi (`c7ax_restraint`) that
+    With ``restrain_c7ax`` the C7ax run carries a flat-bottom restraint on phi (`c7ax_restrained`) that
     is zero inside the basin, so its frames are Boltzmann-distributed within C7ax and never leave it
     (in implicit solvent an unrestrained run leaves C7ax within tens of ps). Training data need not
     be Boltzmann-distributed overall: the generator's weights are exact either way.
@@ -89,10 +91,6 @@ def c7ax_restrained(system: MolecularSystem, k_kj_per_mol: float = 1000.0) -> Mo
     >>> bool(abs(restrained.reduced_energy(x)[0] - ala.reduced_energy(x)[0]) < 1e-9)
     True
     """
-    import openmm
-
-    from .systems.peptides import ALANINE_PHI
-
     lo, hi = C7AX_RESTRAINT_PHI
     force = openmm.CustomTorsionForce(
         "0.5*k_c7ax*max(0, abs(d) - w_c7ax)^2; d = theta - c_c7ax - 2*pi*floor((theta - c_c7ax + pi)/(2*pi));"

@@ -31,9 +31,9 @@ In ``--output`` (default ``tutorial-output/03_alanine_dipeptide``):
 
 Run
 ---
-``python tutorials/03_alanine_dipeptide.py`` (4 ns of MD and 4500 training steps: about 10-20
-minutes on one CPU core; ``--md-ns 10`` is the recipe of the shipped demo generator, ``--train-scale
-0.3`` a quicker, rougher model),
+``python tutorials/03_alanine_dipeptide.py`` (10 ns of MD and 4500 training steps, the recipe of the
+shipped demo generator: about 15-25 minutes on one CPU core; ``--md-ns 4 --train-scale 0.3`` for a
+quicker, rougher model that may see too little of C7ax to estimate Delta A),
 ``python tutorials/03_alanine_dipeptide.py --model tutorial-output/03_alanine_dipeptide/model.bg``
 (reuse a saved generator; only MD for the data panel and sampling), or ``--smoke`` (about a minute;
 barely trained, only checks that everything runs).
@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="use this saved generator (BoltzmannGenerator.save) instead of training one")
     parser.add_argument("--train-scale", type=float, default=1.0,
                         help="multiplies the training steps of the default schedule (4500 steps at 1.0)")
-    parser.add_argument("--md-ns", type=float, default=4.0,
+    parser.add_argument("--md-ns", type=float, default=10.0,
                         help="ns of training MD in full mode, a quarter of it started in C7ax")
     parser.add_argument("--samples", type=int, default=50000, help="generator samples in full mode")
     return parser.parse_args(argv)

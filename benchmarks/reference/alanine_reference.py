@@ -1,4 +1,4 @@
-"""Reference Delta A = A(C7ax) - A(C7eq) of alanine dipeptide (AMBER ff96, 300 K) by two methods.
+"""Reference Delta A = A(C7ax) - A(C7eq) of alanine dipeptide (AMBER ff96, 300 K) by several methods.
 
 1. Parallel tempering (replica exchange in temperature) with plain OpenMM contexts: the 300 K
    replica samples the Boltzmann distribution; Delta A from its C7ax population, error from a block
@@ -351,7 +351,9 @@ def _vacuum_bias_coefficients(scale: float) -> np.ndarray:
 
 
 def vacuum_reweighted(ns: float, scale: float, seed: int, platform: str, stride: int = 500) -> dict:
-    """Method 4: vacuum MD biased along phi, every frame reweighted to implicit solvent (OBC1)."""
+    """Method 5: vacuum MD biased along phi, every frame reweighted to implicit solvent (OBC1)."""
+    from openmm_bg.geometry import dihedral
+
     vacuum, implicit = load("alanine_dipeptide", solvent="vacuum"), load("alanine_dipeptide", solvent="implicit")
     coeffs = _vacuum_bias_coefficients(scale)
     omm = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(vacuum.system))
@@ -368,8 +370,6 @@ def vacuum_reweighted(ns: float, scale: float, seed: int, platform: str, stride:
             print(f"  vacuum biased MD {(s + 1) * stride * 1e-6:.2f}/{ns:g} ns, {time.perf_counter() - start:.0f} s",
                   flush=True)
     print(f"  implicit-solvent energies of {n} frames", flush=True)
-    from openmm_bg.geometry import dihedral
-
     phis, psis = dihedral(xyz, *ALANINE_PHI), dihedral(xyz, *ALANINE_PSI)
     du = implicit.reduced_energy(xyz, platform=platform) - vacuum.reduced_energy(xyz, platform=platform)
     log_w = _phi_bias(phis, coeffs) - du

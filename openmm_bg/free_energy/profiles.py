@@ -236,7 +236,8 @@ def free_energy_profile(samples: Samples | Sequence[Samples], coordinate, bins: 
     w = reweighting.normalized_weights(log_w)
     for b in np.unique(idx[(idx >= 0) & (idx < ess.size)]):
         wb = w[idx == b]
-        if wb.sum() > 0:
+        if wb.max(initial=0.0) > 0:
+            wb = wb / wb.max()  # Kish ESS is scale-free; rescaling keeps tiny weights from underflowing to 0/0
             ess[b] = wb.sum() ** 2 / np.sum(wb**2)
             with np.errstate(invalid="ignore", divide="ignore"):
                 k_bins[b] = reweighting.pareto_k(log_w[idx == b])

@@ -141,8 +141,9 @@ class StateFreeEnergy(_KcalUnits):
         return (f"A({self.state_b}) - A({self.state_a}) = {self.delta_a_kT:.3f} +- {self.error_kT:.3f} kT "
                 f"({self.delta_a_kJ_mol:.3f} +- {self.error_kJ_mol:.3f} kJ/mol, {self.delta_a_kcal_mol:.3f} "
                 f"+- {self.error_kcal_mol:.3f} kcal/mol) at {self.temperature:g} K{gens}; ESS in "
-                f"{self.state_a} {self.ess_a:.1f} (n={self.n_a}), in {self.state_b} {self.ess_b:.1f} "
-                f"(n={self.n_b}); {'generator weights' if self.method == 'mbar' else 'all weights'}: "
+                f"{self.state_a} {self.ess_a:.1f} (n={self.n_a}, Pareto k {self.diagnostics_a.pareto_k:.2f}), "
+                f"in {self.state_b} {self.ess_b:.1f} (n={self.n_b}, Pareto k {self.diagnostics_b.pareto_k:.2f}); "
+                f"{'generator weights' if self.method == 'mbar' else 'all weights'}: "
                 f"{self.diagnostics}{flag}")
 
 
