@@ -254,6 +254,17 @@ def phi_bias_coefficients(n_harmonics: int = 8, bins: int = 72) -> np.ndarray:
     return -coeffs[:-1]
 
 
+def _vacuum_bias_coefficients(scale: float) -> np.ndarray:
+    """``scale`` x `phi_bias_coefficients`, taken from a biased-MD run recorded in the result file
+    (all of them use that vacuum profile) so that no umbrella cache is needed."""
+    table = json.loads(RESULT.read_text()) if RESULT.exists() else {}
+    for entry in table.values():
+        for run in entry.get("runs", {}).values():
+            if "bias_coefficients_kT" in run:
+                return scale / run["bias_scale"] * np.array(run["bias_coefficients_kT"])
+    return scale * phi_bias_coefficients()
+
+
 def _phi_bias_force(coeffs: np.ndarray, kT: float) -> openmm.CustomTorsionForce:
     terms = [f"({c * kT:.10g})*{'cos' if i % 2 == 0 else 'sin'}({i // 2 + 1}*theta)" for i, c in enumerate(coeffs)]
     force = openmm.CustomTorsionForce(" + ".join(terms))
@@ -337,17 +348,6 @@ def metadynamics(solvent: str, ns: float, seed: int, platform: str, bias_factor:
     return {"delta_a_kT": estimates[-1], "error_kT": float(max(late.std(ddof=1), abs(late[-1] - late.mean()))),
             "ns": ns, "bias_factor": bias_factor, "height_kJ_per_mol": height_kj, "width_rad": width,
             "estimates_kT": [float(e) for e in estimates], "wall_s": time.perf_counter() - start}
-
-
-def _vacuum_bias_coefficients(scale: float) -> np.ndarray:
-    """``scale`` x `phi_bias_coefficients`, taken from a biased-MD run recorded in the result file
-    (all of them use that vacuum profile) so that no umbrella cache is needed."""
-    table = json.loads(RESULT.read_text()) if RESULT.exists() else {}
-    for entry in table.values():
-        for run in entry.get("runs", {}).values():
-            if "bias_coefficients_kT" in run:
-                return scale / run["bias_scale"] * np.array(run["bias_coefficients_kT"])
-    return scale * phi_bias_coefficients()
 
 
 def vacuum_reweighted(ns: float, scale: float, seed: int, platform: str, stride: int = 500) -> dict:
