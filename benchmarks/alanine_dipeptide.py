@@ -33,9 +33,10 @@ import numpy as np
 import torch
 
 import openmm_bg
-from openmm_bg.free_energy import state_free_energy
+from openmm_bg.analysis.free_energy import state_free_energy
+from openmm_bg.apps.plots import plot_history
 from openmm_bg.systems import load
-from openmm_bg.training import Trainer, default_stages, plot_history
+from openmm_bg.training import Trainer, default_stages
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / "cache"
@@ -46,9 +47,9 @@ REFERENCE = HERE / "reference" / "alanine_reference.json"
 def training_data(system, solvent: str, md_ns: float, c7ax_fraction: float, seed: int,
                   restrain_c7ax: bool = False) -> mdtraj.Trajectory:
     """300 K MD frames (1 ps apart) from C7eq and from the shipped C7ax structure (the demo's data
-    recipe, `openmm_bg.demo.demo_data`, the C7ax run optionally held in C7ax by a flat-bottom phi
+    recipe, `openmm_bg.apps.demo.demo_data`, the C7ax run optionally held in C7ax by a flat-bottom phi
     restraint); cached."""
-    from openmm_bg.demo import demo_data
+    from openmm_bg.apps.demo import demo_data
 
     tag = "_restrained" if restrain_c7ax else ""
     path = CACHE / f"alanine_{solvent}_md_{md_ns:g}ns_ax{c7ax_fraction:g}{tag}_seed{seed}.h5"

@@ -15,7 +15,7 @@ Three routes, timed on this machine in one run:
     between basin cores (C7ax: 0.5 < phi < 1.8; C7eq: phi < -0.5 or phi > 2.6 rad), not crossings.
 (b) **BG reweighting**, training included: training data (a short 800 K run to find a C7ax start,
     then 300 K MD in both basins), building and training a generator in segments, and after each
-    segment drawing samples and estimating Delta A with `openmm_bg.free_energy.state_free_energy`
+    segment drawing samples and estimating Delta A with `openmm_bg.analysis.free_energy.state_free_energy`
     (bootstrap error, ESS and Pareto k per state); then more samples until the budget is spent.
     The route reaches +-0.2 kT at the first checkpoint whose weights are reliable (Pareto k < 0.7
     in both states), whose bootstrap error is <= 0.2 kT and whose estimate lies within 0.2 kT (plus
@@ -23,7 +23,7 @@ Three routes, timed on this machine in one run:
     larger, the sampling time is extrapolated as 1/error^2.
 (b') **BG as a normalised reference + MD inside each basin (MBAR)**: the same generator and the same
     300 K training MD (which stays in its basin), analysed with
-    `openmm_bg.free_energy.state_free_energy_mbar` (generator, C7eq-restricted and C7ax-restricted
+    `openmm_bg.analysis.free_energy.state_free_energy_mbar` (generator, C7eq-restricted and C7ax-restricted
     states); needs only overlap between the generator and each basin, not light-tailed weights.
 (c) **MD + BG move** (openmm_bg.mcmc.BoltzmannGeneratorMove in an openmmtools MCMCSampler with
     Langevin dynamics), reusing (b)'s generator, so its time includes (b)'s data and training time;
@@ -50,7 +50,7 @@ from pathlib import Path
 import mdtraj
 import numpy as np
 
-from openmm_bg.free_energy import (
+from openmm_bg.analysis.free_energy import (
     InsufficientSamplesError,
     pymbar_module,
     state_free_energy,
@@ -333,8 +333,8 @@ def run_bg(system, args, ref, ref_err, log) -> tuple[dict, object, float]:
         points.append(evaluate([_concat(pool)], clock, ref, ref_err, label, log))
     mbar_points.append(evaluate_mbar(_concat(pool), gen, md_eq, md_ax, clock, ref, ref_err,
                                      f"MBAR with {len(pool) * args.eval_samples} samples", log))
-    from openmm_bg.free_energy import free_energy_surface
-    from openmm_bg.plots import plot_surface
+    from openmm_bg.analysis.free_energy import free_energy_surface
+    from openmm_bg.apps.plots import plot_surface
 
     surface_png = Path(args.output).with_name(Path(args.output).stem + "_ramachandran.png")
     plot_surface(free_energy_surface(_concat(pool), "phi", "psi", bins=40), surface_png,

@@ -30,7 +30,7 @@ import numpy as np
 import openmm
 import torch
 
-from openmm_bg.energy.torch_forcefield import TorchForceField
+from openmm_bg.energy.torchff.forcefield import TorchForceField
 from openmm_bg.systems import load
 
 SYSTEMS = {

@@ -1,7 +1,8 @@
 """openmm-bg: Boltzmann Generators for OpenMM.
 
-Layers (see the design notes): ``systems`` -> ``energy`` -> ``transforms`` -> ``flows`` ->
-generator -> training -> analysis -> MCMC -> CLI.
+The package is laid out by layers, each depending only on the ones listed before it
+(``docs/architecture.md``): ``constants``/``geometry`` -> ``systems`` -> ``energy`` -> ``md`` ->
+``transforms`` -> ``flows`` -> ``analysis`` -> ``model`` -> ``training`` -> ``mcmc`` -> ``apps``.
 
 Examples
 --------
@@ -11,10 +12,14 @@ Examples
 22
 """
 
-from . import systems
-from ._version import __version__
-from .generator import BoltzmannGenerator
-from .samples import Samples
-from .simulation import simulate
+from . import _compat
+
+_compat.install()
+
+from . import systems  # noqa: E402
+from ._version import __version__  # noqa: E402
+from .analysis.samples import Samples  # noqa: E402
+from .md.simulation import simulate  # noqa: E402
+from .model.generator import BoltzmannGenerator  # noqa: E402
 
 __all__ = ["__version__", "systems", "simulate", "BoltzmannGenerator", "Samples"]

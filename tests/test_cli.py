@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from openmmtools.testsystems import get_data_filename
 
-from openmm_bg.cli import main
+from openmm_bg.apps.cli import main
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "openmm_bg.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "openmm_bg.apps.cli", *args], capture_output=True, text=True)
 
 
 def test_systems_lists_every_builtin(capsys):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import openmm_bg
-from openmm_bg.cli import main
+from openmm_bg.apps.cli import main
+from openmm_bg.apps.demo import PRETRAINED, REFERENCE_DELTA_A_KT
 from openmm_bg.data import structure_path
-from openmm_bg.demo import PRETRAINED, REFERENCE_DELTA_A_KT
 from openmm_bg.systems import load
 
 REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "reference" / "alanine_reference.json"
@@ -37,7 +37,7 @@ def test_shipped_generator_matches_the_builtin_system_and_the_reference(tmp_path
     diag = samples.diagnostics(warn=False)
     assert samples.counts["inverted_chirality"] == 0 and samples.counts["out_of_domain"] < 20
     assert diag.ess_fraction > 0.05, diag
-    from openmm_bg.free_energy import state_free_energy
+    from openmm_bg.analysis.free_energy import state_free_energy
 
     fe = state_free_energy(samples, "C7eq", "C7ax", warn=False, seed=0)
     reference = json.loads(REFERENCE.read_text())["vacuum"]
@@ -57,7 +57,7 @@ def test_c7ax_restraint_is_zero_inside_the_basin_and_a_flat_bottom_wall_outside(
     phi inside the flat bottom, 0.5 k (|phi - centre| - half width)^2 on the circle outside."""
     import mdtraj
 
-    from openmm_bg.demo import C7AX_RESTRAINT_PHI, c7ax_restrained
+    from openmm_bg.apps.demo import C7AX_RESTRAINT_PHI, c7ax_restrained
 
     ala = load("alanine_dipeptide")
     xyz = mdtraj.load(str(structure_path("models/alanine_dipeptide_vacuum_md.h5"))).xyz[::10].astype(np.float64)

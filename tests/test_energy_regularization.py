@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from openmm_bg.energy import LinLogCut, linlogcut
+from openmm_bg.training import LinLogCut, linlogcut
 
 
 def test_values_in_each_regime():

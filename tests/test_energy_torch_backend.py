@@ -1,4 +1,4 @@
-"""The "torch" / "auto" backends of OpenMMEnergy (needs openmm_bg.energy.torch_forcefield)."""
+"""The "torch" / "auto" backends of OpenMMEnergy (needs openmm_bg.energy.torchff.forcefield)."""
 
 import logging
 
@@ -7,7 +7,7 @@ import openmm
 import pytest
 import torch
 
-pytest.importorskip("openmm_bg.energy.torch_forcefield")
+pytest.importorskip("openmm_bg.energy.torchff.forcefield")
 
 from openmm_bg.energy import OpenMMEnergy  # noqa: E402
 from openmm_bg.energy.torch_backend import TorchBackend, TorchBackendError  # noqa: E402

@@ -16,7 +16,7 @@ import pytest
 
 import openmm_bg
 from openmm_bg import BoltzmannGenerator, Samples
-from openmm_bg.free_energy import (
+from openmm_bg.analysis.free_energy import (
     InsufficientSamplesError,
     state_free_energy,
     thermodynamic_free_energy,
@@ -219,7 +219,7 @@ def test_state_free_energy_result_object(double_well_samples):
 
 
 def test_pymbar_import_is_quiet():
-    code = ("import openmm_bg.free_energy as fe; fe.pymbar_module(); "
+    code = ("import openmm_bg.analysis.free_energy as fe; fe.pymbar_module(); "
             "import numpy as np; fe.pymbar_module().other_estimators.exp(np.zeros(3))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

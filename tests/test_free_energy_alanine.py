@@ -14,7 +14,7 @@ import pytest
 
 import openmm_bg
 from openmm_bg import BoltzmannGenerator
-from openmm_bg.free_energy import thermodynamic_free_energy
+from openmm_bg.analysis.free_energy import thermodynamic_free_energy
 from openmm_bg.systems import load
 from openmm_bg.training import Stage, Trainer
 

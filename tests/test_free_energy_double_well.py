@@ -10,7 +10,7 @@ from scipy import integrate
 
 import openmm_bg
 from openmm_bg import BoltzmannGenerator
-from openmm_bg.free_energy import (
+from openmm_bg.analysis.free_energy import (
     FreeEnergyProfile,
     InsufficientSamplesError,
     free_energy_profile,
@@ -19,7 +19,7 @@ from openmm_bg.free_energy import (
     state_free_energy,
     state_free_energy_mbar,
 )
-from openmm_bg.plots import plot_free_energies, plot_profile, plot_surface
+from openmm_bg.apps.plots import plot_free_energies, plot_profile, plot_surface
 from openmm_bg.systems import load
 from openmm_bg.training import Stage, Trainer
 

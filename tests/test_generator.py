@@ -10,7 +10,7 @@ from scipy import integrate
 
 import openmm_bg
 from openmm_bg import BoltzmannGenerator
-from openmm_bg.generator import ModelMismatchError
+from openmm_bg.model.generator import ModelMismatchError
 from openmm_bg.systems import load
 from openmm_bg.training import Stage, Trainer
 from openmm_bg.transforms import randomize_orientation

@@ -22,7 +22,6 @@ from openmmtools import cache, mcmc, states
 from openmmtools.utils import deserialize, serialize
 
 import openmm_bg
-from openmm_bg.generator import ModelMismatchError
 from openmm_bg.mcmc import (
     BoltzmannGeneratorMove,
     FixmanFactor,
@@ -30,6 +29,7 @@ from openmm_bg.mcmc import (
     clear_model_cache,
     fixman_log_factor,
 )
+from openmm_bg.model.generator import ModelMismatchError
 from openmm_bg.systems import from_openmm, load
 
 REFERENCE = openmm.Platform.getPlatformByName("Reference")

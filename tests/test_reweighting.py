@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from openmm_bg import reweighting as rw
+from openmm_bg.analysis import reweighting as rw
 
 
 def test_ess_and_share_of_known_weights():

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import openmm_bg
-from openmm_bg.simulation import check_trajectory
 from openmm_bg.systems import load
+from openmm_bg.systems.trajectory import check_trajectory
 
 
 def test_same_seed_same_trajectory_and_files(tmp_path):

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import openmm_bg.systems as bgs
-from openmm_bg.energy.expressions import Expression, ExpressionError
-from openmm_bg.energy.torch_forcefield import TorchForceField, unsupported_forces
+from openmm_bg.energy.torchff.expressions import Expression, ExpressionError
+from openmm_bg.energy.torchff.forcefield import TorchForceField, unsupported_forces
 
 F64_TOL = 1e-6  # relative, energies and forces (float64); observed ~4e-9
 F32_ENERGY_TOL = 2e-5  # relative to max(|E|, 1); observed ~2e-6

@@ -56,9 +56,10 @@ from _common import tutorial_parser  # noqa: E402  (tutorials/_common.py, beside
 from scipy import integrate  # noqa: E402
 
 import openmm_bg  # noqa: E402
-from openmm_bg.free_energy import InsufficientSamplesError, free_energy_profile, state_free_energy  # noqa: E402
+from openmm_bg.analysis.free_energy import InsufficientSamplesError, free_energy_profile, state_free_energy  # noqa: E402
+from openmm_bg.apps.plots import plot_history  # noqa: E402
 from openmm_bg.systems import load  # noqa: E402
-from openmm_bg.training import Stage, Trainer, plot_history  # noqa: E402
+from openmm_bg.training import Stage, Trainer
 
 NAME = "01_double_well_and_mueller_brown"
 

@@ -59,10 +59,11 @@ from _common import tutorial_parser  # noqa: E402  (tutorials/_common.py, beside
 from matplotlib.patches import Circle  # noqa: E402
 
 import openmm_bg  # noqa: E402
-from openmm_bg.free_energy import InsufficientSamplesError, free_energy_profile, state_free_energy  # noqa: E402
+from openmm_bg.analysis.free_energy import InsufficientSamplesError, free_energy_profile, state_free_energy  # noqa: E402
+from openmm_bg.apps.plots import plot_history  # noqa: E402
 from openmm_bg.systems import load  # noqa: E402
 from openmm_bg.systems.dimer import DIMER_PARAMETERS  # noqa: E402
-from openmm_bg.training import Stage, Trainer, plot_history  # noqa: E402
+from openmm_bg.training import Stage, Trainer
 
 NAME = "02_dimer_in_solvent"
 

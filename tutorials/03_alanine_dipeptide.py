@@ -50,11 +50,16 @@ import torch
 from _common import tutorial_parser
 
 import openmm_bg
-from openmm_bg.demo import _ramachandran, demo_data, demo_training
-from openmm_bg.free_energy import InsufficientSamplesError, free_energy_profile, pymbar_module, state_free_energy
-from openmm_bg.plots import plot_profile
+from openmm_bg.analysis.free_energy import (
+    InsufficientSamplesError,
+    free_energy_profile,
+    pymbar_module,
+    state_free_energy,
+)
+from openmm_bg.apps.demo import _ramachandran, demo_data, demo_training
+from openmm_bg.apps.plots import plot_history, plot_profile
 from openmm_bg.systems import load
-from openmm_bg.training import Trainer, plot_history
+from openmm_bg.training import Trainer
 
 NAME = "03_alanine_dipeptide"
 

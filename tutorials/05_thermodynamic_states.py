@@ -55,7 +55,7 @@ from _common import tutorial_parser  # noqa: E402  (tutorials/_common.py, beside
 from scipy import integrate  # noqa: E402
 
 import openmm_bg  # noqa: E402
-from openmm_bg.free_energy import thermodynamic_free_energy  # noqa: E402
+from openmm_bg.analysis.free_energy import thermodynamic_free_energy  # noqa: E402
 from openmm_bg.systems import load  # noqa: E402
 from openmm_bg.systems.toy import DOUBLE_WELL_EXPRESSION, Z_CONFINEMENT  # noqa: E402
 from openmm_bg.training import Stage, Trainer  # noqa: E402

@@ -10,7 +10,7 @@ Backends:
   spawned worker processes (see `openmm_bg.energy.workers`; scripts then need an
   ``if __name__ == "__main__":`` guard). Without a ``platform`` the fastest available one is
   chosen by timing (`openmm_bg.energy.platforms.select_platform`).
-- ``"torch"``: the batched torch force field of ``openmm_bg.energy.torch_forcefield``, checked
+- ``"torch"``: the batched torch force field of ``openmm_bg.energy.torchff.forcefield``, checked
   against OpenMM at construction (relative difference <= 1e-6, else an error).
 - ``"auto"``: opting in to ``"torch"`` where the torch force field supports every force and
   passes the check, ``"openmm"`` otherwise; the choice is logged.

@@ -1,6 +1,6 @@
 """The ``"torch"`` backend of `OpenMMEnergy`: a batched torch force field checked against OpenMM.
 
-`TorchBackend` wraps ``openmm_bg.energy.torch_forcefield.TorchForceField`` (imported lazily, so
+`TorchBackend` wraps ``openmm_bg.energy.torchff.TorchForceField`` (imported lazily, so
 that the OpenMM backend works without it), applies the failure convention of the design notes
 (non-finite input, energy or force -> energy ``+inf``, force ``0``, that row only) and, at
 construction, compares energies and forces with an OpenMM ``Reference`` context on a few
@@ -35,7 +35,7 @@ def torch_unsupported_forces(system: openmm.System) -> list[str]:
 
     Raises ``ImportError`` if the torch force field module is not installed.
     """
-    from .torch_forcefield import unsupported_forces
+    from .torchff.forcefield import unsupported_forces
 
     return list(unsupported_forces(system))
 
@@ -69,7 +69,7 @@ class TorchBackend:
     def __init__(self, system: openmm.System, reference_positions: np.ndarray | None = None,
                  device: str | torch.device = "cpu", check: bool = True, tolerance: float = 1e-6,
                  n_check: int = 4):
-        from .torch_forcefield import TorchForceField, unsupported_forces
+        from .torchff.forcefield import TorchForceField, unsupported_forces
 
         missing = list(unsupported_forces(system))
         if missing:

@@ -14,7 +14,7 @@ Reference platform), ``CustomGBForce`` (``NoCutoff``; any computed values / ener
 types SingleParticle, ParticlePair, ParticlePairNoExclusions), ``CustomExternalForce``,
 ``CustomBondForce``, ``CustomAngleForce``, ``CustomTorsionForce``, ``CustomNonbondedForce``
 (``NoCutoff``, no interaction groups), ``CustomCompoundBondForce`` (``x1 y1 z1 ...``,
-``distance angle dihedral``). Custom expressions go through `openmm_bg.energy.expressions`;
+``distance angle dihedral``). Custom expressions go through `openmm_bg.energy.torchff.expressions`;
 discrete tabulated functions (``Discrete1DFunction`` ... ``Discrete3DFunction``) are supported,
 continuous (spline) ones are not. ``CMMotionRemover`` is ignored (it adds no energy).
 Anything else (cutoffs, PME, periodic boxes, CMAP, thermostats, barostats, virtual sites)

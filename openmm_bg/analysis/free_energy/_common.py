@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...systems import MolecularSystem, State
+from ...systems.molecular_system import kT_kJ_per_mol
 from .. import reweighting
 from ..reweighting import WeightDiagnostics
 from ..samples import Samples
-from ..systems import MolecularSystem, State
-from ..systems.molecular_system import kT_kJ_per_mol
 
 #: kJ per kcal (thermochemical calorie).
 KJ_PER_KCAL = 4.184

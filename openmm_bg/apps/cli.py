@@ -129,7 +129,8 @@ def _check_output(path, suffixes) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import openmm_bg
-    from openmm_bg.training import Trainer, default_stages, load_stages, plot_history
+    from openmm_bg.apps.plots import plot_history
+    from openmm_bg.training import Trainer, default_stages, load_stages
 
     spec = system_spec(args)
     system = load_system(spec)
@@ -159,7 +160,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _load_model(path: str, args: argparse.Namespace):
     import openmm_bg
-    from openmm_bg.generator import read_model_file
+    from openmm_bg.model import read_model_file
 
     payload = read_model_file(path)
     spec = payload.get("extra", {}).get("system_spec")
@@ -187,8 +188,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_free_energy(args: argparse.Namespace) -> int:
-    from openmm_bg.free_energy import free_energy_profile, state_free_energy
-    from openmm_bg.plots import plot_profile
+    from openmm_bg.analysis.free_energy import free_energy_profile, state_free_energy
+    from openmm_bg.apps.plots import plot_profile
 
     gen = _load_model(args.model, args)
     states = [s.strip() for s in args.states.split(",")]

@@ -27,7 +27,7 @@ Examples
 --------
 >>> import openmm_bg
 >>> from openmm_bg.systems import load
->>> from openmm_bg.free_energy import state_free_energy
+>>> from openmm_bg.analysis.free_energy import state_free_energy
 >>> dw = load("double_well")
 >>> data = openmm_bg.simulate(dw, n_frames=200, stride=10, seed=0, progress=False)
 >>> gen = openmm_bg.BoltzmannGenerator.build(dw, data, n_blocks=2, hidden=(16,), seed=0)

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...systems import MolecularSystem
 from ..samples import Samples
-from ..systems import MolecularSystem
 from ._common import InsufficientSamplesError, _label, pymbar_module
 
 
@@ -48,7 +48,7 @@ class _Energies:
         else:
             ok = ens.valid
             if ok.any():
-                from ..energy import OpenMMEnergy
+                from ...energy import OpenMMEnergy
 
                 key = id(target.system)
                 if key not in self._evaluators:
@@ -78,7 +78,7 @@ def _generator_log_prob(gen, positions: np.ndarray, temperature: float, batch: i
 
 
 def _md_ensemble(system: MolecularSystem, traj, what: str) -> _Ensemble:
-    from ..simulation import check_trajectory
+    from ...systems.trajectory import check_trajectory
 
     t = check_trajectory(system, traj)
     xyz = np.asarray(t.xyz, dtype=np.float64)

@@ -4,7 +4,7 @@ Examples
 --------
 >>> import numpy as np
 >>> from openmm_bg.systems import load
->>> from openmm_bg.samples import Samples
+>>> from openmm_bg.analysis.samples import Samples
 >>> dw = load("double_well")
 >>> x = np.zeros((3, 1, 3)); x[:, 0, 0] = [-1.7, -1.6, 1.5]
 >>> s = Samples(dw, x, energies=dw.reduced_energy(x), log_prob=np.zeros(3))
@@ -22,8 +22,8 @@ from pathlib import Path
 import mdtraj
 import numpy as np
 
+from ..systems import MolecularSystem
 from . import reweighting
-from .systems import MolecularSystem
 
 __all__ = ["Samples"]
 

@@ -38,14 +38,14 @@ import openmm
 import torch
 from torch import nn
 
-from ._version import __version__
-from .energy import OpenMMEnergy
-from .flows import Domain, Flow, Standardize, build_flow
-from .geometry import as_tensor
-from .samples import Samples
-from .simulation import check_trajectory
-from .systems import MolecularSystem
-from .transforms import CartesianTransform, MixedTransform, stereocentres
+from .._version import __version__
+from ..analysis.samples import Samples
+from ..energy import OpenMMEnergy
+from ..flows import Domain, Flow, Standardize, build_flow
+from ..geometry import as_tensor
+from ..systems import MolecularSystem
+from ..systems.trajectory import check_trajectory
+from ..transforms import CartesianTransform, MixedTransform, stereocentres
 
 __all__ = ["BoltzmannGenerator", "ModelMismatchError", "FORMAT_VERSION"]
 

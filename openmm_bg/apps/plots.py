@@ -3,13 +3,14 @@
 - `plot_free_energies`: Delta A bars with error bars (state or thermodynamic results).
 - `plot_profile`: free-energy profiles with error bands, optionally over an exact curve.
 - `plot_surface`: a 2D free-energy surface (e.g. the phi/psi Ramachandran free energy).
+- `plot_history`: training curves (ML loss, KL loss, mean sample energy) of a `Trainer` run.
 
 Every function returns the path written. matplotlib is imported lazily, with the Agg backend
 (no display needed).
 
 Examples
 --------
->>> from openmm_bg.plots import plot_profile  # doctest: +SKIP
+>>> from openmm_bg.apps.plots import plot_profile  # doctest: +SKIP
 >>> plot_profile(profile, "phi.png", exact=(x, F_exact))  # doctest: +SKIP
 PosixPath('phi.png')
 """
@@ -23,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .free_energy import FreeEnergyProfile, FreeEnergySurface, StateFreeEnergy, ThermodynamicFreeEnergy
-from .systems.molecular_system import kT_kJ_per_mol
+from ..analysis.free_energy import FreeEnergyProfile, FreeEnergySurface, StateFreeEnergy, ThermodynamicFreeEnergy
+from ..systems.molecular_system import kT_kJ_per_mol
 
-__all__ = ["plot_free_energies", "plot_profile", "plot_surface"]
+__all__ = ["plot_free_energies", "plot_profile", "plot_surface", "plot_history"]
 
 
 def _pyplot():
@@ -205,3 +206,23 @@ def plot_surface(surface: FreeEnergySurface, path: str | os.PathLike, vmax: floa
     ax.set_ylabel(surface.coordinates[1] + (f" / {uy}" if uy else ""))
     ax.set_title(title or f"free energy at {surface.temperature:g} K")
     return _save(fig, path)
+
+
+def plot_history(history: Sequence[dict], path: str | os.PathLike) -> Path:
+    """Training curves (ML loss, KL loss and the mean energy of the KL samples against step) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array([r["step"] for r in history])
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for key, ax in zip(("ml", "kl", "u_mean"), axes):
+        values = np.array([r.get(key, np.nan) for r in history], dtype=float)
+        ax.plot(steps, values, lw=0.8)
+        ax.set_xlabel("step")
+        ax.set_ylabel({"ml": "ML loss", "kl": "KL loss (kT)", "u_mean": "mean energy of samples (kT)"}[key])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...systems import MolecularSystem, ReactionCoordinate
 from .. import reweighting
 from ..reweighting import WeightDiagnostics
 from ..samples import Samples
-from ..systems import MolecularSystem, ReactionCoordinate
 from ._common import _as_list, _as_sample_sets, _diag_from_log_w, _fmt_diag, _jsonable, _kT, _require_same_topology
 from ._mbar import _Energies, _MBARProblem, _solve_mbar, _subsample_md
 

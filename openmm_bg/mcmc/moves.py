@@ -74,9 +74,9 @@ import torch
 from openmmtools import cache as ommt_cache
 from openmmtools.mcmc import MCMCMove
 
-from .generator import BoltzmannGenerator, ModelMismatchError, check_fingerprint, system_fingerprint
-from .systems import MolecularSystem
-from .transforms import MixedTransform, randomize_orientation
+from ..model.generator import BoltzmannGenerator, ModelMismatchError, check_fingerprint, system_fingerprint
+from ..systems import MolecularSystem
+from ..transforms import MixedTransform, randomize_orientation
 
 __all__ = ["BoltzmannGeneratorMove", "LatentMetropolisMove", "fixman_log_factor", "FixmanFactor",
            "clear_model_cache"]
@@ -320,7 +320,7 @@ class _GeneratorMove(MCMCMove):
         if not path.exists():
             generator.save(path)
         else:
-            from .generator import read_model_file
+            from ..model.generator import read_model_file
 
             payload = read_model_file(path)
             state = generator.flow.state_dict()
@@ -830,6 +830,6 @@ def _weights_version(gen: BoltzmannGenerator) -> tuple:
 
 def _place(x_body: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
     """Move generator-frame positions into the frame ``(rotation, translation)`` of a configuration."""
-    from .transforms import apply_rigid
+    from ..transforms import apply_rigid
 
     return apply_rigid(x_body, rotation.to(x_body), translation.to(x_body))

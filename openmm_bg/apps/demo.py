@@ -27,10 +27,10 @@ import openmm
 import openmm.app as app
 import openmm.unit as unit
 
-from .data import structure_path
-from .samples import Samples
-from .systems import MolecularSystem, load
-from .systems.peptides import ALANINE_PHI
+from ..analysis.samples import Samples
+from ..data import structure_path
+from ..systems import MolecularSystem, load
+from ..systems.peptides import ALANINE_PHI
 
 __all__ = ["run_demo", "PRETRAINED", "REFERENCE_DELTA_A_KT", "demo_data", "demo_training", "c7ax_restrained",
            "C7AX_RESTRAINT_PHI"]
@@ -108,7 +108,7 @@ def c7ax_restrained(system: MolecularSystem, k_kj_per_mol: float = 1000.0) -> Mo
 def demo_training(scale: float):
     """The demo's schedule: `openmm_bg.training.default_stages` (ML, then KL + 0.1 ML), steps times
     ``scale``."""
-    from .training import default_stages
+    from ..training import default_stages
 
     return [replace(stage, steps=max(10, stage.steps)) for stage in default_stages(scale)]
 
@@ -125,7 +125,7 @@ def _ramachandran(path: Path, panels: list[tuple[str, Samples]], vmax: float = 1
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .free_energy import free_energy_surface
+    from ..analysis.free_energy import free_energy_surface
 
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.0, 4.0), sharey=True,
                              constrained_layout=True)
@@ -167,9 +167,9 @@ def run_demo(output: Path, quick: bool = False, from_scratch: bool = False, seed
     """
     import openmm_bg
 
-    from .free_energy import free_energy_profile, state_free_energy
+    from ..analysis.free_energy import free_energy_profile, state_free_energy
+    from ..training import Stage, Trainer
     from .plots import plot_profile
-    from .training import Stage, Trainer
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)

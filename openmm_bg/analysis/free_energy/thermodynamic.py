@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ...systems import MolecularSystem
 from ..reweighting import WeightDiagnostics
 from ..samples import Samples
-from ..systems import MolecularSystem
 from ._common import (
     _as_list,
     _as_sample_sets,

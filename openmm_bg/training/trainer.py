@@ -1,13 +1,4 @@
-"""Training a Boltzmann Generator: ML, KL and RC losses, staged schedules, checkpoints, resume.
-
-Losses (design notes), per batch:
-
-- ML (maximum likelihood on data): ``J_ML = E_data[-log p_X(x)]`` (up to the constant
-  log-det of the fixed coordinate transform);
-- KL (variational free energy): ``J_KL = E_z[u(F(z)) - log|det J_zx(z)|]``, with ``u``
-  regularised by the lin-log cut (training only) and a penalty for inverted stereocentres;
-- RC (reaction-coordinate spread): ``J_RC = E_{x~p_X}[log p(R(x))]`` with ``p`` a batchwise
-  kernel density estimate of a reaction coordinate.
+"""`Trainer`: runs a schedule of `Stage`s on a generator, with metrics, checkpoints and resume.
 
 A run is a list of `Stage`s (e.g. ML, then ML + KL with a rising KL weight). Steps whose loss is
 not finite are skipped (not applied) and counted. Checkpoints are written atomically every
@@ -35,185 +26,20 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .energy import linlogcut
-from .generator import BoltzmannGenerator
-from .simulation import check_trajectory
-from .systems import ReactionCoordinate
+from ..model.generator import BoltzmannGenerator
+from ..systems import ReactionCoordinate
+from ..systems.trajectory import check_trajectory
+from .losses import kl_loss, ml_loss, rc_loss
+from .stages import Stage, default_stages
 
-__all__ = ["Stage", "Trainer", "ml_loss", "kl_loss", "rc_loss", "default_stages", "load_stages"]
-
-
-@dataclass
-class Stage:
-    """One stage of a training schedule.
-
-    Parameters
-    ----------
-    name : str
-        Label in metrics and progress bars.
-    steps : int
-        Optimiser steps.
-    ml, kl, rc : float
-        Loss weights. ``kl_end`` makes the KL weight rise linearly from ``kl`` to ``kl_end``.
-    kl_end : float, optional
-        Final KL weight of a linear ramp.
-    lr : float
-        Adam learning rate.
-    lr_end : float, optional
-        Final learning rate of a cosine decay from ``lr`` over the stage (default: constant ``lr``).
-    batch_size : int
-        Data frames per ML batch.
-    kl_batch_size : int, optional
-        Prior samples per KL/RC batch (default ``batch_size``).
-    temperature : float, optional
-        K at which the KL term is taken (default the system's).
-    energy_high, energy_max : float
-        Lin-log cut of the KL energies, in kT above the reference energy (see
-        `openmm_bg.energy.linlogcut`).
-    chirality_weight : float
-        Weight of the penalty on inverted stereocentres in the KL term.
-    clip_grad : float
-        Maximal gradient norm.
-    """
-
-    name: str
-    steps: int
-    ml: float = 1.0
-    kl: float = 0.0
-    rc: float = 0.0
-    kl_end: float | None = None
-    lr: float = 1e-3
-    lr_end: float | None = None
-    batch_size: int = 256
-    kl_batch_size: int | None = None
-    temperature: float | None = None
-    energy_high: float = 1e3
-    energy_max: float = 1e9
-    chirality_weight: float = 10.0
-    clip_grad: float = 100.0
-
-    def kl_weight(self, step_in_stage: int) -> float:
-        """KL weight at a step of this stage (linear ramp if ``kl_end`` is set)."""
-        if self.kl_end is None or self.steps <= 1:
-            return self.kl
-        return self.kl + (self.kl_end - self.kl) * step_in_stage / (self.steps - 1)
-
-    def learning_rate(self, step_in_stage: int) -> float:
-        """Learning rate at a step of this stage (cosine decay to ``lr_end`` if it is set)."""
-        if self.lr_end is None or self.steps <= 1:
-            return self.lr
-        progress = step_in_stage / (self.steps - 1)
-        return self.lr_end + 0.5 * (self.lr - self.lr_end) * (1.0 + math.cos(math.pi * progress))
+__all__ = ["Trainer"]
 
 
-def default_stages(scale: float = 1.0, kl_scale: float | None = None) -> list[Stage]:
-    """The standard schedule: ML pre-training, then KL-dominated training with a small ML term.
-
-    ML: 1500 steps, learning rate 5e-4 decaying (cosine) to 5e-5 -- longer or faster ML training
-    overfits a few thousand correlated MD frames and makes the generator too cold. KL: 3000 steps of
-    ``KL + 0.1 ML`` (the ML term keeps rare states of the data in the proposal), learning rate
-    3e-4 decaying to 1e-5. Measured on alanine dipeptide (``benchmarks/README.md``).
-
-    Parameters
-    ----------
-    scale : float
-        Multiplies the step counts of both stages.
-    kl_scale : float, optional
-        Multiplies the KL stage's step count instead (default ``scale``). Longer is not always
-        better: KL seeks modes, and on alanine dipeptide 6000 KL steps drained the rare C7ax basin
-        that 3000 kept.
-    """
-    kl_scale = scale if kl_scale is None else kl_scale
-    return [Stage("ml", steps=max(1, int(1500 * scale)), lr=5e-4, lr_end=5e-5),
-            Stage("kl", steps=max(1, int(3000 * kl_scale)), ml=0.1, kl=1.0, lr=3e-4, lr_end=1e-5,
-                  kl_batch_size=256)]
-
-
-def load_stages(path: str | os.PathLike) -> list[Stage]:
-    """Read stages from a TOML file with ``[[stage]]`` tables (keys as `Stage`'s fields)."""
-    import tomllib
-
-    try:
-        with open(path, "rb") as fh:
-            config = tomllib.load(fh)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"stage config not found: {str(path)!r}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML: {err}") from err
-    stages = config.get("stage")
-    if not stages:
-        raise ValueError(f"{path}: no [[stage]] tables found")
-    fields = set(Stage.__dataclass_fields__)
-    out = []
-    for k, table in enumerate(stages):
-        unknown = set(table) - fields
-        if unknown:
-            raise ValueError(f"{path}: stage {k + 1} has unknown keys {sorted(unknown)}; allowed: {sorted(fields)}")
-        out.append(Stage(**{"name": f"stage{k + 1}", **table}))
-    return out
-
-
-# ---------------------------------------------------------------------- losses
-def ml_loss(gen: BoltzmannGenerator, v: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood of standardised data ``v`` ``[batch, n_dof]`` under the flow (scalar)."""
-    return -gen.flow.log_prob(v).mean()
-
-
-def kl_loss(gen: BoltzmannGenerator, z: torch.Tensor, temperature: float, reference_energy: float,
-            high: float, max_energy: float, chirality_weight: float):
-    """Reverse KL (variational free energy) of latent samples ``z``; returns ``(loss, x, info)``.
-
-    ``x`` is ``[batch, n_atoms, 3]`` (float64, graph attached, NaN rows out of domain) for reuse by
-    the RC loss; ``info`` holds the mean raw energy and rejection counts.
-    """
-    x, log_det, ok = gen.forward(z)
-    scale = gen.temperature / temperature
-    u = gen.energy(x.masked_fill(~ok[:, None, None], 0.0)) * scale
-    u_cut = linlogcut(u, high=high, max=max_energy, reference=reference_energy * scale)
-    u_cut = torch.where(ok, u_cut, torch.full_like(u_cut, float(u_cut.detach().max()) if ok.any() else 0.0))
-    loss = (u_cut - torch.where(ok, log_det, torch.zeros_like(log_det))).mean()
-    n_inverted = 0
-    if gen.stereo is not None and chirality_weight > 0:
-        vol = gen.stereo.signed_volumes(x)
-        ref = torch.as_tensor(gen.stereo.reference_sign, dtype=vol.dtype, device=vol.device)
-        magnitude = vol.detach().abs().mean(0).clamp_min(1e-6)
-        penalty = torch.relu(-vol * ref / magnitude).sum(-1)
-        penalty = torch.where(ok, penalty, torch.zeros_like(penalty))
-        loss = loss + chirality_weight * penalty.mean()
-        n_inverted = int(((vol * ref <= 0).any(-1) & ok).sum())
-    finite_u = u.detach()[ok & torch.isfinite(u.detach())]
-    info = {"u_mean": float(finite_u.mean()) if finite_u.numel() else math.inf,
-            "out_of_domain": int((~ok).sum()), "inverted": n_inverted}
-    return loss, x, info
-
-
-def rc_loss(x: torch.Tensor, ok: torch.Tensor, coordinate: ReactionCoordinate,
-            bandwidth: float | None = None) -> torch.Tensor:
-    """``E[log p(R(x))]`` with ``p`` a Gaussian KDE of the batch's own values (scalar).
-
-    Minimising it spreads samples along ``R``. Periodic coordinates use wrapped differences.
-    """
-    r = coordinate(x[ok])
-    if r.numel() < 2:
-        return x.new_zeros(())
-    lo, hi = coordinate.bounds
-    h = bandwidth if bandwidth is not None else 0.05 * (hi - lo)
-    d = r[:, None] - r[None, :]
-    if coordinate.periodic:
-        period = hi - lo
-        d = torch.remainder(d + 0.5 * period, period) - 0.5 * period
-    log_k = -0.5 * (d / h) ** 2
-    log_p = torch.logsumexp(log_k, dim=1) - math.log(r.numel()) - math.log(h * math.sqrt(2 * math.pi))
-    return log_p.mean()
-
-
-# ---------------------------------------------------------------------- trainer
 class Trainer:
     """Runs a schedule of `Stage`s on a generator, with metrics, checkpoints and resume.
 
@@ -444,23 +270,3 @@ class Trainer:
                 writer.writeheader()
                 writer.writerows(self.history)
         os.replace(tmp, path)
-
-
-def plot_history(history: Sequence[dict], path: str | os.PathLike) -> Path:
-    """Training curves (ML loss, KL loss and the mean energy of the KL samples against step) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = np.array([r["step"] for r in history])
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    for key, ax in zip(("ml", "kl", "u_mean"), axes):
-        values = np.array([r.get(key, np.nan) for r in history], dtype=float)
-        ax.plot(steps, values, lw=0.8)
-        ax.set_xlabel("step")
-        ax.set_ylabel({"ml": "ML loss", "kl": "KL loss (kT)", "u_mean": "mean energy of samples (kT)"}[key])
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)

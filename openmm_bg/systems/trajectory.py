@@ -1,0 +1,87 @@
+"""Checks of trajectories that users bring: atom count and order, solvent, whole molecules.
+
+Examples
+--------
+>>> import numpy as np
+>>> from openmm_bg.systems import load
+>>> from openmm_bg.systems.trajectory import check_trajectory
+>>> ala = load("alanine_dipeptide")
+>>> check_trajectory(ala, ala.positions[None]).n_frames
+1
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mdtraj
+import numpy as np
+
+from .molecular_system import MolecularSystem
+
+__all__ = ["check_trajectory"]
+
+
+def check_trajectory(system: MolecularSystem, data, top=None) -> mdtraj.Trajectory:
+    """Check and prepare user data for training: atom count and order, solvent, whole molecules.
+
+    Parameters
+    ----------
+    system : MolecularSystem
+        The system the data must belong to.
+    data : mdtraj.Trajectory, path, or array
+        A trajectory, a trajectory file (DCD/XTC need ``top`` or use the system's topology), or
+        positions ``[n_frames, n_atoms, 3]`` in nm.
+    top : optional
+        Topology for trajectory files without one (default: the system's).
+
+    Returns
+    -------
+    mdtraj.Trajectory
+        Solvent stripped, molecules made whole, atoms checked against the system.
+    """
+    if isinstance(data, str | Path):
+        path = Path(data)
+        if not path.is_file():
+            raise FileNotFoundError(f"trajectory file not found: {str(path)!r}")
+        try:
+            if path.suffix in (".h5", ".pdb", ".hdf5"):
+                traj = mdtraj.load(str(path))
+            else:
+                traj = mdtraj.load(str(path), top=top if top is not None else system.mdtraj_topology)
+        except Exception as err:  # mdtraj raises many types for unreadable or mismatched files
+            raise ValueError(f"could not read {path.name} as a trajectory of {system.name} "
+                             f"({system.n_atoms} atoms): {err}") from err
+    elif isinstance(data, mdtraj.Trajectory):
+        traj = data
+    else:
+        xyz = np.asarray(data, dtype=np.float32)
+        if xyz.ndim != 3 or xyz.shape[1:] != (system.n_atoms, 3):
+            raise ValueError(f"positions must have shape [n_frames, {system.n_atoms}, 3] (nm), "
+                             f"got {xyz.shape}")
+        traj = mdtraj.Trajectory(xyz, system.mdtraj_topology)
+    if traj.n_atoms != system.n_atoms:
+        stripped = traj.remove_solvent() if traj.topology.n_residues else traj
+        if stripped.n_atoms != system.n_atoms:
+            raise ValueError(f"trajectory has {traj.n_atoms} atoms ({stripped.n_atoms} without solvent) "
+                             f"but system {system.name!r} has {system.n_atoms}; load the data with the "
+                             "topology it was simulated with, or strip other molecules")
+        traj = stripped
+    _check_atom_order(system, traj)
+    if traj.unitcell_vectors is not None:
+        traj = traj.make_molecules_whole(inplace=False)
+    if not np.all(np.isfinite(traj.xyz)):
+        bad = np.where(~np.isfinite(traj.xyz).all(axis=(1, 2)))[0]
+        raise ValueError(f"trajectory frames {bad[:10].tolist()} contain NaN or inf coordinates")
+    return traj
+
+
+def _check_atom_order(system: MolecularSystem, traj: mdtraj.Trajectory) -> None:
+    ours = list(system.mdtraj_topology.atoms)
+    theirs = list(traj.topology.atoms)
+    for a, b in zip(ours, theirs):
+        same_element = a.element is None or b.element is None or a.element.symbol == b.element.symbol
+        if not same_element or a.name != b.name:
+            raise ValueError(f"atom order differs from system {system.name!r}: atom {a.index} is "
+                             f"{a.residue.name}:{a.name} in the system but {b.residue.name}:{b.name} in "
+                             "the trajectory; reorder the trajectory's atoms to the system's topology")
