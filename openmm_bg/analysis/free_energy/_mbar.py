@@ -37,9 +37,6 @@ class _Ensemble:
 class _Energies:
     """Reduced energies of targets on ensembles, reusing stored energies for the same openmm.System."""
 
-    def __init__(self):
-        self._evaluators: dict[int, Any] = {}
-
     def reduced(self, target: MolecularSystem, ens: _Ensemble) -> np.ndarray:
         out = np.full(len(ens), math.inf)
         if ens.energies is not None and ens.system.system is target.system:
@@ -48,22 +45,15 @@ class _Energies:
         else:
             ok = ens.valid
             if ok.any():
-                from ...energy import OpenMMEnergy
+                from ...energy import energy_for
 
-                key = id(target.system)
-                if key not in self._evaluators:
-                    self._evaluators[key] = OpenMMEnergy(target.system, temperature=300.0,
-                                                         reference_positions=target.positions)
-                energy = self._evaluators[key]
                 with torch.no_grad():
-                    u300 = energy(torch.as_tensor(ens.positions[ok], dtype=torch.float64)).numpy()
-                out[ok] = u300 * (300.0 / target.temperature)
+                    out[ok] = energy_for(target)(torch.as_tensor(ens.positions[ok], dtype=torch.float64)).numpy()
         out = np.where(ens.valid, out, math.inf)
         return np.where(np.isnan(out), math.inf, out)
 
     def close(self):
-        for e in self._evaluators.values():
-            e.close()
+        pass  # the energies are energy_for's shared ones, owned by its cache
 
 
 def _generator_log_prob(gen, positions: np.ndarray, temperature: float, batch: int = 4096) -> np.ndarray:
