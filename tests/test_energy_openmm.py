@@ -487,3 +487,15 @@ def test_deprecated_reduced_energy_delegates(molecular_systems):
     np.testing.assert_array_equal(u, energy_for(ms, platform="Reference")(x).numpy())
     with pytest.warns(DeprecationWarning):
         assert ms.reduced_energy().shape == (1,)
+
+
+def test_public_names():
+    import openmm_bg.energy as energy
+    from openmm_bg.energy.context import ContextEvaluator
+
+    assert set(energy.__all__) == {"OpenMMEnergy", "energy_for", "close_energies", "PeriodicSystemError",
+                                   "WorkerError", "TorchBackendError", "select_platform", "available_platforms",
+                                   "PlatformChoice"}
+    assert all(hasattr(energy, name) for name in energy.__all__)
+    assert ContextEvaluator.__module__ == "openmm_bg.energy.context"  # internals: importable from their modules
+    assert WorkerPool.__module__ == "openmm_bg.energy.workers"

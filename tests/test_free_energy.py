@@ -287,3 +287,11 @@ def test_mbar_problem_is_lazy_and_checks_its_input(oscillators):
         MBARProblem(samples, gen_a, targets=[(a, lambda x: x[:, 0, 0] > 10.0)], md=[(0, md_a)])
     with pytest.raises(ValueError, match="observables must have shape"):
         MBARProblem(samples, targets=[a]).expectations(np.zeros(3), state=1)
+
+
+def test_public_names():
+    import openmm_bg.analysis.free_energy as fe
+
+    assert "MBARProblem" in fe.__all__ and all(hasattr(fe, name) for name in fe.__all__)
+    assert not {"KJ_PER_KCAL", "DEFAULT_MIN_ESS", "MIN_OVERLAP"} & set(fe.__all__)
+    assert fe.KJ_PER_KCAL == 4.184  # still importable

@@ -44,7 +44,7 @@ Examples
 
 from __future__ import annotations
 
-from ._common import (
+from ._common import (  # noqa: F401 - the constants stay importable, outside __all__
     DEFAULT_MIN_ESS,
     KJ_PER_KCAL,
     MIN_OVERLAP,
@@ -61,7 +61,9 @@ from .thermodynamic import (
     two_generator_estimate,
 )
 
+#: What users may rely on. KJ_PER_KCAL, DEFAULT_MIN_ESS and MIN_OVERLAP stay importable from here
+#: (documented defaults used by the functions), but are not part of the interface.
 __all__ = ["InsufficientSamplesError", "StateFreeEnergy", "ThermodynamicFreeEnergy", "TwoGeneratorEstimate",
            "FreeEnergyProfile", "FreeEnergySurface", "MBARProblem", "MDSubsampling", "state_free_energy",
            "state_free_energy_mbar", "thermodynamic_free_energy", "two_generator_estimate", "free_energy_profile",
-           "mbar_profile", "free_energy_surface", "pymbar_module", "KJ_PER_KCAL", "DEFAULT_MIN_ESS", "MIN_OVERLAP"]
+           "mbar_profile", "free_energy_surface", "pymbar_module"]
