@@ -17,8 +17,9 @@ import openmm.unit as unit
 import pytest
 import torch
 
-from openmm_bg.energy import OpenMMEnergy, PeriodicSystemError, WorkerError, WorkerPool
-from openmm_bg.energy.workers import capped_torch_threads
+import openmm_bg.energy.platforms as platforms
+from openmm_bg.energy import OpenMMEnergy, PeriodicSystemError, WorkerError, close_energies, energy_for
+from openmm_bg.energy.workers import WorkerPool, capped_torch_threads
 from openmm_bg.systems import load
 
 SYSTEMS = {
@@ -94,8 +95,9 @@ def test_reference_platform_matches_system_reference(molecular_systems, key):
     ms = molecular_systems[key]
     energy = OpenMMEnergy(ms, platform="Reference")
     x = perturbed(ms, 5, scale=0.005 if ms.n_atoms > 1 else 0.3, seed=1)
-    np.testing.assert_allclose(energy(x).numpy(), ms.reduced_energy(x), rtol=1e-10)
-    assert energy.reference_energy == pytest.approx(float(ms.reduced_energy()[0]), rel=1e-10)
+    u_ref, _ = direct(ms, x, "Reference")
+    np.testing.assert_allclose(energy(x).numpy(), u_ref, rtol=1e-10)
+    assert energy.reference_energy == pytest.approx(direct(ms, ms.positions[None], "Reference")[0][0], rel=1e-10)
 
 
 def test_double_well_analytic_gradient(molecular_systems):
@@ -353,3 +355,147 @@ def test_torch_threads_capped():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(old)
+
+
+# ---------------------------------------------------------------------- energy service
+def _oscillator_system(k: float) -> openmm.System:
+    """A fresh 2-particle System (a spring of constant ``k``) that no other test has timed."""
+    system = openmm.System()
+    for _ in range(2):
+        system.addParticle(12.0)
+    bond = openmm.HarmonicBondForce()
+    bond.addBond(0, 1, 0.15, k)
+    system.addForce(bond)
+    return system
+
+
+@pytest.mark.parametrize("platform", ["Reference", None])
+def test_energy_for_is_one_energy_per_system_and_temperature(molecular_systems, platform):
+    ms = molecular_systems["ala_implicit"]
+    cold = energy_for(ms, platform=platform)
+    assert energy_for(ms, platform=platform) is cold and cold.temperature == ms.temperature
+    hot = energy_for(ms, 450.0, platform=platform)
+    assert hot is not cold and hot.temperature == 450.0
+    assert energy_for(ms.with_temperature(450.0), platform=platform) is hot
+    assert energy_for(ms.system, temperature=450.0 * unit.kelvin, reference_positions=ms.positions,
+                      platform=platform) is hot
+    assert hot._impl is cold._impl  # one set of contexts serves every temperature
+    assert energy_for(ms, platform="Reference", n_workers=1, backend="openmm") is energy_for(ms, platform="Reference")
+    # the values: OpenMM's own Context, through the Quantity API, at each temperature (float64)
+    x = perturbed(ms, 6, scale=0.005, seed=11)
+    for energy, at in ((cold, ms), (hot, ms.with_temperature(450.0))):
+        u_ref, f_ref = direct(at, x, cold.platform_name, cold.properties)
+        np.testing.assert_allclose(energy(x).numpy(), u_ref, rtol=1e-9, atol=0)
+        np.testing.assert_allclose(energy.evaluate(x)[1].numpy(), f_ref, rtol=1e-9, atol=1e-9 * np.abs(f_ref).max())
+        assert energy.reference_energy == pytest.approx(direct(at, ms.positions[None], cold.platform_name,
+                                                               cold.properties)[0][0], rel=1e-9)
+    assert cold.at_temperature(ms.temperature) is cold
+
+
+def test_platform_is_timed_once_per_system(monkeypatch):
+    calls = []
+    real = platforms._time_platform
+
+    def counted(system, name, *args):  # the real timing, counted
+        calls.append(name)
+        return real(system, name, *args)
+
+    monkeypatch.setattr(platforms, "_time_platform", counted)
+    system = _oscillator_system(1234.5)
+    first = energy_for(system, temperature=300.0)
+    n_timed = len(calls)
+    assert n_timed == len([c for c in platforms.CANDIDATES if c in platforms.available_platforms()])
+    assert set(first.platform_choice.timings) == set(calls)
+    # other temperatures, a fresh OpenMMEnergy, an equal copy of the System: no timing again
+    energy_for(system, temperature=600.0)
+    fresh = OpenMMEnergy(system, temperature=350.0)
+    copy = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system))
+    assert energy_for(copy, temperature=300.0) is first  # equal Systems share one energy
+    assert len(calls) == n_timed
+    assert fresh.platform_choice is first.platform_choice
+    assert sum(key[0] == platforms._system_key(system) for key in platforms._CACHE) == 1
+
+
+def test_changed_system_gets_a_new_energy():
+    system = _oscillator_system(100.0)
+    before = energy_for(system, temperature=300.0, platform="Reference")
+    x = [[[0, 0, 0], [0.25, 0, 0]]]
+    system.getForce(0).setBondParameters(0, 0, 1, 0.15, 400.0)  # changed after first use
+    after = energy_for(system, temperature=300.0, platform="Reference")
+    assert after is not before
+    assert after(x).item() == pytest.approx(4 * before(x).item(), rel=1e-12)
+
+
+def test_energy_for_bad_input(molecular_systems):
+    ms = molecular_systems["double_well"]
+    with pytest.raises(ValueError, match="unknown option.*'n_worker'"):
+        energy_for(ms, n_worker=2)
+    with pytest.raises(ValueError, match="needs a temperature"):
+        energy_for(ms.system)
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        energy_for(ms, -5.0)
+    with pytest.raises(TypeError, match="MolecularSystem or an openmm.System"):
+        energy_for("double_well")
+
+
+def test_energy_for_from_threads(molecular_systems):
+    """Concurrent callers get the same objects and correct values (one context, serialised by its lock)."""
+    ms = molecular_systems["ala_vacuum"]
+    x = perturbed(ms, 20, scale=0.005, seed=12)
+    expected = {t: direct(ms.with_temperature(t), x, "Reference")[0] for t in (300.0, 400.0)}
+    results, errors = [], []
+
+    def work(t):
+        try:
+            for _ in range(5):
+                energy = energy_for(ms, t, platform="Reference")
+                results.append((t, energy, energy(x).numpy()))
+        except Exception as err:  # reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in (300.0, 400.0) * 3]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    assert len({id(e) for t, e, _ in results if t == 300.0}) == 1
+    for t, _, u in results:
+        np.testing.assert_allclose(u, expected[t], rtol=1e-12)
+
+
+def test_cached_worker_pools_are_closed(molecular_systems):
+    ms = molecular_systems["double_well"]
+    first = energy_for(ms, platform="Reference", n_workers=2)
+    pids = first.worker_pids
+    assert len(pids) == 2 and not first.closed
+    first.close()  # closed by a user anyway: the next call builds a fresh one
+    assert first.closed and not any(_alive(p) for p in pids)
+    second = energy_for(ms, platform="Reference", n_workers=2)
+    assert second is not first and second([[[1.0, 0.5, 0.0]]]).item() == pytest.approx(-3.875)
+    pids = second.worker_pids
+    close_energies()  # what interpreter exit runs
+    assert second.closed and not any(_alive(p) for p in pids)
+    assert energy_for(ms, platform="Reference") is not None
+
+
+def test_deprecated_reduced_energy_delegates(molecular_systems):
+    ms = molecular_systems["double_well"]
+    x = np.array([[[1.0, 0.5, 0.0]], [[-1.7, -0.3, 0.0]]])
+    with pytest.warns(DeprecationWarning, match="energy_for"):
+        u = ms.reduced_energy(x)
+    np.testing.assert_array_equal(u, energy_for(ms, platform="Reference")(x).numpy())
+    with pytest.warns(DeprecationWarning):
+        assert ms.reduced_energy().shape == (1,)
+
+
+def test_public_names():
+    import openmm_bg.energy as energy
+    from openmm_bg.energy.context import ContextEvaluator
+
+    assert set(energy.__all__) == {"OpenMMEnergy", "energy_for", "close_energies", "PeriodicSystemError",
+                                   "WorkerError", "TorchBackendError", "select_platform", "available_platforms",
+                                   "PlatformChoice"}
+    assert all(hasattr(energy, name) for name in energy.__all__)
+    assert ContextEvaluator.__module__ == "openmm_bg.energy.context"  # internals: importable from their modules
+    assert WorkerPool.__module__ == "openmm_bg.energy.workers"

@@ -18,6 +18,7 @@ import openmm_bg
 from openmm_bg import BoltzmannGenerator, Samples
 from openmm_bg.analysis.free_energy import (
     InsufficientSamplesError,
+    MBARProblem,
     state_free_energy,
     thermodynamic_free_energy,
     two_generator_estimate,
@@ -225,3 +226,72 @@ def test_pymbar_import_is_quiet():
     assert out.returncode == 0, out.stderr
     assert "JAX" not in out.stdout + out.stderr
     assert "timeseries" not in out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------------- the MBAR problem object
+def test_mbar_problem_gives_thermodynamic_free_energy_numbers(oscillators):
+    """Built as thermodynamic_free_energy builds it (two generators, MD of both states decorrelated on
+    u_B - u_A), the problem object gives the same numbers; u_kn and N_k are computed once."""
+    a, b, md_a, md_b, gen_a, gen_b = oscillators
+    sets = [gen_a.sample(5000, seed=21), gen_b.sample(5000, seed=22)]
+    r = thermodynamic_free_energy(a, b, samples=sets, generators=[gen_a, gen_b], md_a=md_a, md_b=md_b)
+    problem = MBARProblem(sets, [gen_a, gen_b], targets=[a, b], md=[(0, md_a), (1, md_b)], decorrelate=[(2, 3)])
+    assert problem.n_generators == 2 and problem.n_states == 4
+    assert problem.delta_f(2, 3) == (r.delta_f, r.error_f)
+    f, cov = problem.free_energies()
+    assert r.delta_a_kJ_mol == pytest.approx(b.kT * f[3] - a.kT * f[2], rel=1e-12)
+    assert r.generator_consistency == pytest.approx(abs(f[1]), rel=1e-12)
+    assert problem.weight_diagnostics(2).ess == r.diagnostics_a.ess
+    assert problem.counts() == r.n_samples
+    assert [s.n_kept for s in problem.subsampling] == problem.N_k[2:].tolist()
+    assert all(s.n_kept < s.n_frames for s in problem.subsampling)  # correlated MD was thinned
+    # the blocks: the target energies on a set are the stored ones rescaled, -log p its own density
+    np.testing.assert_array_equal(problem.reduced_potential(2, sampled_from=0), sets[0].energies)
+    np.testing.assert_array_equal(problem.reduced_potential(0, sampled_from=0), -sets[0].log_prob)
+    np.testing.assert_allclose(problem.reduced_potential(3, sampled_from=2),
+                               0.5 * K_B * (problem.positions[10000:10000 + problem.N_k[2]] ** 2).sum((1, 2)) / b.kT,
+                               rtol=1e-12)
+    u1, u2 = problem.u_kn, problem.u_kn
+    assert u1 is u2 and u1.shape == (4, problem.N_k.sum()) and not problem.N_k.flags.writeable
+    assert problem.positions.shape == (u1.shape[1], 1, 3)
+    # BAR between the generator and each target from the blocks of one object: the "bar" method's numbers
+    one = MBARProblem(sets[0], gen_a, targets=[a, b], md=[(0, md_a), (1, md_b)], decorrelate=[(1, 2)])
+    bar = thermodynamic_free_energy(a, b, samples=sets[0], generators=gen_a, md_a=md_a, md_b=md_b, method="bar")
+    pymbar = openmm_bg.analysis.free_energy.pymbar_module()
+    f_bar = [pymbar.other_estimators.bar(one.reduced_potential(k, 0) - one.reduced_potential(0, 0),
+                                         one.reduced_potential(0, k) - one.reduced_potential(k, k))["Delta_f"]
+             for k in (1, 2)]
+    assert bar.delta_f == pytest.approx(f_bar[1] - f_bar[0], rel=1e-12)
+    assert f_bar[0] == pytest.approx(exact_f(a, K_A), abs=0.05)
+
+
+def test_mbar_problem_is_lazy_and_checks_its_input(oscillators):
+    a, b, md_a, md_b, gen_a, _ = oscillators
+    samples = gen_a.sample(500, seed=23)
+    # without generators only the generator's own block can be evaluated: asked for, others say why
+    problem = MBARProblem(samples, targets=[a, b], md=[(1, md_b)])
+    assert problem.reduced_potential(2, sampled_from=0).shape == (500,)
+    with pytest.raises(ValueError, match="need the generators"):
+        problem.u_kn  # noqa: B018
+    with pytest.raises(ValueError, match="no data"):
+        MBARProblem(targets=[a])
+    with pytest.raises(ValueError, match="one generator per sample set"):
+        MBARProblem([samples, samples], gen_a, targets=[a])
+    with pytest.raises(ValueError, match="target index"):
+        MBARProblem(samples, gen_a, targets=[a], md=[(1, md_b)])
+    with pytest.raises(ValueError, match="decorrelate entries"):
+        MBARProblem(samples, gen_a, targets=[a], md=[(0, md_a)], decorrelate=[(0, 7)])
+    with pytest.raises(ValueError, match="share a topology"):
+        MBARProblem(samples, gen_a, targets=[oscillator(K_A, 300.0, "two", n_particles=2)])
+    with pytest.raises(InsufficientSamplesError, match="no MD frame lies in state"):
+        MBARProblem(samples, gen_a, targets=[(a, lambda x: x[:, 0, 0] > 10.0)], md=[(0, md_a)])
+    with pytest.raises(ValueError, match="observables must have shape"):
+        MBARProblem(samples, targets=[a]).expectations(np.zeros(3), state=1)
+
+
+def test_public_names():
+    import openmm_bg.analysis.free_energy as fe
+
+    assert "MBARProblem" in fe.__all__ and all(hasattr(fe, name) for name in fe.__all__)
+    assert not {"KJ_PER_KCAL", "DEFAULT_MIN_ESS", "MIN_OVERLAP"} & set(fe.__all__)
+    assert fe.KJ_PER_KCAL == 4.184  # still importable

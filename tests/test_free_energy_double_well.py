@@ -13,6 +13,7 @@ from openmm_bg import BoltzmannGenerator
 from openmm_bg.analysis.free_energy import (
     FreeEnergyProfile,
     InsufficientSamplesError,
+    MBARProblem,
     free_energy_profile,
     free_energy_surface,
     mbar_profile,
@@ -159,3 +160,39 @@ def test_plots_are_written(trained, tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="nothing to plot"):
         plot_free_energies([], tmp_path / "empty.png")
+
+
+def test_mbar_problem_queries_match_state_free_energy_mbar(trained):
+    """The public MBARProblem, built as state_free_energy_mbar builds it, gives its numbers; u_kn is
+    built once from the samples' own energies and densities, and queries leave it unchanged."""
+    system, gen, _, (md_left, md_right) = trained
+    samples = gen.sample(3000, seed=11)
+    r = state_free_energy_mbar(samples, gen, "left", "right", md_a=md_left, md_b=md_right, warn=False)
+    problem = MBARProblem(samples, gen, targets=[(system, "left"), (system, "right")],
+                          md=[(0, md_left), (1, md_right)], decorrelate=["own", 0])
+    u_kn = problem.u_kn
+    before = u_kn.copy()
+    assert problem.delta_f(1, 2) == (r.delta_a_kT, r.error_kT)
+    assert problem.weight_diagnostics(1).ess == r.ess_a and problem.weight_diagnostics(2).ess == r.ess_b
+    assert tuple(problem.overlap()[k, 0] for k in (1, 2)) == r.overlap
+    assert problem.support(1).sum() == r.n_a and problem.support(2).sum() == r.n_b
+    # the generator block: -log p and each restricted state's u from the samples' stored energies
+    n = len(samples)
+    left = samples.positions[:, 0, 0] < 0
+    np.testing.assert_array_equal(u_kn[0, :n], np.where(np.isfinite(samples.log_prob), -samples.log_prob, 0.0))
+    np.testing.assert_array_equal(u_kn[1, :n], np.where(left, samples.energies, np.inf))
+    np.testing.assert_array_equal(u_kn[2, :n], np.where(~left, samples.energies, np.inf))
+    assert problem.N_k[0] == n and problem.N_k[1:].tolist() == [s.n_kept for s in problem.subsampling]
+    # no side effects: the same read-only arrays after every query
+    problem.histogram(problem.positions[:, 0, 0], np.linspace(-2.5, 2.5, 11), state=1)
+    problem.expectations(problem.positions[:, 0, 1], state=2)
+    assert problem.u_kn is u_kn and np.array_equal(u_kn, before) and not u_kn.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        u_kn[0, 0] = 1.0
+    # generator samples only: MBAR's weights for the target are the importance weights, and
+    # p(right) gives state_free_energy's Delta A
+    whole = MBARProblem(samples, targets=[system])
+    (p_right,), (error,) = whole.expectations((whole.positions[:, 0, 0] > 0).astype(float), state=1)
+    assert -math.log(p_right / (1 - p_right)) == pytest.approx(
+        state_free_energy(samples, "left", "right", n_bootstrap=0, warn=False).delta_a_kT, rel=1e-9)
+    assert 0 < error < 0.05

@@ -46,6 +46,7 @@ import numpy as np
 import openmm
 import openmm.unit as unit
 
+from openmm_bg.energy import energy_for
 from openmm_bg.systems import kT_kJ_per_mol, load
 from openmm_bg.systems.peptides import ALANINE_PHI, ALANINE_PSI, C7AX_PHI_RANGE
 
@@ -371,7 +372,7 @@ def vacuum_reweighted(ns: float, scale: float, seed: int, platform: str, stride:
                   flush=True)
     print(f"  implicit-solvent energies of {n} frames", flush=True)
     phis, psis = dihedral(xyz, *ALANINE_PHI), dihedral(xyz, *ALANINE_PSI)
-    du = implicit.reduced_energy(xyz, platform=platform) - vacuum.reduced_energy(xyz, platform=platform)
+    du = (energy_for(implicit, platform=platform)(xyz) - energy_for(vacuum, platform=platform)(xyz)).numpy()
     log_w = _phi_bias(phis, coeffs) - du
     _save_samples("alanine_implicit_vacuum_reweighted", phi=phis, psi=psis, log_weights=log_w)
     w = np.exp(log_w - log_w.max())

@@ -5,9 +5,10 @@ Examples
 >>> import numpy as np
 >>> from openmm_bg.systems import load
 >>> from openmm_bg.analysis.samples import Samples
+>>> from openmm_bg.energy import energy_for
 >>> dw = load("double_well")
 >>> x = np.zeros((3, 1, 3)); x[:, 0, 0] = [-1.7, -1.6, 1.5]
->>> s = Samples(dw, x, energies=dw.reduced_energy(x), log_prob=np.zeros(3))
+>>> s = Samples(dw, x, energies=energy_for(dw)(x).numpy(), log_prob=np.zeros(3))
 >>> s.log_weights.shape, round(s.ess_fraction, 2) <= 1.0
 ((3,), True)
 """

@@ -96,11 +96,12 @@ def _system_arguments(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------- commands
 def _cmd_systems(args: argparse.Namespace) -> int:
     import openmm_bg.systems as bgs
+    from openmm_bg.energy import energy_for
 
     names = [args.name] if args.name else bgs.names()
     for name in names:
         system = bgs.load(name)
-        energy = system.reduced_energy()[0]
+        energy = energy_for(system, platform="Reference").reference_energy
         print(system.summary())
         coordinates = ", ".join(f"{k} ({v.unit})" for k, v in system.reaction_coordinates.items()) or "none"
         print(f"    {system.description}; coordinates: {coordinates}; reference energy {energy:.3f} kT")

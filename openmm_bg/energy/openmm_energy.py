@@ -327,11 +327,60 @@ class OpenMMEnergy(torch.nn.Module):
         with torch.no_grad():
             return self._reduced(x, forces)
 
+    # ------------------------------------------------------------------ temperature
+    def at_temperature(self, temperature: Any) -> OpenMMEnergy:
+        """The same potential in kT of another temperature, sharing this energy's contexts.
+
+        ``u_T(x) = U(x) / kT`` for every temperature from one set of OpenMM contexts (or one worker
+        pool, or one torch force field): only the factor ``1/kT`` differs, so no context is rebuilt.
+        The two objects share their evaluator and its lock (thread-safe as one object is);
+        closing either closes the worker pool of both.
+
+        Parameters
+        ----------
+        temperature : float or openmm.unit.Quantity
+            K.
+
+        Returns
+        -------
+        OpenMMEnergy
+            ``self`` when the temperature is this energy's, else a new object on the same evaluator.
+
+        Examples
+        --------
+        >>> from openmm_bg.systems import load
+        >>> dw = load("double_well")
+        >>> cold = OpenMMEnergy(dw, platform="Reference")   # 300 K
+        >>> hot = cold.at_temperature(600.0)
+        >>> x = [[[1.0, 0.5, 0.0]]]
+        >>> float(hot(x)[0]), float(cold(x)[0])
+        (-1.9375, -3.875)
+        """
+        temperature = _strip_temperature(temperature)
+        if temperature == self.temperature:
+            return self
+        view = type(self).__new__(type(self))
+        torch.nn.Module.__init__(view)
+        module_state = set(view.__dict__)
+        for key, value in self.__dict__.items():
+            if key not in module_state:
+                view.__dict__[key] = value  # the evaluator (_impl) and its _lock are shared
+        view.temperature = temperature
+        view.kT = kT_kJ_per_mol(temperature)
+        if self.reference_energy is not None:
+            view.reference_energy = self.reference_energy * (self.kT / view.kT)
+        return view
+
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
         """Shut down worker processes, if any (idempotent)."""
         if isinstance(self._impl, WorkerPool):
             self._impl.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once the worker pool is shut down (never for in-process contexts or the torch backend)."""
+        return isinstance(self._impl, WorkerPool) and self._impl.closed
 
     def __enter__(self) -> OpenMMEnergy:
         return self

@@ -241,9 +241,10 @@ class MolecularSystem:
         return mdtraj.Trajectory(xyz.astype(np.float32), self.mdtraj_topology)
 
     def reduced_energy(self, positions=None, platform: str = "Reference") -> np.ndarray:
-        """Reduced potential energy u = U/kT of each configuration, one OpenMM context, float64.
+        """Deprecated: use ``openmm_bg.energy.energy_for(system, platform=...)(x)``.
 
-        A simple, slow reference evaluation; batched evaluation lives in ``openmm_bg.energy``.
+        Reduced potential energy u = U/kT of each configuration at ``temperature`` (float64, kT),
+        from the shared energy of `openmm_bg.energy.energy_for` (contexts built once per system).
 
         Parameters
         ----------
@@ -255,20 +256,17 @@ class MolecularSystem:
         Returns
         -------
         numpy.ndarray
-            ``[batch]`` float64, in kT.
+            ``[batch]`` float64, in kT; ``+inf`` for failed configurations.
         """
-        x = self.positions if positions is None else as_tensor(positions, torch.float64).numpy()
-        x = np.asarray(x, dtype=np.float64)
-        x = x[None] if x.ndim == 2 else x
-        integrator = openmm.VerletIntegrator(0.001)
-        context = openmm.Context(self.system, integrator, openmm.Platform.getPlatformByName(platform))
-        out = np.empty(len(x))
-        for b, xb in enumerate(x):
-            context.setPositions(xb)
-            e = context.getState(getEnergy=True).getPotentialEnergy()
-            out[b] = e.value_in_unit(unit.kilojoule_per_mole) / self.kT
-        del context
-        return out
+        import warnings
+
+        from ..energy import energy_for  # compat: upward import (systems sits below energy)
+
+        warnings.warn("MolecularSystem.reduced_energy is deprecated; use "
+                      "openmm_bg.energy.energy_for(system, platform=...)(x)", DeprecationWarning, stacklevel=2)
+        x = self.positions if positions is None else positions
+        x = as_tensor(x, torch.float64).reshape(-1, self.n_atoms, 3)
+        return energy_for(self, platform=platform)(x).numpy()
 
     def with_temperature(self, temperature: float) -> MolecularSystem:
         """A copy at another temperature (same System object, new ``temperature``)."""

@@ -2,13 +2,14 @@
 
 Each is one particle whose x, y move in a potential given in kT; z is held near 0 by a stiff
 harmonic term (``Z_CONFINEMENT`` kT/nm^2) and is not a free dimension. Energies in OpenMM are the
-reduced potential times kT at the system's temperature, so ``reduced_energy`` returns the formula.
+reduced potential times kT at the system's temperature, so the reduced energy is the formula.
 
 Examples
 --------
 >>> from openmm_bg.systems import load
+>>> from openmm_bg.energy import energy_for
 >>> dw = load("double_well")
->>> float(dw.reduced_energy([[1.0, 0.5, 0.0]])[0])  # 1 - 6 + 1 + 0.125
+>>> float(energy_for(dw, platform="Reference")([[[1.0, 0.5, 0.0]]])[0])  # 1 - 6 + 1 + 0.125
 -3.875
 """
 

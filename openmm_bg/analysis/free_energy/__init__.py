@@ -17,6 +17,10 @@ Three kinds of free-energy differences (design notes, "Key formulas"):
 - **Profiles and surfaces** (`free_energy_profile`, `mbar_profile`, `free_energy_surface`):
   ``F(s) = -log p(s)`` along a reaction coordinate, from reweighted samples, or from MBAR over
   BG samples and MD trajectories at one or several thermodynamic states.
+- **The MBAR problem itself** (`MBARProblem`): generator sample sets, MD frames and target states
+  (optionally restricted to a conformational state), ``u_kn`` built once, solved once, then queried
+  for free energies with covariance, weights, expectations, histograms and overlap. The MBAR-based
+  functions above are built on it.
 
 Energies are reduced (kT) throughout; kJ/mol and kcal/mol are derived with the temperature of
 the state. Free energies are configurational (no kinetic part); positions are in nm.
@@ -40,13 +44,14 @@ Examples
 
 from __future__ import annotations
 
-from ._common import (
+from ._common import (  # noqa: F401 - the constants stay importable, outside __all__
     DEFAULT_MIN_ESS,
     KJ_PER_KCAL,
     MIN_OVERLAP,
     InsufficientSamplesError,
     pymbar_module,
 )
+from .mbar import MBARProblem, MDSubsampling
 from .profiles import FreeEnergyProfile, FreeEnergySurface, free_energy_profile, free_energy_surface, mbar_profile
 from .states import StateFreeEnergy, state_free_energy, state_free_energy_mbar
 from .thermodynamic import (
@@ -56,8 +61,9 @@ from .thermodynamic import (
     two_generator_estimate,
 )
 
+#: What users may rely on. KJ_PER_KCAL, DEFAULT_MIN_ESS and MIN_OVERLAP stay importable from here
+#: (documented defaults used by the functions), but are not part of the interface.
 __all__ = ["InsufficientSamplesError", "StateFreeEnergy", "ThermodynamicFreeEnergy", "TwoGeneratorEstimate",
-           "FreeEnergyProfile", "FreeEnergySurface", "state_free_energy", "state_free_energy_mbar",
-           "thermodynamic_free_energy",
-           "two_generator_estimate", "free_energy_profile", "mbar_profile", "free_energy_surface",
-           "pymbar_module", "KJ_PER_KCAL", "DEFAULT_MIN_ESS", "MIN_OVERLAP"]
+           "FreeEnergyProfile", "FreeEnergySurface", "MBARProblem", "MDSubsampling", "state_free_energy",
+           "state_free_energy_mbar", "thermodynamic_free_energy", "two_generator_estimate", "free_energy_profile",
+           "mbar_profile", "free_energy_surface", "pymbar_module"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +14,8 @@ from ...systems import MolecularSystem, ReactionCoordinate
 from .. import reweighting
 from ..reweighting import WeightDiagnostics
 from ..samples import Samples
-from ._common import _as_list, _as_sample_sets, _diag_from_log_w, _fmt_diag, _jsonable, _kT, _require_same_topology
-from ._mbar import _Energies, _MBARProblem, _solve_mbar, _subsample_md
+from ._common import _as_list, _as_sample_sets, _fmt_diag, _jsonable, _kT, _require_same_topology
+from .mbar import MBARProblem
 
 
 @dataclass(frozen=True, eq=False)
@@ -233,14 +232,12 @@ def free_energy_profile(samples: Samples | Sequence[Samples], coordinate, bins: 
     idx = np.digitize(v, edges) - 1
     ess = np.full(edges.size - 1, 0.0)
     k_bins = np.full(edges.size - 1, np.nan)
-    w = reweighting.normalized_weights(log_w)
     for b in np.unique(idx[(idx >= 0) & (idx < ess.size)]):
-        wb = w[idx == b]
-        if wb.max(initial=0.0) > 0:
-            wb = wb / wb.max()  # Kish ESS is scale-free; rescaling keeps tiny weights from underflowing to 0/0
-            ess[b] = wb.sum() ** 2 / np.sum(wb**2)
+        lw_b = log_w[idx == b]
+        if np.isfinite(lw_b).any():  # per bin, from log weights: no underflow next to the global maximum
+            ess[b] = reweighting.kish_ess(lw_b)
             with np.errstate(invalid="ignore", divide="ignore"):
-                k_bins[b] = reweighting.pareto_k(log_w[idx == b])
+                k_bins[b] = reweighting.pareto_k(lw_b)
     return FreeEnergyProfile(coordinate=name, unit=unit, edges=edges, free_energy_kT=F, error_kT=dF,
                              temperature=float(sets[0].temperature), ess=ess, pareto_k=k_bins,
                              method="reweighting",
@@ -360,41 +357,16 @@ def mbar_profile(coordinate, target: MolecularSystem, samples: Samples | Sequenc
             k = len(targets) - 1
         md.append((k, traj))
     name, function, unit, periodic, bounds = _coordinate(target, coordinate)
-    energies = _Energies()
-    try:
-        problem = _MBARProblem(sets, gens, targets, md)
-        if decorrelate:
-            for i, ens in enumerate(problem.ensembles):
-                if ens.kind == "md":
-                    problem.ensembles[i], _ = _subsample_md(ens, [energies.reduced(target, ens)])
-        u, N_k = problem.u_kn(energies)
-        mbar = _solve_mbar(u, N_k)
-        positions = np.concatenate([problem.ensembles[i].positions for i in problem.order])
-        values = _values(function, positions)
-        edges = _edges(values[np.isfinite(values)], bins, range, bounds)
-        idx = np.digitize(np.where(np.isfinite(values), values, edges[0] - 1.0), edges) - 1
-        n_bins = edges.size - 1
-        A = np.zeros((n_bins, values.size))
-        inside = (idx >= 0) & (idx < n_bins)
-        A[idx[inside], np.where(inside)[0]] = 1.0
-        u_target = u[problem.n_gen]
-        # pymbar cannot take an observable that is zero everywhere (empty bin): those stay at p = 0
-        filled = (A * np.isfinite(u_target)[None, :]).sum(axis=1) > 0
-        p, dp = np.zeros(n_bins), np.full(n_bins, np.nan)
-        if filled.any():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                res = mbar.compute_multiple_expectations(A[filled], np.where(np.isfinite(u_target), u_target,
-                                                                             1e300))
-            p[filled], dp[filled] = np.asarray(res["mu"]), np.asarray(res["sigma"])
-        widths = np.diff(edges)
-        density, derr = p / widths, dp / widths
-        F, dF = _profile_from_density(np.where(p > 0, density, 0.0), derr)
-        with np.errstate(divide="ignore"):
-            lw = np.log(mbar.W_nk[:, problem.n_gen])
-    finally:
-        energies.close()
+    n_gen = len(sets)
+    problem = MBARProblem(sets, gens, targets, md, decorrelate=[n_gen] if decorrelate else False)
+    values = _values(function, problem.positions)
+    edges = _edges(values[np.isfinite(values)], bins, range, bounds)
+    n_bins = edges.size - 1
+    p, dp = problem.histogram(values, edges, state=n_gen)
+    widths = np.diff(edges)
+    density, derr = p / widths, dp / widths
+    F, dF = _profile_from_density(np.where(p > 0, density, 0.0), derr)
     return FreeEnergyProfile(coordinate=name, unit=unit, edges=edges, free_energy_kT=F, error_kT=dF,
                              temperature=target.temperature, ess=np.full(n_bins, np.nan), method="mbar",
-                             diagnostics=_diag_from_log_w(lw), periodic=periodic)
+                             diagnostics=problem.weight_diagnostics(n_gen), periodic=periodic)
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.special import logsumexp
 
 from .. import reweighting
 from ..reweighting import WeightDiagnostics
@@ -19,7 +20,6 @@ from ._common import (
     StateLike,
     _as_list,
     _as_sample_sets,
-    _diag_from_log_w,
     _evaluate_state,
     _jsonable,
     _KcalUnits,
@@ -27,7 +27,7 @@ from ._common import (
     _require_same_topology,
     _state_name,
 )
-from ._mbar import _Energies, _Ensemble, _generator_log_prob, _mbar_covariance, _md_ensemble, _solve_mbar, _subsample_md
+from .mbar import MBARProblem
 
 
 @dataclass(frozen=True)
@@ -147,14 +147,6 @@ class StateFreeEnergy(_KcalUnits):
                 f"{self.diagnostics}{flag}")
 
 
-def _log_sum(log_w: np.ndarray) -> float:
-    finite = log_w[np.isfinite(log_w)]
-    if finite.size == 0:
-        return -math.inf
-    m = finite.max()
-    return float(m + np.log(np.exp(finite - m).sum()))
-
-
 def state_free_energy(samples: Samples | Sequence[Samples], state_a: StateLike, state_b: StateLike,
                       min_ess: float = DEFAULT_MIN_ESS, n_bootstrap: int = 200, seed: int | None = 0,
                       warn: bool = True) -> StateFreeEnergy:
@@ -241,15 +233,15 @@ def state_free_energy(samples: Samples | Sequence[Samples], state_a: StateLike, 
     da, db = diags[name_a], diags[name_b]
 
     def estimate(lw_, ma_, mb_) -> float:
-        return -(_log_sum(lw_[mb_]) - _log_sum(lw_[ma_]))
+        with np.errstate(divide="ignore"):  # a state without weight: log 0 = -inf
+            return -float(logsumexp(lw_[mb_]) - logsumexp(lw_[ma_]))
 
     delta = estimate(lw, ma, mb)
     per_gen = tuple(estimate(a, b, c) for a, b, c in zip(log_w, in_a, in_b))
     err, err_samples = math.nan, math.nan
     if n_bootstrap > 0:
         rng = np.random.default_rng(seed)
-        shift = np.max(lw[np.isfinite(lw)])
-        w = [np.exp(x - shift) for x in log_w]
+        w = np.split(reweighting.normalized_weights(lw), np.cumsum([x.size for x in log_w])[:-1])
         G = len(sets)
         reps, reps_samples = [], []
         for _ in range(int(n_bootstrap)):
@@ -332,75 +324,33 @@ def state_free_energy_mbar(samples: Samples, generator, state_a: StateLike, stat
     temperature = float(s.temperature)
     target = s.system.with_temperature(temperature)
     name_a, name_b = _state_name(state_a), _state_name(state_b)
-    notes = []
-    energies = _Energies()
-    try:
-        bg = _Ensemble(positions=np.asarray(s.positions, dtype=np.float64), valid=np.isfinite(s.log_weights),
-                       system=s.system, temperature=temperature, energies=s.energies, log_prob=s.log_prob,
-                       kind="generator")
-        columns = [(bg, energies.reduced(target, bg), np.where(np.isfinite(s.log_prob), -s.log_prob, 0.0))]
-        N_k = [len(bg), 0, 0]
-        for k, (state, trajs) in enumerate(((state_a, md_a), (state_b, md_b)), start=1):
-            for traj in _as_list(trajs):
-                ens = _md_ensemble(target, traj, f"MD data for state {_state_name(state)!r}")
-                u = energies.reduced(target, ens)
-                lp = _generator_log_prob(generator, ens.positions, temperature)
-                inside = _evaluate_state(state, target, ens.positions)
-                n_all = len(ens)
-                if not inside.any():
-                    raise InsufficientSamplesError(f"no MD frame lies in state {_state_name(state)!r}")
-                keep = np.flatnonzero(inside)
-                g = 1.0
-                if decorrelate:
-                    sub, g = _subsample_md(_Ensemble(positions=ens.positions[keep], valid=ens.valid[keep],
-                                                     system=target, temperature=temperature),
-                                           [u[keep], np.where(np.isfinite(lp[keep]), lp[keep], 0.0)])
-                    step = max(1, int(round(g)))
-                    keep = keep[::step]
-                notes.append(f"MD in {_state_name(state)!r}: {inside.sum()} of {n_all} frames inside, "
-                             f"statistical inefficiency {g:.1f}, kept {keep.size}")
-                md = _Ensemble(positions=ens.positions[keep], valid=ens.valid[keep], system=target,
-                               temperature=temperature)
-                columns.append((md, u[keep], -lp[keep], k))
-                N_k[k] += keep.size
-        # rows: generator, A-restricted, B-restricted; columns grouped by sampled state
-        blocks, masks_a, masks_b = [], [], []
-        order = [columns[0]] + sorted(columns[1:], key=lambda c: c[3])
-        for col in order:
-            ens, u, u_gen = col[0], col[1], col[2]
-            in_a = _evaluate_state(state_a, target, ens.positions) & ens.valid
-            in_b = _evaluate_state(state_b, target, ens.positions) & ens.valid
-            masks_a.append(in_a)
-            masks_b.append(in_b)
-            blocks.append(np.stack([u_gen, np.where(in_a, u, math.inf), np.where(in_b, u, math.inf)]))
-        u_kn = np.concatenate(blocks, axis=1)
-        in_a, in_b = np.concatenate(masks_a), np.concatenate(masks_b)
-        for name, mask in ((name_a, in_a), (name_b, in_b)):
-            if not mask.any():
-                raise InsufficientSamplesError(f"state {name!r} holds no samples (BG or MD); check its "
-                                               "definition, or give MD frames inside it")
-        if (in_a & in_b).any():
-            raise ValueError(f"states {name_a!r} and {name_b!r} overlap ({int((in_a & in_b).sum())} "
-                             "configurations in both)")
-        mbar = _solve_mbar(u_kn, np.asarray(N_k))
-        f, cov = _mbar_covariance(mbar)
-        with np.errstate(divide="ignore"):
-            lwa, lwb = np.log(mbar.W_nk[:, 1]), np.log(mbar.W_nk[:, 2])
-        overlap_matrix = np.asarray(mbar.compute_overlap()["matrix"])
-        # row k: how much of state k's (few) samples' weight the generator state shares; the column
-        # element O[0, k] would scale with N_k / N and look small even for a perfect generator
-        overlap = tuple(float(overlap_matrix[k, 0]) for k in (1, 2) if N_k[k] > 0)
-    finally:
-        energies.close()
-    da, db = _diag_from_log_w(lwa), _diag_from_log_w(lwb)
+    # rows: generator, A-restricted, B-restricted; MD frames of each restricted state (outside ones dropped)
+    problem = MBARProblem(s, generator, targets=[(target, state_a), (target, state_b)],
+                          md=[(0, t) for t in _as_list(md_a)] + [(1, t) for t in _as_list(md_b)],
+                          decorrelate=["own", 0] if decorrelate else False)
+    notes = [f"MD in {_state_name(state_a if r.state == 1 else state_b)!r}: {r.n_inside} of {r.n_frames} frames "
+             f"inside, statistical inefficiency {r.statistical_inefficiency:.1f}, kept {r.n_kept}"
+             for r in problem.subsampling]
+    in_a, in_b = problem.support(1), problem.support(2)
+    for name, mask in ((name_a, in_a), (name_b, in_b)):
+        if not mask.any():
+            raise InsufficientSamplesError(f"state {name!r} holds no samples (BG or MD); check its "
+                                           "definition, or give MD frames inside it")
+    if (in_a & in_b).any():
+        raise ValueError(f"states {name_a!r} and {name_b!r} overlap ({int((in_a & in_b).sum())} "
+                         "configurations in both)")
+    N_k = problem.N_k
+    delta, err = problem.delta_f(1, 2)
+    # row k: how much of state k's (few) samples' weight the generator state shares; the column
+    # element O[0, k] would scale with N_k / N and look small even for a perfect generator
+    overlap = tuple(float(problem.overlap()[k, 0]) for k in (1, 2) if N_k[k] > 0)
+    da, db = problem.weight_diagnostics(1), problem.weight_diagnostics(2)
     for name, d in ((name_a, da), (name_b, db)):
         if d is None or d.ess < min_ess:
             raise InsufficientSamplesError(
                 f"state {name!r} holds only {0 if d is None else d.ess:.1f} effective samples (Kish ESS of "
                 f"MBAR's weights), below min_ess={min_ess:g}; give more MD frames in it or more BG samples")
-    delta = float(f[2] - f[1])
-    err = float(math.sqrt(max(cov[1, 1] + cov[2, 2] - 2 * cov[1, 2], 0.0)))
-    notes.append(f"MBAR over generator, {name_a}-restricted and {name_b}-restricted states, N_k = {N_k}; "
+    notes.append(f"MBAR over generator, {name_a}-restricted and {name_b}-restricted states, N_k = {N_k.tolist()}; "
                  f"overlap generator-state {', '.join(f'{o:.3f}' for o in overlap) or 'n/a (no MD)'}")
     result = StateFreeEnergy(state_a=name_a, state_b=name_b, delta_a_kT=delta, error_kT=err,
                              temperature=temperature, ess_a=da.ess, ess_b=db.ess, n_a=int(in_a.sum()),

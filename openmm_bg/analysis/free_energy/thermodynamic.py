@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ...systems import MolecularSystem
+from .. import reweighting
 from ..reweighting import WeightDiagnostics
 from ..samples import Samples
 from ._common import (
@@ -24,18 +25,7 @@ from ._common import (
     _require_same_topology,
     pymbar_module,
 )
-from ._mbar import (
-    _bar,
-    _concat,
-    _Energies,
-    _Ensemble,
-    _exp,
-    _generator_log_prob,
-    _mbar_covariance,
-    _MBARProblem,
-    _solve_mbar,
-    _subsample_md,
-)
+from .mbar import MBARProblem, _bar, _exp
 
 
 @dataclass(frozen=True)
@@ -194,11 +184,9 @@ def _resolve_states(state_a, state_b, sets: list[Samples]) -> tuple[MolecularSys
     return a, b
 
 
-def _j_kl(s: Samples, target: MolecularSystem, energies: _Energies) -> tuple[float, float, int]:
-    ens = _Ensemble(positions=np.asarray(s.positions, dtype=np.float64), valid=np.isfinite(s.log_weights),
-                    system=s.system, temperature=float(s.temperature), energies=s.energies, kind="generator")
-    u = energies.reduced(target, ens)
-    values = u + s.log_prob
+def _j_kl(problem: MBARProblem, g: int, k: int, s: Samples) -> tuple[float, float, int]:
+    """Mean and standard error of ``u_k + log p_g`` over sample set ``g`` (``s``), and how many are infinite."""
+    values = problem.reduced_potential(k, sampled_from=g) + s.log_prob
     ok = np.isfinite(values)
     if ok.sum() < 2:
         raise ValueError("fewer than two finite samples for the two-generator estimate")
@@ -237,12 +225,9 @@ def two_generator_estimate(samples_a: Samples, samples_b: Samples, state_a: Mole
     state_a = state_a or samples_a.system.with_temperature(samples_a.temperature)
     state_b = state_b or samples_b.system.with_temperature(samples_b.temperature)
     _require_same_topology(state_a, state_b, "the two thermodynamic states")
-    energies = _Energies()
-    try:
-        ja, ea, xa = _j_kl(samples_a, state_a, energies)
-        jb, eb, xb = _j_kl(samples_b, state_b, energies)
-    finally:
-        energies.close()
+    problem = MBARProblem([samples_a, samples_b], targets=[state_a, state_b])  # only two blocks are evaluated
+    ja, ea, xa = _j_kl(problem, 0, 2, samples_a)
+    jb, eb, xb = _j_kl(problem, 1, 3, samples_b)
     return TwoGeneratorEstimate(j_kl_a=ja, j_kl_b=jb, delta_f=jb - ja, error=math.hypot(ea, eb),
                                 delta_a_kJ_mol=_kT(state_b.temperature) * jb - _kT(state_a.temperature) * ja,
                                 kl_a=ja - f_a, kl_b=jb - f_b, n_excluded=xa + xb)
@@ -309,39 +294,31 @@ def thermodynamic_free_energy(state_a: MolecularSystem | float, state_b: Molecul
     if method in ("mbar", "bar") and sets and (len(sets) > 1 or md_a or md_b) and not gens:
         raise ValueError("with several sample sets or MD data, pass generators=[...] (one per sample set): "
                          "the generator density must be evaluated on configurations it did not draw")
-    notes = []
-    energies = _Energies()
-    try:
-        problem = _MBARProblem(sets, gens, [a, b], [(0, t) for t in md_a] + [(1, t) for t in md_b])
-        # decorrelate MD ensembles on the energy difference between the two targets
-        if decorrelate:
-            for i, ens in enumerate(problem.ensembles):
-                if ens.kind != "md":
-                    continue
-                du = energies.reduced(b, ens) - energies.reduced(a, ens)
-                sub, g = _subsample_md(ens, [du])
-                problem.ensembles[i] = sub
-                notes.append(f"MD at {_label(problem.targets[ens.own_state - problem.n_gen])}: statistical "
-                             f"inefficiency {g:.1f}, kept {len(sub)} of {len(ens)} frames")
-        if method == "mbar":
-            result = _thermo_mbar(problem, energies, a, b, notes)
-        elif method == "bar":
-            result = _thermo_bar(problem, energies, a, b, notes)
-        else:
-            result = _thermo_exp(problem, energies, a, b, notes)
-        two = None
-        set_a = next((s for s in sets if _matches(s, a)), None)
-        set_b = next((s for s in sets if _matches(s, b)), None)
-        if set_a is not None and set_b is not None and set_a is not set_b:
-            fa, fb = result.pop("f_abs", (math.nan, math.nan))
-            ja, ea, xa = _j_kl(set_a, a, energies)
-            jb, eb, xb = _j_kl(set_b, b, energies)
-            two = TwoGeneratorEstimate(j_kl_a=ja, j_kl_b=jb, delta_f=jb - ja, error=math.hypot(ea, eb),
-                                       delta_a_kJ_mol=_kT(b.temperature) * jb - _kT(a.temperature) * ja,
-                                       kl_a=ja - fa, kl_b=jb - fb, n_excluded=xa + xb)
-        result.pop("f_abs", None)
-    finally:
-        energies.close()
+    n_gen = len(sets)
+    ka, kb = n_gen, n_gen + 1
+    # MD decorrelated on the energy difference between the two targets
+    problem = MBARProblem(sets, gens, [a, b], [(0, t) for t in md_a] + [(1, t) for t in md_b],
+                          decorrelate=[(ka, kb)] if decorrelate else False)
+    notes = [f"MD at {_label(problem.targets[r.state - n_gen])}: statistical inefficiency "
+             f"{r.statistical_inefficiency:.1f}, kept {r.n_kept} of {r.n_frames} frames"
+             for r in problem.subsampling] if decorrelate else []
+    if method == "mbar":
+        result = _thermo_mbar(problem, a, b, notes)
+    elif method == "bar":
+        result = _thermo_bar(problem, a, b, notes)
+    else:
+        result = _thermo_exp(problem, a, b, notes)
+    two = None
+    g_a = next((g for g, s in enumerate(sets) if _matches(s, a)), None)
+    g_b = next((g for g, s in enumerate(sets) if _matches(s, b)), None)
+    if g_a is not None and g_b is not None and sets[g_a] is not sets[g_b]:
+        fa, fb = result.pop("f_abs", (math.nan, math.nan))
+        ja, ea, xa = _j_kl(problem, g_a, ka, sets[g_a])
+        jb, eb, xb = _j_kl(problem, g_b, kb, sets[g_b])
+        two = TwoGeneratorEstimate(j_kl_a=ja, j_kl_b=jb, delta_f=jb - ja, error=math.hypot(ea, eb),
+                                   delta_a_kJ_mol=_kT(b.temperature) * jb - _kT(a.temperature) * ja,
+                                   kl_a=ja - fa, kl_b=jb - fb, n_excluded=xa + xb)
+    result.pop("f_abs", None)
     label_a, label_b = _label(a), _label(b)
     if label_a == label_b:  # e.g. vacuum vs implicit solvent of one molecule: say which is which
         label_a, label_b = (f"{s.name} ({s.description or 'state ' + k}) at {s.temperature:g} K"
@@ -366,53 +343,47 @@ def _kj(a: MolecularSystem, b: MolecularSystem, f_a: float, f_b: float, cov: np.
     return math.nan, math.nan
 
 
-def _thermo_mbar(problem: _MBARProblem, energies: _Energies, a, b, notes: list) -> dict:
-    u, N_k = problem.u_kn(energies)
-    ka, kb = problem.n_gen, problem.n_gen + 1
-    if N_k.sum() == 0:
-        raise ValueError("no samples")
-    mbar = _solve_mbar(u, N_k)
-    f, cov = _mbar_covariance(mbar)
-    delta_f = float(f[kb] - f[ka])
-    err_f = float(math.sqrt(max(cov[ka, ka] + cov[kb, kb] - 2 * cov[ka, kb], 0.0)))
-    with np.errstate(divide="ignore"):
-        W = mbar.W_nk
-        lwa, lwb = np.log(W[:, ka]), np.log(W[:, kb])
-    absolute = problem.n_gen > 0
+def _thermo_mbar(problem: MBARProblem, a, b, notes: list) -> dict:
+    ka, kb = problem.n_generators, problem.n_generators + 1
+    N_k = problem.N_k
+    f, cov = problem.free_energies()
+    delta_f, err_f = problem.delta_f(ka, kb)
+    absolute = problem.n_generators > 0
     if absolute:
         # f relative to generator 0 (normalised: f_gen = 0 exactly)
         dkj, ekj = _kj(a, b, f[ka], f[kb], cov[np.ix_([ka, kb], [ka, kb])], True, delta_f, err_f)
     else:
         dkj, ekj = _kj(a, b, math.nan, math.nan, None, False, delta_f, err_f)
-    consistency = float(np.max(np.abs(f[:problem.n_gen]))) if problem.n_gen > 1 else math.nan
-    notes.append(f"MBAR over {problem.n_states} states ({problem.n_gen} generator, 2 target), "
+    consistency = float(np.max(np.abs(f[:problem.n_generators]))) if problem.n_generators > 1 else math.nan
+    notes.append(f"MBAR over {problem.n_states} states ({problem.n_generators} generator, 2 target), "
                  f"N_k = {N_k.tolist()}")
     return dict(delta_f=delta_f, error_f=err_f, delta_a_kJ_mol=dkj, error_kJ_mol=ekj, method="mbar",
-                n_samples=problem.counts(N_k), diagnostics_a=_diag_from_log_w(lwa),
-                diagnostics_b=_diag_from_log_w(lwb), generator_consistency=consistency,
+                n_samples=problem.counts(), diagnostics_a=problem.weight_diagnostics(ka),
+                diagnostics_b=problem.weight_diagnostics(kb), generator_consistency=consistency,
                 f_abs=(float(f[ka]), float(f[kb])) if absolute else (math.nan, math.nan))
 
 
-def _thermo_exp(problem: _MBARProblem, energies: _Energies, a, b, notes: list) -> dict:
+def _works_from_generator(problem: MBARProblem, k: int) -> np.ndarray:
+    """``u_k - u_gen`` on the (single) generator's samples; +inf (weight 0) for its out-of-domain draws."""
+    u_gen = problem.reduced_potential(0, sampled_from=0)  # -log p
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(u_gen), problem.reduced_potential(k, sampled_from=0) - u_gen, math.inf)
+
+
+def _thermo_exp(problem: MBARProblem, a, b, notes: list) -> dict:
     pymbar = pymbar_module()
-    gens = [e for e in problem.ensembles if e.kind == "generator"]
-    if len(gens) > 1:
+    ka, kb = problem.n_generators, problem.n_generators + 1
+    if problem.n_generators > 1:
         raise ValueError("method='exp' uses one sample set; use 'mbar' for several")
-    if gens:
-        ens = gens[0]
-        works, log_ws = [], []
-        for target in (a, b):
-            w = energies.reduced(target, ens) + ens.log_prob  # u_k - u_gen with u_gen = -log p
-            w = np.where(np.isfinite(ens.log_prob), w, math.inf)  # out of domain: weight 0
-            works.append(w)
-            log_ws.append(-w)
+    if problem.n_generators:
+        works = [_works_from_generator(problem, k) for k in (ka, kb)]
         fs, cov = [], np.zeros((2, 2))
         for k, w in enumerate(works):
             r = _exp(pymbar, w)
             fs.append(r[0])
             cov[k, k] = r[1] ** 2
         # covariance of the two EXP estimates from the same samples (delta method)
-        wa, wb = (np.exp(-(w - np.min(w[np.isfinite(w)]))) for w in works)
+        wa, wb = (reweighting.normalized_weights(-w) for w in works)
         n = wa.size
         cov[0, 1] = cov[1, 0] = float(np.cov(wa, wb)[0, 1] / (n * wa.mean() * wb.mean()))
         delta_f = fs[1] - fs[0]
@@ -420,56 +391,45 @@ def _thermo_exp(problem: _MBARProblem, energies: _Energies, a, b, notes: list) -
         dkj, ekj = _kj(a, b, fs[0], fs[1], cov, True, delta_f, err_f)
         notes.append(f"EXP (importance sampling) from the generator to each state, {n} samples")
         return dict(delta_f=delta_f, error_f=err_f, delta_a_kJ_mol=dkj, error_kJ_mol=ekj, method="exp",
-                    n_samples={"generator": n}, diagnostics_a=_diag_from_log_w(log_ws[0]),
-                    diagnostics_b=_diag_from_log_w(log_ws[1]), f_abs=(fs[0], fs[1]))
-    md = [e for e in problem.ensembles if e.kind == "md"]
-    src = [e for e in md if e.own_state == problem.n_gen]
-    reverse = False
-    if not src:
-        src, reverse = [e for e in md if e.own_state == problem.n_gen + 1], True
-    ens = _concat(src)
-    w = energies.reduced(b, ens) - energies.reduced(a, ens)
+                    n_samples={"generator": n}, diagnostics_a=_diag_from_log_w(-works[0]),
+                    diagnostics_b=_diag_from_log_w(-works[1]), f_abs=(fs[0], fs[1]))
+    reverse = problem.N_k[ka] == 0
+    src = kb if reverse else ka
+    w = problem.reduced_potential(kb, sampled_from=src) - problem.reduced_potential(ka, sampled_from=src)
     w = -w if reverse else w
     df, ddf = _exp(pymbar, w)
     delta_f = -df if reverse else df
-    notes.append(f"EXP from MD of state {'B' if reverse else 'A'} only ({len(ens)} frames)")
+    notes.append(f"EXP from MD of state {'B' if reverse else 'A'} only ({w.size} frames)")
     dkj, ekj = _kj(a, b, math.nan, math.nan, None, False, delta_f, ddf)
     diag = _diag_from_log_w(-w)
     return dict(delta_f=delta_f, error_f=ddf, delta_a_kJ_mol=dkj, error_kJ_mol=ekj, method="exp",
-                n_samples={"md": len(ens)}, diagnostics_a=diag if reverse else None,
+                n_samples={"md": w.size}, diagnostics_a=diag if reverse else None,
                 diagnostics_b=None if reverse else diag)
 
 
-def _thermo_bar(problem: _MBARProblem, energies: _Energies, a, b, notes: list) -> dict:
+def _thermo_bar(problem: MBARProblem, a, b, notes: list) -> dict:
     pymbar = pymbar_module()
-    gens = [e for e in problem.ensembles if e.kind == "generator"]
-    md_a = [e for e in problem.ensembles if e.kind == "md" and e.own_state == problem.n_gen]
-    md_b = [e for e in problem.ensembles if e.kind == "md" and e.own_state == problem.n_gen + 1]
-    if not gens:
-        if not (md_a and md_b):
+    ka, kb = problem.n_generators, problem.n_generators + 1
+    n_a, n_b = int(problem.N_k[ka]), int(problem.N_k[kb])
+    if not problem.n_generators:
+        if not (n_a and n_b):
             raise ValueError("BAR needs MD frames of both states (or BG samples); use method='exp' for "
                              "one side")
-        ea, eb = _concat(md_a), _concat(md_b)
-        w_f = energies.reduced(b, ea) - energies.reduced(a, ea)
-        w_r = energies.reduced(a, eb) - energies.reduced(b, eb)
+        w_f = problem.reduced_potential(kb, sampled_from=ka) - problem.reduced_potential(ka, sampled_from=ka)
+        w_r = problem.reduced_potential(ka, sampled_from=kb) - problem.reduced_potential(kb, sampled_from=kb)
         delta_f, err_f = _bar(pymbar, w_f, w_r)
-        notes.append(f"BAR between MD of A ({len(ea)} frames) and MD of B ({len(eb)} frames)")
+        notes.append(f"BAR between MD of A ({n_a} frames) and MD of B ({n_b} frames)")
         dkj, ekj = _kj(a, b, math.nan, math.nan, None, False, delta_f, err_f)
         return dict(delta_f=delta_f, error_f=err_f, delta_a_kJ_mol=dkj, error_kJ_mol=ekj, method="bar",
-                    n_samples={"md_a": len(ea), "md_b": len(eb)}, diagnostics_a=_diag_from_log_w(-w_r),
+                    n_samples={"md_a": n_a, "md_b": n_b}, diagnostics_a=_diag_from_log_w(-w_r),
                     diagnostics_b=_diag_from_log_w(-w_f))
-    if len(gens) > 1:
+    if problem.n_generators > 1:
         raise ValueError("method='bar' uses one sample set; use 'mbar' for several")
-    gen_ens = gens[0]
-    gen = gen_ens.generator
     fs, vs, diags = [], [], []
-    for target, md in ((a, md_a), (b, md_b)):
-        w_f = energies.reduced(target, gen_ens) + gen_ens.log_prob
-        w_f = np.where(np.isfinite(gen_ens.log_prob), w_f, math.inf)
-        if md:
-            ens = _concat(md)
-            log_p = _generator_log_prob(gen, ens.positions, gen_ens.temperature)
-            w_r = -log_p - energies.reduced(target, ens)
+    for target, k in ((a, ka), (b, kb)):
+        w_f = _works_from_generator(problem, k)
+        if problem.N_k[k]:
+            w_r = problem.reduced_potential(0, sampled_from=k) - problem.reduced_potential(k, sampled_from=k)
             f, df = _bar(pymbar, w_f, w_r)
             notes.append(f"BAR generator -> {_label(target)} ({len(w_f)} BG samples, {len(w_r)} MD frames)")
         else:
@@ -486,7 +446,5 @@ def _thermo_bar(problem: _MBARProblem, energies: _Energies, a, b, notes: list) -
     dkj, ekj = _kj(a, b, fs[0], fs[1], cov, True, delta_f, err_f)
     notes.append("error combines the two estimates as independent (conservative: they share BG samples)")
     return dict(delta_f=delta_f, error_f=err_f, delta_a_kJ_mol=dkj, error_kJ_mol=ekj, method="bar",
-                n_samples={"generator": len(gen_ens), "md_a": sum(len(e) for e in md_a),
-                           "md_b": sum(len(e) for e in md_b)},
+                n_samples={"generator": int(problem.N_k[0]), "md_a": n_a, "md_b": n_b},
                 diagnostics_a=diags[0], diagnostics_b=diags[1], f_abs=(fs[0], fs[1]))
-
