@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis.free_energy import FreeEnergyProfile, FreeEnergySurface, StateFreeEnergy, ThermodynamicFreeEnergy
-from ..systems.molecular_system import kT_kJ_per_mol
+from ..constants import kT_kJ_per_mol
 
 __all__ = ["plot_free_energies", "plot_profile", "plot_surface", "plot_history"]
 

@@ -45,8 +45,9 @@ import openmm.unit as unit
 import torch
 from torch.autograd.function import once_differentiable
 
+from ..constants import kT_kJ_per_mol
 from ..geometry import as_tensor
-from ..systems.molecular_system import MolecularSystem, kT_kJ_per_mol
+from ..systems.molecular_system import MolecularSystem
 from .context import ContextEvaluator
 from .platforms import PlatformChoice, available_platforms, default_properties, select_platform
 from .workers import WorkerPool

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..constants import kT_kJ_per_mol
 from .dimer import dimer_in_solvent
 from .loaders import from_files, from_openmm, from_pdb
-from .molecular_system import MolecularSystem, ReactionCoordinate, State, kT_kJ_per_mol
+from .molecular_system import MolecularSystem, ReactionCoordinate, State
 from .peptides import alanine_dipeptide, trpzip2
 from .toy import double_well, mueller_brown
 

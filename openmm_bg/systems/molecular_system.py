@@ -29,18 +29,10 @@ import openmm.app as app
 import openmm.unit as unit
 import torch
 
+from ..constants import MOLAR_GAS_CONSTANT, kT_kJ_per_mol  # noqa: F401  (re-exported: old home)
 from ..geometry import as_tensor
 
 __all__ = ["MolecularSystem", "ReactionCoordinate", "State", "kT_kJ_per_mol"]
-
-#: Molar gas constant in kJ/(mol K), as OpenMM uses it.
-MOLAR_GAS_CONSTANT = (unit.MOLAR_GAS_CONSTANT_R).value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
-
-
-def kT_kJ_per_mol(temperature: float) -> float:
-    """Thermal energy kT in kJ/mol at ``temperature`` (K)."""
-    return MOLAR_GAS_CONSTANT * float(temperature)
-
 
 @dataclass(frozen=True)
 class ReactionCoordinate:

@@ -19,7 +19,8 @@ import openmm
 import openmm.app as app
 import torch
 
-from .molecular_system import MolecularSystem, ReactionCoordinate, interval_state, kT_kJ_per_mol
+from ..constants import kT_kJ_per_mol
+from .molecular_system import MolecularSystem, ReactionCoordinate, interval_state
 
 __all__ = ["double_well", "mueller_brown", "Z_CONFINEMENT", "DOUBLE_WELL_EXPRESSION",
            "MUELLER_BROWN_PARAMETERS"]
