@@ -105,9 +105,7 @@ def exact_bin_free_energy(edges: np.ndarray) -> np.ndarray:
 
 def unweighted(samples: openmm_bg.Samples) -> openmm_bg.Samples:
     """The same configurations with equal weights: what the generator draws before reweighting."""
-    ok = np.isfinite(samples.log_weights)
-    n = int(ok.sum())
-    return openmm_bg.Samples(samples.system, samples.positions[ok], energies=np.zeros(n), log_prob=np.zeros(n))
+    return openmm_bg.Samples.unweighted(samples.system, samples.positions[np.isfinite(samples.log_weights)])
 
 
 def double_well(args, out: Path) -> None:

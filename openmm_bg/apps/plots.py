@@ -3,6 +3,7 @@
 - `plot_free_energies`: Delta A bars with error bars (state or thermodynamic results).
 - `plot_profile`: free-energy profiles with error bands, optionally over an exact curve.
 - `plot_surface`: a 2D free-energy surface (e.g. the phi/psi Ramachandran free energy).
+- `plot_ramachandran`: phi/psi free-energy panels side by side (MD data, raw and reweighted samples).
 - `plot_history`: training curves (ML loss, KL loss, mean sample energy) of a `Trainer` run.
 
 Every function returns the path written. matplotlib is imported lazily, with the Agg backend
@@ -24,10 +25,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis.free_energy import FreeEnergyProfile, FreeEnergySurface, StateFreeEnergy, ThermodynamicFreeEnergy
+from ..analysis.free_energy import (
+    FreeEnergyProfile,
+    FreeEnergySurface,
+    StateFreeEnergy,
+    ThermodynamicFreeEnergy,
+    free_energy_surface,
+)
+from ..analysis.samples import Samples
 from ..constants import kT_kJ_per_mol
+from ..systems.peptides import C7AX_PHI_RANGE
 
-__all__ = ["plot_free_energies", "plot_profile", "plot_surface", "plot_history"]
+__all__ = ["plot_free_energies", "plot_profile", "plot_surface", "plot_ramachandran", "plot_history"]
 
 
 def _pyplot():
@@ -206,6 +215,60 @@ def plot_surface(surface: FreeEnergySurface, path: str | os.PathLike, vmax: floa
     ax.set_ylabel(surface.coordinates[1] + (f" / {uy}" if uy else ""))
     ax.set_title(title or f"free energy at {surface.temperature:g} K")
     return _save(fig, path)
+
+
+def plot_ramachandran(panels: Sequence[tuple[str, Samples]], path: str | os.PathLike, vmax: float = 10.0,
+                      bins: int = 60, coordinates: tuple[str, str] = ("phi", "psi"),
+                      phi_lines: Sequence[float] = C7AX_PHI_RANGE) -> Path:
+    """Ramachandran free energies ``F(phi, psi)`` (kT) of several sample sets, side by side.
+
+    Each panel is the weighted 2D histogram of `openmm_bg.analysis.free_energy.free_energy_surface`
+    (minimum 0), filled contours up to ``vmax``; empty bins and higher values are left white.
+
+    Parameters
+    ----------
+    panels : sequence of (str, Samples)
+        Title and sample set per panel; plain configurations (MD frames, raw generator draws) as
+        `Samples.unweighted`.
+    path : path
+        Output PNG.
+    vmax : float
+        Top of the colour scale, kT.
+    bins : int
+        Bins per coordinate.
+    coordinates : (str, str)
+        Reaction coordinates of the systems on the x and y axes (rad).
+    phi_lines : sequence of float
+        Dotted vertical lines (rad); default the bounds of alanine dipeptide's C7ax state.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    panels = list(panels)
+    if not panels:
+        raise ValueError("nothing to plot: panels is empty")
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.0, 4.0), sharey=True,
+                             constrained_layout=True, squeeze=False)
+    axes = axes[0]
+    for ax, (title, samples) in zip(axes, panels):
+        surface = free_energy_surface(samples, *coordinates, bins=bins)
+        f = np.array(surface.free_energy_kT, dtype=float)
+        cx = 0.5 * (surface.edges_x[1:] + surface.edges_x[:-1])
+        cy = 0.5 * (surface.edges_y[1:] + surface.edges_y[:-1])
+        masked = np.ma.masked_where(~np.isfinite(f) | (f > vmax), f)
+        cs = ax.contourf(cx, cy, masked.T, levels=np.linspace(0, vmax, 21), cmap="viridis")
+        for x in phi_lines:
+            ax.axvline(x, color="w", lw=0.6, ls=":")
+        ax.set_title(title)
+        ax.set_xlabel(f"{coordinates[0]} / rad")
+    axes[0].set_ylabel(f"{coordinates[1]} / rad")
+    fig.colorbar(cs, ax=list(axes), label="F / kT")
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def plot_history(history: Sequence[dict], path: str | os.PathLike) -> Path:
