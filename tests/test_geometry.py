@@ -9,7 +9,8 @@ import torch
 
 import openmm_bg.systems as bgs
 from openmm_bg import geometry
-from openmm_bg.transforms import build_zmatrix, internal_coordinates
+from openmm_bg.transforms import build_zmatrix
+from openmm_bg.transforms.internal import internal_coordinates
 
 
 @pytest.fixture(scope="module")
