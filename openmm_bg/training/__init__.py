@@ -2,7 +2,8 @@
 
 Modules: :mod:`.stages` (`Stage`, `default_stages`, `load_stages`), :mod:`.losses` (`ml_loss`,
 `kl_loss`, `rc_loss`), :mod:`.regularization` (the lin-log energy cut, training only),
-:mod:`.trainer` (`Trainer`: schedule, metrics, checkpoints, resume). Formulas: ``docs/design.md``.
+:mod:`.trainer` (`Trainer`: schedule, metrics, checkpoints, resume). Formulas: ``docs/design.md``,
+"Key formulas".
 
 Losses, per batch:
 
