@@ -31,17 +31,13 @@ from pathlib import Path
 import mdtraj
 import numpy as np
 import torch
+from _common import CACHE, RESULTS, alanine_reference
 
 import openmm_bg
 from openmm_bg.analysis.free_energy import state_free_energy
 from openmm_bg.apps.plots import plot_history
 from openmm_bg.systems import load
 from openmm_bg.training import Trainer, default_stages
-
-HERE = Path(__file__).resolve().parent
-CACHE = HERE / "cache"
-RESULTS = HERE / "results"
-REFERENCE = HERE / "reference" / "alanine_reference.json"
 
 
 def training_data(system, solvent: str, md_ns: float, c7ax_fraction: float, seed: int,
@@ -178,7 +174,7 @@ def main(argv=None) -> dict:
         result.update(delta_a_kT=fe.delta_a_kT, delta_a_error_kT=fe.error_kT, ess_c7ax=fe.ess_b)
     except ValueError as err:
         result.update(delta_a_kT=None, delta_a_error_kT=None, delta_a_note=str(err))
-    reference = json.loads(REFERENCE.read_text()).get(args.solvent) if REFERENCE.exists() else None
+    reference = alanine_reference(args.solvent)
     ref_samples = None
     for method in ("biased_md", "umbrella", "pt"):  # the best reference first
         path = CACHE / f"alanine_{args.solvent}_{method}.npz"

@@ -28,36 +28,16 @@ import time
 import numpy as np
 import openmm
 import torch
+from _common import best_time, plain_loop
 
 from openmm_bg.energy import OpenMMEnergy
 from openmm_bg.systems import load
-
-
-def plain_loop(context: openmm.Context, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The fastest straightforward OpenMM loop: numpy in, raw values out."""
-    energy = np.empty(len(x))
-    forces = np.empty_like(x)
-    for b, xb in enumerate(x):
-        context.setPositions(xb)
-        state = context.getState(getEnergy=True, getForces=True)
-        energy[b] = state.getPotentialEnergy()._value
-        forces[b] = state.getForces(asNumpy=True)._value
-    return energy, forces
 
 
 def op_call(energy: OpenMMEnergy, x: torch.Tensor) -> None:
     """Energy and forces through the torch op: forward + backward."""
     xr = x.detach().requires_grad_(True)
     energy(xr).sum().backward()
-
-
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -49,6 +49,16 @@ from pathlib import Path
 
 import mdtraj
 import numpy as np
+from _common import (
+    REFERENCE,
+    RESULTS,
+    CoreTransitions,
+    alanine_reference,
+    arrhenius,
+    fastest_platform,
+    hot_c7ax_start,
+    langevin_phi,
+)
 
 from openmm_bg.analysis.free_energy import (
     InsufficientSamplesError,
@@ -56,13 +66,8 @@ from openmm_bg.analysis.free_energy import (
     state_free_energy,
     state_free_energy_mbar,
 )
+from openmm_bg.systems.alanine import in_c7ax
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-REFERENCE = HERE / "reference" / "alanine_reference.json"
-
-C7AX_CORE = (0.5, 1.8)
-C7EQ_CORE = (-0.5, 2.6)  # phi < -0.5 or phi > 2.6
 TARGET = 0.2  # kT
 
 
@@ -80,43 +85,12 @@ class Clock:
 def read_reference(args) -> tuple[float | None, float]:
     if args.reference is not None:
         return float(args.reference), float(args.reference_error)
-    path = Path(args.reference_file)
-    if path.is_file():
-        entry = json.loads(path.read_text()).get("vacuum", {})
-        if "delta_a_kT" in entry:
-            return float(entry["delta_a_kT"]), float(entry.get("error_kT", 0.0))
-    print(f"no reference found at {path} and no --reference given: times are to an error bar of "
-          f"{TARGET} kT only")
+    entry = alanine_reference("vacuum", args.reference_file)
+    if entry is not None:
+        return float(entry["delta_a_kT"]), float(entry.get("error_kT", 0.0))
+    print(f"no reference found at {args.reference_file} and no --reference given: times are to an error "
+          f"bar of {TARGET} kT only")
     return None, 0.0
-
-
-def core_labels(phi: np.ndarray) -> np.ndarray:
-    """+1 in the C7ax core, -1 in the C7eq core, 0 in between."""
-    phi = np.asarray(phi)
-    ax = (phi > C7AX_CORE[0]) & (phi < C7AX_CORE[1])
-    eq = (phi < C7EQ_CORE[0]) | (phi > C7EQ_CORE[1])
-    return ax.astype(int) - eq.astype(int)
-
-
-class Transitions:
-    """Core-to-core transitions and the time spent committed to each basin."""
-
-    def __init__(self):
-        self.last, self.eq_to_ax, self.ax_to_eq, self.time_eq, self.time_ax = 0, 0, 0, 0.0, 0.0
-
-    def update(self, phi: np.ndarray, dt: float) -> None:
-        for label in core_labels(np.atleast_1d(phi)):
-            if label != 0 and self.last != 0 and label != self.last:
-                if label == 1:
-                    self.eq_to_ax += 1
-                else:
-                    self.ax_to_eq += 1
-            if label != 0:
-                self.last = label
-            if self.last == -1:
-                self.time_eq += dt
-            elif self.last == 1:
-                self.time_ax += dt
 
 
 def delta_a_from_fraction(in_ax: np.ndarray, n_batches: int = 20) -> tuple[float, float]:
@@ -150,43 +124,17 @@ def reached(delta: float, err: float, reliable: bool, ref: float | None, ref_err
     return ref is None or abs(delta - ref) <= TARGET + ref_err
 
 
-def _platform(system):
-    from openmm_bg.energy.platforms import select_platform
-
-    choice = select_platform(system.system, system.positions)
-    return choice.name, dict(choice.properties)
-
-
 # ----------------------------------------------------------------------------------------- (a) plain MD
 def run_md(system, wall_seconds: float, temperature: float, seed: int, report_steps: int = 100) -> dict:
     """Langevin MD for ``wall_seconds``; phi every ``report_steps`` fs; C7ax fraction and transitions."""
-    import openmm
-    import openmm.unit as unit
-
-    name, props = _platform(system)
-    integrator = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, 1.0 / unit.picosecond,
-                                                 1.0 * unit.femtosecond)
-    integrator.setRandomNumberSeed(seed + 1)
-    context = openmm.Context(system.system, integrator, openmm.Platform.getPlatformByName(name), props)
-    context.setPositions(system.positions)
-    context.setVelocitiesToTemperature(temperature * unit.kelvin, seed + 2)
-    phi_rc = system.reaction_coordinates["phi"]
-    counter, phis, steps = Transitions(), [], 0
-    dt_ns = report_steps * 1e-6
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < wall_seconds:
-        integrator.step(report_steps)
-        steps += report_steps
-        x = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-        phi = float(phi_rc(np.asarray(x)[None])[0])
-        phis.append(phi)
-        counter.update(phi, dt_ns)
-    wall = time.perf_counter() - t0
-    phis = np.asarray(phis)
-    in_ax = (phis > 0) & (phis < 2.2)  # the system's C7ax state
+    md = langevin_phi(system, wall_seconds, temperature, seed, report_steps=report_steps)
+    counter = CoreTransitions()
+    counter.update(md["phi"], report_steps * 1e-6)
+    wall, steps = md["wall_s"], md["steps"]
+    in_ax = in_c7ax(md["phi"])  # the system's C7ax state
     delta, err = delta_a_from_fraction(in_ax)
     ns = steps * 1e-6
-    return {"temperature_K": temperature, "platform": name, "wall_s": wall, "ns": ns,
+    return {"temperature_K": temperature, "platform": md["platform"], "wall_s": wall, "ns": ns,
             "ns_per_wall_s": ns / wall,
             "c7ax_fraction": float(in_ax.mean()), "delta_a_kT": delta, "error_kT": err,
             "eq_to_ax": counter.eq_to_ax, "ax_to_eq": counter.ax_to_eq, "time_eq_ns": counter.time_eq,
@@ -215,12 +163,10 @@ def md_time_to_target(md300: dict, hot: list[dict], p_ax: float | None) -> dict:
         k = md300["k_eq_to_ax_per_ns"]
         out.update(method="transition rate measured at 300 K", k_ab_per_ns=k)
     else:
-        pts = [(1.0 / r["temperature_K"], math.log(r["k_eq_to_ax_per_ns"])) for r in hot
-               if r["eq_to_ax"] > 0 and r["time_eq_ns"] > 0]
-        if len(pts) >= 2:
-            x, y = np.array(pts).T
-            slope, intercept = np.polyfit(x, y, 1)
-            k = float(math.exp(intercept + slope / 300.0))
+        fit = arrhenius([(r["temperature_K"], r["k_eq_to_ax_per_ns"]) for r in hot
+                         if r["eq_to_ax"] > 0 and r["time_eq_ns"] > 0])
+        if fit is not None:
+            k, slope = fit
             out.update(method=f"Arrhenius fit of k(C7eq->C7ax) at {[r['temperature_K'] for r in hot]} K",
                        k_ab_per_ns=k, arrhenius_barrier_kT_at_300K=float(-slope / 300.0))
         else:
@@ -239,15 +185,11 @@ def md_time_to_target(md300: dict, hot: list[dict], p_ax: float | None) -> dict:
 def training_data(system, seed: int, ps_eq: float, ps_ax: float, clock: Clock, log):
     import openmm_bg
 
-    hot = openmm_bg.simulate(system, n_frames=1000, stride=100, temperature=800.0, seed=seed, progress=False)
-    phi = system.reaction_coordinates["phi"](hot)
-    inside = np.flatnonzero((phi > 0.7) & (phi < 1.6))
-    if inside.size == 0:
-        raise RuntimeError("the 800 K run did not visit C7ax; try another --seed")
+    start_ax = hot_c7ax_start(system, seed, n_frames=1000, stride=100)
     eq = openmm_bg.simulate(system, n_frames=int(ps_eq * 4), stride=250, seed=seed + 1,
                             equilibration_steps=5000, progress=False)
     ax = openmm_bg.simulate(system, n_frames=int(ps_ax * 4), stride=250, seed=seed + 2,
-                            positions=hot.xyz[inside[0]].astype(np.float64), equilibration_steps=5000,
+                            positions=start_ax, equilibration_steps=5000,
                             progress=False)
     log(f"training data: {ps_eq:g} ps in C7eq + {ps_ax:g} ps in C7ax at 300 K ({clock():.0f} s)")
     return eq, ax
@@ -379,7 +321,7 @@ def run_chain(system, gen, offset_s: float, args, ref, ref_err, log) -> dict:
     from openmmtools import cache, mcmc, states
 
     clock = Clock(offset_s)
-    name, props = _platform(system)
+    name, props = fastest_platform(system)
     context_cache = cache.ContextCache(platform=openmm.Platform.getPlatformByName(name), capacity=4,
                                        platform_properties=props or None)
     thermo = states.ThermodynamicState(system.system, temperature=system.temperature * unit.kelvin)
@@ -390,13 +332,13 @@ def run_chain(system, gen, offset_s: float, args, ref, ref_err, log) -> dict:
     sampler = mcmc.MCMCSampler(thermo, states.SamplerState(system.positions * unit.nanometer),
                                mcmc.SequenceMove([langevin, move]))
     phi_rc = system.reaction_coordinates["phi"]
-    in_ax, points, next_report, counter = [], [], 10.0, Transitions()
+    in_ax, points, next_report, counter = [], [], 10.0, CoreTransitions()
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < args.chain_seconds:
         sampler.run(1, context_cache=context_cache)
         x = sampler.sampler_state.positions.value_in_unit(unit.nanometer)
         phi = float(phi_rc(np.asarray(x)[None])[0])
-        in_ax.append(0 < phi < 2.2)
+        in_ax.append(bool(in_c7ax(phi)))
         counter.update(phi, 0.0)
         if time.perf_counter() - t0 >= next_report:
             next_report += 10.0

@@ -41,66 +41,25 @@ import numpy as np
 import openmm
 import openmm.unit as unit
 import torch
+from _common import RESULTS, CoreTransitions, arrhenius, fastest_platform, hot_c7ax_start, langevin_phi
 
 import openmm_bg
+from openmm_bg.geometry import dihedral
 from openmm_bg.mcmc import BoltzmannGeneratorMove
 from openmm_bg.systems import MolecularSystem, load
+from openmm_bg.systems.alanine import in_c7ax
+from openmm_bg.systems.peptides import ALANINE_PHI
 from openmm_bg.training import Stage, Trainer
-
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-CACHE = HERE / "cache"
-
-#: Basin cores in phi (rad).
-C7AX_CORE = (0.5, 1.8)
-C7EQ_CORE = (-0.5, 2.6)  # phi < -0.5 or phi > 2.6
-
-
-def core_labels(phi: np.ndarray) -> np.ndarray:
-    """+1 in the C7ax core, -1 in the C7eq core, 0 elsewhere."""
-    phi = np.asarray(phi)
-    ax = (phi > C7AX_CORE[0]) & (phi < C7AX_CORE[1])
-    eq = (phi < C7EQ_CORE[0]) | (phi > C7EQ_CORE[1])
-    return ax.astype(int) - eq.astype(int)
-
-
-class TransitionCounter:
-    """Core-to-core transitions of a stream of phi values."""
-
-    def __init__(self):
-        self.last = 0
-        self.transitions = 0
-
-    def update(self, phi: np.ndarray) -> None:
-        for label in core_labels(np.atleast_1d(phi)):
-            if label != 0:
-                if self.last != 0 and label != self.last:
-                    self.transitions += 1
-                self.last = label
 
 
 def _phi(x: np.ndarray) -> np.ndarray:
-    from openmm_bg.geometry import dihedral
-
-    return dihedral(np.asarray(x, dtype=np.float64), 4, 6, 8, 14)
-
-
-def _platform(system: MolecularSystem) -> tuple[str, dict]:
-    from openmm_bg.energy.platforms import select_platform
-
-    choice = select_platform(system.system, system.positions)
-    return choice.name, dict(choice.properties)
+    return dihedral(np.asarray(x, dtype=np.float64), *ALANINE_PHI)
 
 
 # ----------------------------------------------------------------------------------------- data, model
 def c7ax_start(system: MolecularSystem, seed: int) -> np.ndarray:
     """A configuration in the C7ax core from a short 800 K run (chirality kept by MD)."""
-    hot = openmm_bg.simulate(system, n_frames=2000, stride=50, temperature=800.0, seed=seed, progress=False)
-    phi = _phi(hot.xyz)
-    inside = np.flatnonzero((phi > 0.7) & (phi < 1.6))
-    if inside.size == 0:
-        raise RuntimeError("the 800 K run did not visit C7ax; use another --seed")
-    return hot.xyz[inside[0]].astype(np.float64)
+    return hot_c7ax_start(system, seed, n_frames=2000, stride=50)
 
 
 def training_data(system: MolecularSystem, seed: int, ps_eq: float = 400.0, ps_ax: float = 200.0):
@@ -144,23 +103,12 @@ def train_generator(system: MolecularSystem, seed: int = 0, minutes: float = 5.0
 def run_plain_md(system: MolecularSystem, wall_seconds: float, temperature: float = 300.0, seed: int = 0,
                  start: np.ndarray | None = None, report_steps: int = 100) -> dict:
     """Langevin MD for ``wall_seconds``; core-to-core transitions."""
-    name, props = _platform(system)
-    integrator = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, 1.0 / unit.picosecond,
-                                                 1.0 * unit.femtosecond)
-    integrator.setRandomNumberSeed(seed + 1)
-    context = openmm.Context(system.system, integrator, openmm.Platform.getPlatformByName(name), props)
-    context.setPositions(system.positions if start is None else start)
-    context.setVelocitiesToTemperature(temperature * unit.kelvin, seed + 2)
-    counter = TransitionCounter()
-    steps = 0
-    t0, c0 = time.perf_counter(), time.process_time()
-    while time.perf_counter() - t0 < wall_seconds:
-        integrator.step(report_steps)
-        steps += report_steps
-        x = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-        counter.update(_phi(x))
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"temperature_K": temperature, "platform": name, "wall_s": wall, "cpu_s": cpu, "steps": steps,
+    md = langevin_phi(system, wall_seconds, temperature, seed, start=start, report_steps=report_steps)
+    counter = CoreTransitions()
+    counter.update(md["phi"])
+    wall, cpu, steps = md["wall_s"], md["cpu_s"], md["steps"]
+    return {"temperature_K": temperature, "platform": md["platform"], "wall_s": wall, "cpu_s": cpu,
+            "steps": steps,
             "ns": steps * 1e-6, "transitions": counter.transitions, "energy_evaluations": steps,
             "transitions_per_s": counter.transitions / wall,
             "transitions_per_eval": counter.transitions / steps}
@@ -171,7 +119,7 @@ def run_chain(system: MolecularSystem, gen: openmm_bg.BoltzmannGenerator, wall_s
     """Langevin + BG move in an openmmtools ``MCMCSampler`` for ``wall_seconds``."""
     from openmmtools import cache, mcmc, states
 
-    name, props = _platform(system)
+    name, props = fastest_platform(system)
     platform = openmm.Platform.getPlatformByName(name)
     context_cache = cache.ContextCache(platform=platform, capacity=4, platform_properties=props or None)
     thermo = states.ThermodynamicState(system.system, temperature=temperature * unit.kelvin)
@@ -183,7 +131,7 @@ def run_chain(system: MolecularSystem, gen: openmm_bg.BoltzmannGenerator, wall_s
                                mcmc.SequenceMove([langevin, bg]))
     sampler.run(1, context_cache=context_cache)  # warm up contexts
     bg.reset_statistics()
-    counter = TransitionCounter()
+    counter = CoreTransitions()
     in_ax = []
     iterations = 0
     t0, c0 = time.perf_counter(), time.process_time()
@@ -192,7 +140,7 @@ def run_chain(system: MolecularSystem, gen: openmm_bg.BoltzmannGenerator, wall_s
         iterations += 1
         phi = float(_phi(sampler.sampler_state.positions.value_in_unit(unit.nanometer)))
         counter.update(phi)
-        in_ax.append(0.0 < phi < 2.2)
+        in_ax.append(bool(in_c7ax(phi)))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     stats = bg.statistics
     bg_evals = iterations + stats["n_proposed"] - stats["n_out_of_domain"] - stats["n_inverted"]
@@ -210,17 +158,6 @@ def run_chain(system: MolecularSystem, gen: openmm_bg.BoltzmannGenerator, wall_s
             "c7ax_fraction": float(frac.mean()),
             "c7ax_fraction_se": (float(batches.std(ddof=1) / math.sqrt(len(batches))) if len(batches) > 1
                                  else math.nan)}
-
-
-def arrhenius(results: list[dict], temperature: float = 300.0) -> float | None:
-    """Extrapolate ``transitions_per_s`` to ``temperature`` from runs with transitions (ln k vs 1/T)."""
-    pts = [(1.0 / r["temperature_K"], math.log(r["transitions_per_s"]))
-           for r in results if r["transitions"] > 0]
-    if len(pts) < 2:
-        return None
-    x, y = np.array(pts).T
-    slope, intercept = np.polyfit(x, y, 1)
-    return float(math.exp(intercept + slope / temperature))
 
 
 def main(argv=None) -> dict:
@@ -265,7 +202,8 @@ def main(argv=None) -> dict:
     md_rate = md["transitions_per_s"]
     md_bound = max(md["transitions"], 3.0) / md["wall_s"]  # 95 % Poisson upper limit for 0 events
     md_bound_eval = max(md["transitions"], 3.0) / md["steps"]
-    extrapolated = arrhenius(hot)
+    fit = arrhenius([(r["temperature_K"], r["transitions_per_s"]) for r in hot if r["transitions"] > 0])
+    extrapolated = fit[0] if fit is not None else None
     result = {
         "system": "alanine_dipeptide vacuum (AMBER ff96), 300 K, no constraints",
         "model": source, "model_seconds": t_model, "ess_fraction_2000_samples": ess,

@@ -29,6 +29,7 @@ import time
 import numpy as np
 import openmm
 import torch
+from _common import best_time, plain_loop
 
 from openmm_bg.energy.torchff.forcefield import TorchForceField
 from openmm_bg.systems import load
@@ -40,31 +41,14 @@ SYSTEMS = {
 }
 
 
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def openmm_loop_rate(system: openmm.System, xs: np.ndarray, repeats: int) -> tuple[float, str]:
     """Configurations/s of the fastest plain loop over Reference and CPU (1 thread)."""
     results = {}
     for platform, properties in (("Reference", {}), ("CPU", {"Threads": "1"})):
         context = openmm.Context(system, openmm.VerletIntegrator(1.0),
                                  openmm.Platform.getPlatformByName(platform), properties)
-
-        def loop(context=context):
-            for x in xs:
-                context.setPositions(x)
-                state = context.getState(getEnergy=True, getForces=True)
-                state.getPotentialEnergy()
-                state.getForces(asNumpy=True)
-
-        loop()  # warm-up
-        results[platform] = len(xs) / best_time(loop, repeats)
+        plain_loop(context, xs)  # warm-up
+        results[platform] = len(xs) / best_time(lambda context=context: plain_loop(context, xs), repeats)
         del context
     best = max(results, key=results.get)
     return results[best], f"{best} ({', '.join(f'{k} {v:.0f}/s' for k, v in results.items())})"

@@ -13,9 +13,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from _common import best_time
 
 
 def _frames(ms, n, seed, scale=0.01):
@@ -25,15 +25,6 @@ def _frames(ms, n, seed, scale=0.01):
     noise = torch.randn(n, ms.n_atoms, 3, generator=g, dtype=torch.float64)
     x = torch.as_tensor(ms.positions) + scale * noise
     return apply_rigid(x, random_rotation(n, generator=g, dtype=torch.float64))
-
-
-def _best(fn, repeats):
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main(argv=None) -> dict:
@@ -60,14 +51,14 @@ def main(argv=None) -> dict:
         x = _frames(ms, batch, args.seed + 1).float()
         with torch.no_grad():
             y, _ = t.inverse(x)
-            t_inv = _best(lambda x=x, t=t: t.inverse(x), args.repeats)
-            t_fwd = _best(lambda y=y, t=t: t.forward(y), args.repeats)
+            t_inv = best_time(lambda x=x, t=t: t.inverse(x), args.repeats)
+            t_fwd = best_time(lambda y=y, t=t: t.forward(y), args.repeats)
         results[name] = (batch / t_inv, batch / t_fwd)
         print(f"{name:18s} batch {batch:5d}, n_dof {t.n_dof:4d}: inverse {batch / t_inv:12,.0f} conf/s, "
               f"forward {batch / t_fwd:12,.0f} conf/s")
 
     top = app.AmberPrmtopFile(get_data_filename("data/T4-lysozyme-L99A-implicit/receptor.prmtop")).topology
-    t_zm = _best(lambda: build_zmatrix(top), args.repeats)
+    t_zm = best_time(lambda: build_zmatrix(top), args.repeats)
     results["lysozyme_zmatrix_s"] = t_zm
     print(f"T4 lysozyme receptor ({top.getNumAtoms()} atoms) Z-matrix build: {t_zm:.3f} s")
     print(f"(torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU)")

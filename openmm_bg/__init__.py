@@ -16,10 +16,10 @@ from . import _compat
 
 _compat.install()
 
-from . import systems  # noqa: E402
+from . import constants, geometry, systems  # noqa: E402
 from ._version import __version__  # noqa: E402
 from .analysis.samples import Samples  # noqa: E402
 from .md.simulation import simulate  # noqa: E402
 from .model.generator import BoltzmannGenerator  # noqa: E402
 
-__all__ = ["__version__", "systems", "simulate", "BoltzmannGenerator", "Samples"]
+__all__ = ["__version__", "constants", "geometry", "systems", "simulate", "BoltzmannGenerator", "Samples"]

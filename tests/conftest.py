@@ -1,9 +1,3 @@
-"""Shared pytest setup: fixed thread counts so tests behave the same on 2 cores."""
-
-import os
-
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import torch  # noqa: E402
-
-torch.set_num_threads(1)
+"""Shared pytest setup lives in the repository's root ``conftest.py`` (it serves ``tests/`` and the
+doctests of ``openmm_bg/`` alike): fixed thread counts and the double-well fixtures ``dw``,
+``dw_data`` and ``dw_gen``."""

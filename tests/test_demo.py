@@ -57,8 +57,11 @@ def test_c7ax_restraint_is_zero_inside_the_basin_and_a_flat_bottom_wall_outside(
     phi inside the flat bottom, 0.5 k (|phi - centre| - half width)^2 on the circle outside."""
     import mdtraj
 
-    from openmm_bg.apps.demo import C7AX_RESTRAINT_PHI, c7ax_restrained
+    from openmm_bg.apps import demo
     from openmm_bg.energy import energy_for
+    from openmm_bg.systems.alanine import C7AX_RESTRAINT_PHI, c7ax_restrained
+
+    assert demo.c7ax_restrained is c7ax_restrained and demo.C7AX_RESTRAINT_PHI == C7AX_RESTRAINT_PHI  # compat
 
     ala = load("alanine_dipeptide")
     xyz = mdtraj.load(str(structure_path("models/alanine_dipeptide_vacuum_md.h5"))).xyz[::10].astype(np.float64)

@@ -15,12 +15,10 @@ from openmm_bg.flows import (
     Prior,
     Sequential,
     SplineCoupling,
-    block_masks,
     build_flow,
-    knots,
-    rq_spline,
 )
-from openmm_bg.flows.splines import derivatives
+from openmm_bg.flows.builder import block_masks
+from openmm_bg.flows.splines import derivatives, knots, rq_spline
 
 torch.set_num_threads(1)
 PI = math.pi

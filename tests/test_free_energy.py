@@ -23,7 +23,7 @@ from openmm_bg.analysis.free_energy import (
     thermodynamic_free_energy,
     two_generator_estimate,
 )
-from openmm_bg.systems import from_openmm, load
+from openmm_bg.systems import from_openmm
 
 
 def oscillator(k: float, temperature: float, name: str, n_particles: int = 1):
@@ -155,11 +155,9 @@ def test_two_generator_estimate_is_biased_by_the_kl_difference(oscillators):
 
 # ---------------------------------------------------------------------- bad input
 @pytest.fixture(scope="module")
-def double_well_samples():
-    system = load("double_well")
-    data = openmm_bg.simulate(system, n_frames=300, stride=10, seed=0, platform="Reference", progress=False)
-    gen = BoltzmannGenerator.build(system, data, n_blocks=1, hidden=(8,), seed=0)
-    return system, gen.sample(2000, seed=0)
+def double_well_samples(dw, dw_data):
+    gen = BoltzmannGenerator.build(dw, dw_data, n_blocks=1, hidden=(8,), seed=0)
+    return dw, gen.sample(2000, seed=0)
 
 
 def test_empty_and_weightless_states_are_refused(double_well_samples):

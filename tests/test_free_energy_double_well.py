@@ -1,4 +1,4 @@
-"""Free energies on the seed's double well against quadrature: Delta A between the wells, the
+"""Free energies on the paper's double well against quadrature: Delta A between the wells, the
 profile along x1 (reweighted, and MBAR with MD at a higher temperature), and the plot helpers."""
 
 import math

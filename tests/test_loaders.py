@@ -47,6 +47,28 @@ def test_old_format_prmtop_through_parmed():
         loaded.require_nonperiodic()
 
 
+def test_one_periodic_check_one_exception_across_layers():
+    import openmm_bg
+    from openmm_bg.energy import OpenMMEnergy, PeriodicSystemError
+    from openmm_bg.transforms import MixedTransform
+
+    assert PeriodicSystemError is bgs.PeriodicSystemError and issubclass(PeriodicSystemError, ValueError)
+    top = get_data_filename("data/trpzip2-explicit/trpzip2.prmtop")
+    crd = get_data_filename("data/trpzip2-explicit/trpzip2.crd")
+    box = bgs.from_files(top, crd)
+    messages = []
+    for refuse in (lambda: bgs.require_nonperiodic(box, "this check"), box.require_nonperiodic,
+                   lambda: openmm_bg.simulate(box, n_frames=1, stride=1, progress=False),
+                   lambda: MixedTransform.from_system(box, box.positions[None]),
+                   lambda: OpenMMEnergy(box.system, temperature=300.0, platform="Reference")):
+        with pytest.raises(PeriodicSystemError, match="is periodic .explicit solvent or a periodic box.") as err:
+            refuse()
+        messages.append(str(err.value))
+    assert "this check supports single molecules in vacuum or implicit solvent only" in messages[0]
+    assert all("implicitSolvent=OBC2" in m for m in messages)
+    bgs.require_nonperiodic(bgs.load("alanine_dipeptide"))  # a molecule passes
+
+
 @pytest.fixture(scope="module")
 def amber_structure():
     return parmed.load_file(PRMTOP, xyz=CRD)

@@ -12,21 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-import openmm_bg
-from openmm_bg import BoltzmannGenerator
-from openmm_bg.systems import ReactionCoordinate, load
+from openmm_bg.systems import ReactionCoordinate
 from openmm_bg.training import Stage, Trainer, load_stages, rc_loss
 
 
-@pytest.fixture(scope="module")
-def double_well_data():
-    system = load("double_well")
-    return system, openmm_bg.simulate(system, n_frames=300, stride=10, seed=0, platform="Reference", progress=False)
-
-
-def test_nonfinite_steps_are_skipped_not_applied(double_well_data):
-    system, data = double_well_data
-    gen = BoltzmannGenerator.build(system, data, n_blocks=2, hidden=(16,), seed=0)
+def test_nonfinite_steps_are_skipped_not_applied(dw_gen, dw_data):
+    gen, data = dw_gen, dw_data
     # an absurd learning rate: the first step ruins the flow, later losses are not finite
     history = Trainer(gen, data, [Stage("bad", 5, lr=1e30, kl=1.0, energy_max=math.inf)], progress=False).fit()
     assert history[-1]["n_skipped"] >= 1
@@ -46,9 +37,8 @@ def test_rc_loss_prefers_spread_samples():
     assert float(rc_loss(spread, ok, rc)) == pytest.approx(-math.log(2 * math.pi), abs=0.15)
 
 
-def test_rc_stage_needs_a_coordinate(double_well_data):
-    system, data = double_well_data
-    gen = BoltzmannGenerator.build(system, data, n_blocks=2, hidden=(16,), seed=0)
+def test_rc_stage_needs_a_coordinate(dw_gen, dw_data):
+    gen, data = dw_gen, dw_data
     with pytest.raises(ValueError, match="no reaction coordinate"):
         Trainer(gen, data, [Stage("rc", 5, rc=1.0)])
     with pytest.raises(KeyError, match="no reaction coordinate 'phi'"):
@@ -57,12 +47,11 @@ def test_rc_stage_needs_a_coordinate(double_well_data):
     assert np.isfinite(history[-1]["rc"])
 
 
-def test_cosine_learning_rate_reaches_the_optimiser(double_well_data):
-    system, data = double_well_data
+def test_cosine_learning_rate_reaches_the_optimiser(dw_gen, dw_data):
+    gen, data = dw_gen, dw_data
     stage = Stage("ml", 5, lr=1e-3, lr_end=1e-5)
     assert [stage.learning_rate(i) for i in (0, 2, 4)] == pytest.approx([1e-3, 0.5 * (1e-3 + 1e-5), 1e-5])
     assert Stage("ml", 5, lr=1e-3).learning_rate(4) == 1e-3
-    gen = BoltzmannGenerator.build(system, data, n_blocks=2, hidden=(16,), seed=0)
     trainer = Trainer(gen, data, [stage], progress=False)
     history = trainer.fit()
     assert [row["lr"] for row in history] == pytest.approx([stage.learning_rate(i) for i in range(5)])
@@ -128,9 +117,8 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     assert len(lines) == 81  # header + one row per step, no duplicates from the resumed part
 
 
-def test_corrupt_checkpoint_is_a_clear_error(double_well_data, tmp_path):
-    system, data = double_well_data
-    gen = BoltzmannGenerator.build(system, data, n_blocks=2, hidden=(16,), seed=0)
+def test_corrupt_checkpoint_is_a_clear_error(dw_gen, dw_data, tmp_path):
+    gen, data = dw_gen, dw_data
     ckpt = tmp_path / "bad.ckpt"
     ckpt.write_bytes(b"not a checkpoint")
     trainer = Trainer(gen, data, [Stage("ml", 2)], checkpoint=ckpt, progress=False)

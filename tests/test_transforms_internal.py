@@ -7,10 +7,10 @@ import numpy as np
 import torch
 
 import openmm_bg.systems as bgs
-from openmm_bg.transforms import (
+from openmm_bg.transforms import build_zmatrix
+from openmm_bg.transforms.internal import (
     bond_angles,
     bond_lengths,
-    build_zmatrix,
     internal_coordinates,
     place_atoms,
     torsions,

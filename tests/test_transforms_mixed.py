@@ -12,13 +12,13 @@ import torch
 
 import openmm_bg.systems as bgs
 from openmm_bg.transforms import (
-    SO3_VOLUME,
     ConstraintError,
     MixedTransform,
     apply_rigid,
     random_rotation,
     randomize_orientation,
 )
+from openmm_bg.transforms.core import SO3_VOLUME
 
 
 def langevin_frames(ms, n_frames: int, steps: int, seed: int) -> np.ndarray:

@@ -15,7 +15,7 @@ train it (Noe et al., Science 2019):
 
 Because ``p_X`` is exact, every sample has the importance weight ``w = exp(-u(x) - log p_X(x))``,
 and reweighted averages are unbiased whatever the loss. This tutorial trains three generators on
-the seed's double well ``u = x1^4 - 6 x1^2 + x1 + x2^2/2`` (kT) -- with ML only, with KL after a
+the paper's double well ``u = x1^4 - 6 x1^2 + x1 + x2^2/2`` (kT) -- with ML only, with KL after a
 short ML warm-up, and with KL + RC -- and compares the free energy along ``x1`` from the raw and
 reweighted samples with the exact curve ``F(x1) = -log int exp(-u) dx2`` (by quadrature). Then it
 trains one generator on the Mueller-Brown potential (0.1 x the standard one, kT) and shows the 2D
@@ -105,9 +105,7 @@ def exact_bin_free_energy(edges: np.ndarray) -> np.ndarray:
 
 def unweighted(samples: openmm_bg.Samples) -> openmm_bg.Samples:
     """The same configurations with equal weights: what the generator draws before reweighting."""
-    ok = np.isfinite(samples.log_weights)
-    n = int(ok.sum())
-    return openmm_bg.Samples(samples.system, samples.positions[ok], energies=np.zeros(n), log_prob=np.zeros(n))
+    return openmm_bg.Samples.unweighted(samples.system, samples.positions[np.isfinite(samples.log_weights)])
 
 
 def double_well(args, out: Path) -> None:

@@ -56,9 +56,10 @@ from openmm_bg.analysis.free_energy import (
     pymbar_module,
     state_free_energy,
 )
-from openmm_bg.apps.demo import _ramachandran, demo_data, demo_training
-from openmm_bg.apps.plots import plot_history, plot_profile
+from openmm_bg.apps.demo import demo_data, demo_training
+from openmm_bg.apps.plots import plot_history, plot_profile, plot_ramachandran
 from openmm_bg.systems import load
+from openmm_bg.systems.alanine import in_c7ax
 from openmm_bg.training import Trainer
 
 NAME = "03_alanine_dipeptide"
@@ -77,12 +78,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def unweighted(system, positions: np.ndarray) -> openmm_bg.Samples:
-    """Configurations with equal weights (MD frames, or BG samples before reweighting)."""
-    n = len(positions)
-    return openmm_bg.Samples(system, positions, energies=np.zeros(n), log_prob=np.zeros(n))
-
-
 def main(argv=None) -> None:
     torch.set_num_threads(1)  # small networks: one thread is fastest (and fair on shared machines)
     args = parse_args(argv)
@@ -98,7 +93,7 @@ def main(argv=None) -> None:
     print(f"MD at 300 K: {ns_eq} ns from C7eq, {ns_ax} ns from C7ax")
     data = demo_data(system, ns_eq, ns_ax, seed=args.seed, progress=not small)
     phi = system.reaction_coordinates["phi"](data.xyz.astype(np.float64))
-    print(f"  {data.n_frames} frames, {np.mean((phi > 0) & (phi < 2.2)):.0%} in C7ax "
+    print(f"  {data.n_frames} frames, {np.mean(in_c7ax(phi)):.0%} in C7ax "
           f"({time.perf_counter() - t_start:.0f} s)")
 
     # 2. The generator: load a saved one, or train ML -> ML + KL -> KL (the demo's schedule).
@@ -133,10 +128,10 @@ def main(argv=None) -> None:
 
     # 5. Pictures: Ramachandran plots (MD, raw BG, reweighted BG) and the profile along phi.
     valid = np.isfinite(samples.log_weights)
-    _ramachandran(out / "ramachandran.png", [
-        ("MD data (300 K, both starts)", unweighted(system, data.xyz.astype(np.float64))),
-        ("BG samples, raw", unweighted(system, samples.positions[valid])),
-        ("BG samples, reweighted", samples)])
+    plot_ramachandran([
+        ("MD data (300 K, both starts)", openmm_bg.Samples.unweighted(system, data.xyz)),
+        ("BG samples, raw", openmm_bg.Samples.unweighted(system, samples.positions[valid])),
+        ("BG samples, reweighted", samples)], out / "ramachandran.png")
     profile = free_energy_profile(samples, "phi", bins=36 if small else 60, seed=args.seed,
                                   n_bootstrap=50 if small else 200)
     plot_profile(profile, out / "profile_phi.png", labels=["BG reweighted"],

@@ -7,12 +7,12 @@ is known (``f = 0``). Configurations drawn from it carry their log density, so t
 energy ``f = -log Z`` of any target state with a reduced potential ``u`` follows from them --
 by exponential averaging (EXP, ``f = -log <exp(-u - log p_X)>``) or, better, by MBAR over all the
 generator sample sets and targets together (pymbar). One generator serves several targets: here
-the seed's double well at 300 K, at 350 K, and with a changed parameter (the tilt ``c`` in
+the paper's double well at 300 K, at 350 K, and with a changed parameter (the tilt ``c`` in
 ``u = x1^4 - 6 x1^2 + c x1 + x2^2/2``, from 1 to 2). Results are reduced differences
 ``Delta f = f_B - f_A`` (dimensionless) and ``Delta A = kT_B f_B - kT_A f_A`` in kJ/mol; across
 temperatures there is no single "kT" to quote ``Delta A`` in.
 
-Next to these unbiased estimates, the seed's two-generator estimate ``<J_KL^B> - <J_KL^A>``
+Next to these unbiased estimates, the paper's two-generator estimate ``<J_KL^B> - <J_KL^A>``
 (lecture: ``Delta A_12 = <J_KL^2> - <J_KL^1>``) needs a generator trained for each state. Each
 ``J_KL`` is an upper bound of its state's ``f``, off by the generator's KL divergence, so the
 difference is biased by ``KL_B - KL_A``; the script prints that bias. For this toy system the exact

@@ -39,6 +39,8 @@ import openmm_bg
 from openmm_bg.geometry import dihedral
 from openmm_bg.mcmc import BoltzmannGeneratorMove
 from openmm_bg.systems import load
+from openmm_bg.systems.alanine import in_c7ax
+from openmm_bg.systems.peptides import ALANINE_PHI
 from openmm_bg.training import Stage, Trainer
 
 
@@ -64,7 +66,7 @@ def get_generator(system, args) -> openmm_bg.BoltzmannGenerator:
     else:
         # C7ax start from a short hot run, then 300 K MD in both basins
         hot = openmm_bg.simulate(system, n_frames=2000, stride=50, temperature=800.0, seed=0, progress=False)
-        phi_hot = dihedral(hot.xyz.astype(np.float64), 4, 6, 8, 14)
+        phi_hot = dihedral(hot.xyz.astype(np.float64), *ALANINE_PHI)
         start_ax = hot.xyz[np.flatnonzero((phi_hot > 0.7) & (phi_hot < 1.6))[0]].astype(np.float64)
         eq = openmm_bg.simulate(system, n_frames=800, stride=500, seed=1, progress=False)
         ax = openmm_bg.simulate(system, n_frames=400, stride=500, seed=2, positions=start_ax, progress=False)
@@ -90,7 +92,7 @@ def run(system, move, n_iterations: int, context_cache) -> tuple[np.ndarray, flo
     for _ in range(n_iterations):
         sampler.run(1, context_cache=context_cache)
         x = sampler.sampler_state.positions.value_in_unit(unit.nanometer)
-        phi.append(float(dihedral(x[None], 4, 6, 8, 14)[0]))
+        phi.append(float(dihedral(x[None], *ALANINE_PHI)[0]))
     return np.array(phi), time.perf_counter() - t0
 
 
@@ -116,7 +118,7 @@ def main(argv=None) -> None:
                                          collision_rate=1.0 / unit.picosecond, n_steps=args.md_steps)
     phi, wall = run(system, langevin, args.iterations, context_cache)
     print(f"plain MD:           {count_transitions(phi)} transitions, C7ax fraction "
-          f"{np.mean((phi > 0) & (phi < 2.2)):.3f}, {wall:.1f} s")
+          f"{np.mean(in_c7ax(phi)):.3f}, {wall:.1f} s")
 
     # --- 2. the same MD with a Boltzmann-Generator move: two lines --------------------------------
     generator = get_generator(system, args)
@@ -124,7 +126,7 @@ def main(argv=None) -> None:
     move = mcmc.SequenceMove([langevin, bg_move])
     phi, wall = run(system, move, args.iterations, context_cache)
     print(f"MD + BG move:       {count_transitions(phi)} transitions, C7ax fraction "
-          f"{np.mean((phi > 0) & (phi < 2.2)):.3f}, {wall:.1f} s")
+          f"{np.mean(in_c7ax(phi)):.3f}, {wall:.1f} s")
     print(f"BG move acceptance: {bg_move.acceptance_rate:.4f} ({bg_move.n_accepted} of {bg_move.n_proposed})")
 
 

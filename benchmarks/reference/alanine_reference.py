@@ -46,8 +46,9 @@ import numpy as np
 import openmm
 import openmm.unit as unit
 
+from openmm_bg.constants import kT_kJ_per_mol
 from openmm_bg.energy import energy_for
-from openmm_bg.systems import kT_kJ_per_mol, load
+from openmm_bg.systems import load
 from openmm_bg.systems.peptides import ALANINE_PHI, ALANINE_PSI, C7AX_PHI_RANGE
 
 HERE = Path(__file__).resolve().parent

@@ -94,6 +94,30 @@ class Samples:
     def __len__(self) -> int:
         return self.positions.shape[0]
 
+    @classmethod
+    def unweighted(cls, system: MolecularSystem, positions, temperature: float | None = None) -> Samples:
+        """Plain configurations (MD frames, raw generator draws) as a sample set with equal weights.
+
+        Parameters
+        ----------
+        system : MolecularSystem
+        positions : array-like or mdtraj.Trajectory
+            ``[n, n_atoms, 3]`` in nm.
+        temperature : float, optional
+            K (default: the system's).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from openmm_bg.systems import load
+        >>> s = Samples.unweighted(load("double_well"), np.zeros((4, 1, 3)))
+        >>> s.ess, bool((s.log_weights == 0).all())
+        (4.0, True)
+        """
+        x = np.asarray(positions.xyz if hasattr(positions, "xyz") else positions, dtype=np.float64)
+        n = len(x)
+        return cls(system, x, energies=np.zeros(n), log_prob=np.zeros(n), temperature=temperature)
+
     # ------------------------------------------------------------------ diagnostics
     def diagnostics(self, warn: bool = True) -> reweighting.WeightDiagnostics:
         """ESS, largest weight's share and Pareto-k (warns when the weights are heavy-tailed)."""

@@ -23,17 +23,15 @@ from pathlib import Path
 
 import mdtraj
 import numpy as np
-import openmm
-import openmm.app as app
-import openmm.unit as unit
 
 from ..analysis.samples import Samples
 from ..data import structure_path
 from ..systems import MolecularSystem, load
-from ..systems.peptides import ALANINE_PHI
+from ..systems.alanine import C7AX_RESTRAINT_PHI, c7ax_restrained, c7ax_structure
 
-__all__ = ["run_demo", "PRETRAINED", "REFERENCE_DELTA_A_KT", "demo_data", "demo_training", "c7ax_restrained",
-           "C7AX_RESTRAINT_PHI"]
+__all__ = ["run_demo", "PRETRAINED", "REFERENCE_DELTA_A_KT", "demo_data", "demo_training",
+           # compat: these moved to openmm_bg.systems.alanine
+           "c7ax_restrained", "c7ax_structure", "C7AX_RESTRAINT_PHI"]
 
 #: The shipped pretrained generator (``systems/models/``), made by
 #: ``python benchmarks/alanine_dipeptide.py --kl-steps 3000 --save-model systems/models/alanine_dipeptide_vacuum.bg
@@ -46,19 +44,14 @@ REFERENCE_DELTA_A_KT = (4.74, 0.06)
 TRAINING_BUDGET_S = 480.0
 
 
-def c7ax_structure() -> np.ndarray:
-    """A minimised C7ax conformation of alanine dipeptide, ``[22, 3]`` nm."""
-    pdb = app.PDBFile(str(structure_path("alanine_dipeptide_c7ax.pdb")))
-    return np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
-
-
 def demo_data(system: MolecularSystem, ns_c7eq: float, ns_c7ax: float, seed: int,
               progress: bool = True, restrain_c7ax: bool = False) -> mdtraj.Trajectory:
     """300 K MD frames (1 ps apart) from the C7eq reference and from a C7ax start.
 
-    With ``restrain_c7ax`` the C7ax run carries a flat-bottom restraint on phi (`c7ax_restrained`) that
-    is zero inside the basin, so its frames are Boltzmann-distributed within C7ax and never leave it
-    (in implicit solvent an unrestrained run leaves C7ax within tens of ps). Training data need not
+    With ``restrain_c7ax`` the C7ax run carries a flat-bottom restraint on phi
+    (`openmm_bg.systems.alanine.c7ax_restrained`) that is zero inside the basin, so its frames are
+    Boltzmann-distributed within C7ax and never leave it (in implicit solvent an unrestrained run
+    leaves C7ax within tens of ps). Training data need not
     be Boltzmann-distributed overall: the generator's weights are exact either way.
     """
     import openmm_bg
@@ -71,82 +64,12 @@ def demo_data(system: MolecularSystem, ns_c7eq: float, ns_c7ax: float, seed: int
     return mdtraj.join([eq, ax])
 
 
-#: Flat bottom of `c7ax_restrained` (phi in rad), inside the C7ax state (0 < phi < 2.2).
-C7AX_RESTRAINT_PHI = (0.25, 1.95)
-
-
-def c7ax_restrained(system: MolecularSystem, k_kj_per_mol: float = 1000.0) -> MolecularSystem:
-    """A copy of alanine dipeptide ``system`` with a flat-bottom restraint that keeps phi in C7ax.
-
-    The restraint is zero for phi in `C7AX_RESTRAINT_PHI` and ``0.5 k (|phi - centre| - half width)^2``
-    outside (distance on the circle, ``k`` in kJ/mol/rad^2), so inside the basin the restrained
-    system has the original energy.
-
-    Examples
-    --------
-    >>> from openmm_bg.energy import energy_for
-    >>> from openmm_bg.systems import load
-    >>> ala = load("alanine_dipeptide")
-    >>> restrained = c7ax_restrained(ala)
-    >>> x = c7ax_structure()[None]
-    >>> u = [float(energy_for(s, platform="Reference")(x)[0]) for s in (restrained, ala)]
-    >>> bool(abs(u[0] - u[1]) < 1e-9)
-    True
-    """
-    lo, hi = C7AX_RESTRAINT_PHI
-    force = openmm.CustomTorsionForce(
-        "0.5*k_c7ax*max(0, abs(d) - w_c7ax)^2; d = theta - c_c7ax - 2*pi*floor((theta - c_c7ax + pi)/(2*pi));"
-        f" pi = {math.pi:.17g}")
-    force.addGlobalParameter("k_c7ax", float(k_kj_per_mol))
-    force.addGlobalParameter("c_c7ax", 0.5 * (lo + hi))
-    force.addGlobalParameter("w_c7ax", 0.5 * (hi - lo))
-    force.addTorsion(*ALANINE_PHI, [])
-    omm = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system.system))
-    omm.addForce(force)
-    return replace(system, system=omm, name=f"{system.name}_c7ax_restrained",
-                   description=f"{system.description} + flat-bottom phi restraint in C7ax")
-
-
 def demo_training(scale: float):
     """The demo's schedule: `openmm_bg.training.default_stages` (ML, then KL + 0.1 ML), steps times
     ``scale``."""
     from ..training import default_stages
 
     return [replace(stage, steps=max(10, stage.steps)) for stage in default_stages(scale)]
-
-
-def _unweighted(system: MolecularSystem, positions: np.ndarray) -> Samples:
-    """Plain (unweighted) configurations as a `Samples` set with equal weights."""
-    n = len(positions)
-    return Samples(system, positions, energies=np.zeros(n), log_prob=np.zeros(n))
-
-
-def _ramachandran(path: Path, panels: list[tuple[str, Samples]], vmax: float = 10.0) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..analysis.free_energy import free_energy_surface
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.0, 4.0), sharey=True,
-                             constrained_layout=True)
-    for ax, (title, samples) in zip(np.atleast_1d(axes), panels):
-        surface = free_energy_surface(samples, "phi", "psi", bins=60)
-        f = np.array(surface.free_energy_kT, dtype=float)
-        cx = 0.5 * (surface.edges_x[1:] + surface.edges_x[:-1])
-        cy = 0.5 * (surface.edges_y[1:] + surface.edges_y[:-1])
-        masked = np.ma.masked_where(~np.isfinite(f) | (f > vmax), f)
-        cs = ax.contourf(cx, cy, masked.T, levels=np.linspace(0, vmax, 21), cmap="viridis")
-        ax.axvline(0.0, color="w", lw=0.6, ls=":")
-        ax.axvline(2.2, color="w", lw=0.6, ls=":")
-        ax.set_title(title)
-        ax.set_xlabel("phi / rad")
-    np.atleast_1d(axes)[0].set_ylabel("psi / rad")
-    fig.colorbar(cs, ax=axes, label="F / kT")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 def run_demo(output: Path, quick: bool = False, from_scratch: bool = False, seed: int = 0,
@@ -171,7 +94,7 @@ def run_demo(output: Path, quick: bool = False, from_scratch: bool = False, seed
 
     from ..analysis.free_energy import free_energy_profile, state_free_energy
     from ..training import Stage, Trainer
-    from .plots import plot_profile
+    from .plots import plot_profile, plot_ramachandran
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -228,10 +151,10 @@ def run_demo(output: Path, quick: bool = False, from_scratch: bool = False, seed
     except ValueError as err:
         summary["delta_a"] = None
         line = f"A(C7ax) - A(C7eq): not reported: {err}"
-    plots = {"ramachandran": str(_ramachandran(output / "ramachandran.png", [
-        ("MD data (300 K)", _unweighted(system, data.xyz.astype(np.float64))),
-        ("BG samples, raw", _unweighted(system, samples.positions[np.isfinite(samples.log_prob)])),
-        ("BG samples, reweighted", samples)]))}
+    plots = {"ramachandran": str(plot_ramachandran([
+        ("MD data (300 K)", Samples.unweighted(system, data.xyz)),
+        ("BG samples, raw", Samples.unweighted(system, samples.positions[np.isfinite(samples.log_prob)])),
+        ("BG samples, reweighted", samples)], output / "ramachandran.png"))}
     profile = free_energy_profile(samples, "phi", bins=60, seed=seed)
     plots["profile_phi"] = str(plot_profile(profile, output / "profile_phi.png",
                                             title="alanine dipeptide (vacuum, 300 K): free energy along phi"))

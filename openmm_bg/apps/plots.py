@@ -1,12 +1,14 @@
-"""Plot helpers for free-energy results, written to PNG with matplotlib's Agg backend.
+"""Plot helpers for free-energy results and training curves, written to PNG files.
 
 - `plot_free_energies`: Delta A bars with error bars (state or thermodynamic results).
 - `plot_profile`: free-energy profiles with error bands, optionally over an exact curve.
 - `plot_surface`: a 2D free-energy surface (e.g. the phi/psi Ramachandran free energy).
+- `plot_ramachandran`: phi/psi free-energy panels side by side (MD data, raw and reweighted samples).
 - `plot_history`: training curves (ML loss, KL loss, mean sample energy) of a `Trainer` run.
 
-Every function returns the path written. matplotlib is imported lazily, with the Agg backend
-(no display needed).
+Every function returns the path written. matplotlib is imported lazily and used through its
+object-oriented API only (``matplotlib.figure.Figure`` and ``Figure.savefig``): no pyplot, no
+display needed, and the caller's backend (a notebook's, a GUI's) is never switched.
 
 Examples
 --------
@@ -24,31 +26,36 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis.free_energy import FreeEnergyProfile, FreeEnergySurface, StateFreeEnergy, ThermodynamicFreeEnergy
-from ..systems.molecular_system import kT_kJ_per_mol
+from ..analysis.free_energy import (
+    FreeEnergyProfile,
+    FreeEnergySurface,
+    StateFreeEnergy,
+    ThermodynamicFreeEnergy,
+    free_energy_surface,
+)
+from ..analysis.samples import Samples
+from ..constants import kT_kJ_per_mol
+from ..systems.peptides import C7AX_PHI_RANGE
 
-__all__ = ["plot_free_energies", "plot_profile", "plot_surface", "plot_history"]
+__all__ = ["plot_free_energies", "plot_profile", "plot_surface", "plot_ramachandran", "plot_history"]
 
 
-def _pyplot():
-    import matplotlib
+def _figure(figsize: tuple[float, float], **kwargs):
+    """A new ``matplotlib.figure.Figure``, not registered with pyplot (so never shown, never leaked)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=figsize, **kwargs)
 
 
-def _save(fig, path) -> Path:
+def _save(fig, path, dpi: int = 120, tight: bool = True) -> Path:
+    """Write ``fig`` to ``path`` as PNG (suffix ``.png`` enforced, folders created)."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         path = path.with_suffix(".png")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=dpi, format="png")
     return path
 
 
@@ -94,8 +101,8 @@ def plot_free_energies(results: Sequence[StateFreeEnergy | ThermodynamicFreeEner
         errors.append(e if e is not None and math.isfinite(e) else 0.0)
         names.append(name)
     names = list(labels) if labels is not None else names
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(values) + 2), 3.5))
+    fig = _figure((max(4.0, 1.2 * len(values) + 2), 3.5))
+    ax = fig.subplots()
     x = np.arange(len(values))
     ax.bar(x, values, yerr=errors, capsize=5, color="tab:blue", alpha=0.8, edgecolor="black")
     if reference is not None:
@@ -139,8 +146,8 @@ def plot_profile(profiles: FreeEnergyProfile | Sequence[FreeEnergyProfile], path
     if unit not in ("kT", "kJ/mol"):
         raise ValueError(f"unit must be 'kT' or 'kJ/mol', got {unit!r}")
     scale = [1.0 if unit == "kT" else kT_kJ_per_mol(p.temperature) for p in profiles]
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig = _figure((5.5, 3.8))
+    ax = fig.subplots()
     for k, p in enumerate(profiles):
         c, F, e = p.centers, p.free_energy_kT * scale[k], np.nan_to_num(p.error_kT * scale[k], nan=0.0)
         label = labels[k] if labels is not None else f"{p.method}"
@@ -194,8 +201,8 @@ def plot_surface(surface: FreeEnergySurface, path: str | os.PathLike, vmax: floa
     if not np.isfinite(F).any():
         raise ValueError("the surface has no filled bins")
     top = float(np.nanmax(F)) if vmax is None else float(vmax)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.0, 4.2))
+    fig = _figure((5.0, 4.2))
+    ax = fig.subplots()
     cx = 0.5 * (surface.edges_x[1:] + surface.edges_x[:-1])
     cy = 0.5 * (surface.edges_y[1:] + surface.edges_y[:-1])
     masked = np.ma.masked_where(~np.isfinite(F) | (F > top), F)
@@ -208,21 +215,76 @@ def plot_surface(surface: FreeEnergySurface, path: str | os.PathLike, vmax: floa
     return _save(fig, path)
 
 
+def plot_ramachandran(panels: Sequence[tuple[str, Samples]], path: str | os.PathLike, vmax: float = 10.0,
+                      bins: int = 60, coordinates: tuple[str, str] = ("phi", "psi"),
+                      phi_lines: Sequence[float] = C7AX_PHI_RANGE) -> Path:
+    """Ramachandran free energies ``F(phi, psi)`` (kT) of several sample sets, side by side.
+
+    Each panel is the weighted 2D histogram of `openmm_bg.analysis.free_energy.free_energy_surface`
+    (minimum 0), filled contours up to ``vmax``; empty bins and higher values are left white.
+
+    Parameters
+    ----------
+    panels : sequence of (str, Samples)
+        Title and sample set per panel; plain configurations (MD frames, raw generator draws) as
+        `Samples.unweighted`.
+    path : path
+        Output PNG.
+    vmax : float
+        Top of the colour scale, kT.
+    bins : int
+        Bins per coordinate.
+    coordinates : (str, str)
+        Reaction coordinates of the systems on the x and y axes (rad).
+    phi_lines : sequence of float
+        Dotted vertical lines (rad); default the bounds of alanine dipeptide's C7ax state.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    panels = list(panels)
+    if not panels:
+        raise ValueError("nothing to plot: panels is empty")
+    fig = _figure((4.2 * len(panels) + 1.0, 4.0), constrained_layout=True)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (title, samples) in zip(axes, panels):
+        surface = free_energy_surface(samples, *coordinates, bins=bins)
+        f = np.array(surface.free_energy_kT, dtype=float)
+        cx = 0.5 * (surface.edges_x[1:] + surface.edges_x[:-1])
+        cy = 0.5 * (surface.edges_y[1:] + surface.edges_y[:-1])
+        masked = np.ma.masked_where(~np.isfinite(f) | (f > vmax), f)
+        cs = ax.contourf(cx, cy, masked.T, levels=np.linspace(0, vmax, 21), cmap="viridis")
+        for x in phi_lines:
+            ax.axvline(x, color="w", lw=0.6, ls=":")
+        ax.set_title(title)
+        ax.set_xlabel(f"{coordinates[0]} / rad")
+    axes[0].set_ylabel(f"{coordinates[1]} / rad")
+    fig.colorbar(cs, ax=list(axes), label="F / kT")
+    return _save(fig, path, dpi=100, tight=False)
+
+
 def plot_history(history: Sequence[dict], path: str | os.PathLike) -> Path:
-    """Training curves (ML loss, KL loss and the mean energy of the KL samples against step) as a PNG."""
-    import matplotlib
+    """Training curves (ML loss, KL loss and the mean energy of the KL samples against step) as a PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Parameters
+    ----------
+    history : sequence of dict
+        `openmm_bg.training.Trainer.fit`'s records (``step`` and, where present, ``ml``, ``kl``,
+        ``u_mean``).
+    path : path
+        Output PNG.
 
+    Returns
+    -------
+    pathlib.Path
+    """
     steps = np.array([r["step"] for r in history])
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    fig = _figure((12, 3.2))
+    axes = fig.subplots(1, 3)
     for key, ax in zip(("ml", "kl", "u_mean"), axes):
         values = np.array([r.get(key, np.nan) for r in history], dtype=float)
         ax.plot(steps, values, lw=0.8)
         ax.set_xlabel("step")
         ax.set_ylabel({"ml": "ML loss", "kl": "KL loss (kT)", "u_mean": "mean energy of samples (kT)"}[key])
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, dpi=110)

@@ -3,9 +3,9 @@
 `ContextEvaluator` is the unit of work of the energy layer: the in-process backend of
 `OpenMMEnergy` (``n_workers=1``) and each worker process of the pool own one. It works on
 plain numpy arrays in OpenMM's units (positions nm, energies kJ/mol, forces kJ/mol/nm) and
-applies the failure convention of the design notes: a configuration with non-finite input,
-an OpenMM exception, or a non-finite energy or force gets energy ``+inf`` and force ``0``,
-and only that configuration.
+applies the failure convention (``docs/design.md``, "Out of domain and failed evaluations"): a
+configuration with non-finite input, an OpenMM exception, or a non-finite energy or force gets
+energy ``+inf`` and force ``0``, and only that configuration.
 
 Examples
 --------

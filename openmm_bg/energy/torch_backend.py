@@ -1,11 +1,11 @@
 """The ``"torch"`` backend of `OpenMMEnergy`: a batched torch force field checked against OpenMM.
 
 `TorchBackend` wraps ``openmm_bg.energy.torchff.TorchForceField`` (imported lazily, so
-that the OpenMM backend works without it), applies the failure convention of the design notes
-(non-finite input, energy or force -> energy ``+inf``, force ``0``, that row only) and, at
-construction, compares energies and forces with an OpenMM ``Reference`` context on a few
-perturbed configurations, refusing the force field if they differ by more than ``tolerance``
-(relative).
+that the OpenMM backend works without it), applies the failure convention of ``docs/design.md``
+("Out of domain and failed evaluations": non-finite input, energy or force -> energy ``+inf``,
+force ``0``, that row only) and, at construction, compares energies and forces with an OpenMM
+``Reference`` context on a few perturbed configurations, refusing the force field if they differ
+by more than ``tolerance`` (relative).
 
 Examples
 --------

@@ -6,6 +6,9 @@ determinant of the map applied. Dimensions are real, circular (``[low, high)``, 
 ``[-pi, pi)``) or bounded intervals (``(low, high)``), described by a :class:`Domain`; every
 layer keeps each dimension in its domain by construction.
 
+The names below are the public API; the spline math (:mod:`.splines`: ``knots``, ``rq_spline``,
+``derivatives``) and the builder's ``block_masks`` stay importable from their modules.
+
 Modules: :mod:`.domain` (per-dimension domains), :mod:`.base` (Transform protocol,
 Sequential, Permutation, MLP), :mod:`.coupling` (RealNVP affine coupling), :mod:`.splines`
 (rational-quadratic spline math), :mod:`.spline_coupling` (circular / interval / tailed spline
@@ -25,13 +28,12 @@ Examples
 """
 
 from .base import MLP, Permutation, Sequential, Transform
-from .builder import block_masks, build_flow
+from .builder import build_flow
 from .coupling import AffineCoupling
 from .domain import CIRCULAR, INTERVAL, REAL, Domain
 from .flow import Flow, FlowSample
 from .priors import Prior
 from .spline_coupling import SplineCoupling
-from .splines import derivatives, knots, rq_spline
 from .standardize import Standardize
 
 __all__ = [
@@ -49,9 +51,5 @@ __all__ = [
     "SplineCoupling",
     "Standardize",
     "Transform",
-    "block_masks",
     "build_flow",
-    "derivatives",
-    "knots",
-    "rq_spline",
 ]

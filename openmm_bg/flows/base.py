@@ -1,9 +1,9 @@
 """The invertible-transform protocol, composition and permutation.
 
-Direction convention (design notes): ``forward`` maps latent ``z`` to output ``y`` (the
-configuration side), ``inverse`` maps ``y`` to ``z``. Both take ``[batch, n_dof]`` and return
-``(output, log_det)``, where ``log_det`` ``[batch]`` is ``log|det J|`` of the map just applied,
-so ``forward(z)[1] + inverse(forward(z)[0])[1] == 0``.
+Direction convention (``docs/design.md``, "Directions and log-determinants"): ``forward`` maps
+latent ``z`` to output ``y`` (the configuration side), ``inverse`` maps ``y`` to ``z``. Both take
+``[batch, n_dof]`` and return ``(output, log_det)``, where ``log_det`` ``[batch]`` is
+``log|det J|`` of the map just applied, so ``forward(z)[1] + inverse(forward(z)[0])[1] == 0``.
 
 Examples
 --------

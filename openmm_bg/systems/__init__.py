@@ -13,14 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..constants import kT_kJ_per_mol
 from .dimer import dimer_in_solvent
 from .loaders import from_files, from_openmm, from_pdb
-from .molecular_system import MolecularSystem, ReactionCoordinate, State, kT_kJ_per_mol
+from .molecular_system import MolecularSystem, PeriodicSystemError, ReactionCoordinate, State, require_nonperiodic
 from .peptides import alanine_dipeptide, trpzip2
 from .toy import double_well, mueller_brown
 
 __all__ = ["MolecularSystem", "ReactionCoordinate", "State", "load", "names", "from_files",
-           "from_pdb", "from_openmm", "kT_kJ_per_mol", "BUILTIN"]
+           "from_pdb", "from_openmm", "kT_kJ_per_mol", "BUILTIN", "PeriodicSystemError", "require_nonperiodic"]
 
 #: Built-in systems: name -> builder taking keyword options.
 BUILTIN: dict[str, Callable[..., MolecularSystem]] = {

@@ -21,8 +21,9 @@ import openmm
 import openmm.app as app
 import torch
 
+from ..constants import kT_kJ_per_mol
 from ..data import forcefield_path, structure_path
-from .molecular_system import MolecularSystem, ReactionCoordinate, interval_state, kT_kJ_per_mol
+from .molecular_system import MolecularSystem, ReactionCoordinate, interval_state
 from .toy import Z_CONFINEMENT
 
 __all__ = ["dimer_in_solvent", "DIMER_PARAMETERS", "dimer_energy"]

@@ -29,18 +29,11 @@ import openmm.app as app
 import openmm.unit as unit
 import torch
 
+from ..constants import MOLAR_GAS_CONSTANT, kT_kJ_per_mol  # noqa: F401  (re-exported: old home)
 from ..geometry import as_tensor
 
-__all__ = ["MolecularSystem", "ReactionCoordinate", "State", "kT_kJ_per_mol"]
-
-#: Molar gas constant in kJ/(mol K), as OpenMM uses it.
-MOLAR_GAS_CONSTANT = (unit.MOLAR_GAS_CONSTANT_R).value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
-
-
-def kT_kJ_per_mol(temperature: float) -> float:
-    """Thermal energy kT in kJ/mol at ``temperature`` (K)."""
-    return MOLAR_GAS_CONSTANT * float(temperature)
-
+__all__ = ["MolecularSystem", "ReactionCoordinate", "State", "PeriodicSystemError", "require_nonperiodic",
+           "kT_kJ_per_mol"]
 
 @dataclass(frozen=True)
 class ReactionCoordinate:
@@ -286,11 +279,59 @@ class MolecularSystem:
                 f"states: {states}")
 
     def require_nonperiodic(self, what: str = "a Boltzmann Generator") -> None:
-        """Raise a clear error if the system is periodic (explicit solvent)."""
-        if self.periodic:
-            raise ValueError(
-                f"system {self.name!r} is periodic (explicit solvent or a periodic box); {what} "
-                "supports single molecules in vacuum or implicit solvent only. Strip the solvent "
-                "and rebuild the System with implicitSolvent=OBC2 (or vacuum), nonbondedMethod=NoCutoff"
-            )
+        """Raise `PeriodicSystemError` if the system is periodic (see `require_nonperiodic`)."""
+        require_nonperiodic(self, what)
+
+
+class PeriodicSystemError(ValueError):
+    """A periodic (explicit-solvent) system was given where a Boltzmann Generator needs a molecule."""
+
+
+def require_nonperiodic(system: MolecularSystem | openmm.System, what: str = "a Boltzmann Generator",
+                        remedy: str | None = None) -> None:
+    """Refuse a periodic system (explicit solvent or a periodic box) with one clear message.
+
+    The one periodic check of openmm-bg: Boltzmann Generators model single molecules in vacuum or
+    implicit solvent; every layer that needs that calls this function.
+
+    Parameters
+    ----------
+    system : MolecularSystem or openmm.System
+        The system to check.
+    what : str
+        What refuses it, as the subject of the message (e.g. ``"openmm_bg.simulate"``).
+    remedy : str, optional
+        A further way out, appended to the message (e.g. an ``allow_periodic=True`` option).
+
+    Raises
+    ------
+    PeriodicSystemError
+        If ``system`` uses periodic boundary conditions.
+
+    Examples
+    --------
+    >>> import openmm
+    >>> box = openmm.System()
+    >>> box.setDefaultPeriodicBoxVectors(openmm.Vec3(2, 0, 0), openmm.Vec3(0, 2, 0), openmm.Vec3(0, 0, 2))
+    >>> _ = box.addParticle(1.0)
+    >>> nb = openmm.NonbondedForce(); nb.setNonbondedMethod(openmm.NonbondedForce.PME)
+    >>> _ = nb.addParticle(0.0, 0.3, 0.0); _ = box.addForce(nb)
+    >>> try:
+    ...     require_nonperiodic(box, "the demo")
+    ... except PeriodicSystemError as err:
+    ...     print(err)  # doctest: +ELLIPSIS
+    the System is periodic (explicit solvent or a periodic box); the demo supports single molecules ...
+    """
+    if isinstance(system, MolecularSystem):
+        omm, label = system.system, f"system {system.name!r}"
+    else:
+        omm, label = system, "the System"
+    if not omm.usesPeriodicBoundaryConditions():
+        return
+    message = (f"{label} is periodic (explicit solvent or a periodic box); {what} supports single molecules "
+               "in vacuum or implicit solvent only. Rebuild the System without solvent (vacuum, or "
+               "implicitSolvent=OBC2 with nonbondedMethod=NoCutoff)")
+    if remedy:
+        message += f", or {remedy}"
+    raise PeriodicSystemError(message)
 

@@ -1,4 +1,4 @@
-"""Two-dimensional toy potentials as real OpenMM Systems: the seed's double well and Mueller-Brown.
+"""Two-dimensional toy potentials as real OpenMM Systems: the paper's double well and Mueller-Brown.
 
 Each is one particle whose x, y move in a potential given in kT; z is held near 0 by a stiff
 harmonic term (``Z_CONFINEMENT`` kT/nm^2) and is not a free dimension. Energies in OpenMM are the
@@ -20,7 +20,8 @@ import openmm
 import openmm.app as app
 import torch
 
-from .molecular_system import MolecularSystem, ReactionCoordinate, interval_state, kT_kJ_per_mol
+from ..constants import kT_kJ_per_mol
+from .molecular_system import MolecularSystem, ReactionCoordinate, interval_state
 
 __all__ = ["double_well", "mueller_brown", "Z_CONFINEMENT", "DOUBLE_WELL_EXPRESSION",
            "MUELLER_BROWN_PARAMETERS"]
@@ -28,7 +29,7 @@ __all__ = ["double_well", "mueller_brown", "Z_CONFINEMENT", "DOUBLE_WELL_EXPRESS
 #: Force constant (kT/nm^2) of the harmonic term that keeps 2D particles in the z = 0 plane.
 Z_CONFINEMENT = 1000.0
 
-#: Seed's double well in reduced units (x, y in nm).
+#: The paper's double well in reduced units (x, y in nm).
 DOUBLE_WELL_EXPRESSION = "x^4 - 6*x^2 + x + 0.5*y^2"
 
 #: Standard Mueller-Brown parameters (A, a, b, c, x0, y0); the system uses 0.1 x this potential.
@@ -80,7 +81,7 @@ def _confinement(x: torch.Tensor) -> torch.Tensor:
 
 
 def double_well_energy(x: torch.Tensor) -> torch.Tensor:
-    """Reduced energy (kT) of the seed's double well, ``[batch, 1, 3] -> [batch]``."""
+    """Reduced energy (kT) of the paper's double well, ``[batch, 1, 3] -> [batch]``."""
     x1, x2 = x[..., 0, 0], x[..., 0, 1]
     return x1**4 - 6 * x1**2 + x1 + 0.5 * x2**2 + _confinement(x)
 
@@ -101,7 +102,7 @@ def _plane_mask() -> np.ndarray:
 
 
 def double_well(temperature: float = 300.0, mass: float = 1.0) -> MolecularSystem:
-    """The seed's 2D double well u = x1^4 - 6 x1^2 + x1 + x2^2/2 (kT), one particle.
+    """The paper's 2D double well u = x1^4 - 6 x1^2 + x1 + x2^2/2 (kT), one particle.
 
     Parameters
     ----------
@@ -120,7 +121,7 @@ def double_well(temperature: float = 300.0, mass: float = 1.0) -> MolecularSyste
         states={"left": interval_state("left", x1, -np.inf, 0.0),
                 "right": interval_state("right", x1, 0.0, np.inf)},
         rotation_invariant=False, free_dims=_plane_mask(), analytic_energy=double_well_energy,
-        description="seed's 2D double well u = x1^4 - 6 x1^2 + x1 + x2^2/2 (kT)",
+        description="the paper's 2D double well u = x1^4 - 6 x1^2 + x1 + x2^2/2 (kT)",
     )
 
 

@@ -2,7 +2,8 @@
 
 Modules: :mod:`.stages` (`Stage`, `default_stages`, `load_stages`), :mod:`.losses` (`ml_loss`,
 `kl_loss`, `rc_loss`), :mod:`.regularization` (the lin-log energy cut, training only),
-:mod:`.trainer` (`Trainer`: schedule, metrics, checkpoints, resume). Formulas: ``docs/design.md``.
+:mod:`.trainer` (`Trainer`: schedule, metrics, checkpoints, resume). Formulas: ``docs/design.md``,
+"Key formulas".
 
 Losses, per batch:
 
@@ -15,13 +16,9 @@ Losses, per batch:
 
 Examples
 --------
->>> import openmm_bg
->>> from openmm_bg.systems import load
 >>> from openmm_bg.training import Stage, Trainer
->>> dw = load("double_well")
->>> data = openmm_bg.simulate(dw, n_frames=200, stride=10, seed=0, progress=False)
->>> gen = openmm_bg.BoltzmannGenerator.build(dw, data, n_blocks=2, hidden=(16,))
->>> history = Trainer(gen, data, [Stage("ml", steps=20, batch_size=64)], progress=False).fit()
+>>> # dw_data: MD frames of the double well; dw_gen: a generator built on them (conftest.py)
+>>> history = Trainer(dw_gen, dw_data, [Stage("ml", steps=20, batch_size=64)], progress=False).fit()
 >>> len(history), history[-1]["stage"], history[-1]["n_skipped"]
 (20, 'ml', 0)
 """

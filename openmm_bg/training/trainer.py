@@ -7,13 +7,10 @@ checkpoint and ends where an uninterrupted run with the same seed ends.
 
 Examples
 --------
->>> import openmm_bg
->>> from openmm_bg.systems import load
 >>> from openmm_bg.training import Stage, Trainer
->>> dw = load("double_well")
->>> data = openmm_bg.simulate(dw, n_frames=200, stride=10, seed=0, progress=False)
->>> gen = openmm_bg.BoltzmannGenerator.build(dw, data, n_blocks=2, hidden=(16,))
->>> history = Trainer(gen, data, [Stage("ml", steps=20, batch_size=64)], progress=False).fit()
+>>> # dw_data: MD frames of the double well; dw_gen: a generator built on them (conftest.py)
+>>> trainer = Trainer(dw_gen, dw_data, [Stage("ml", steps=20, batch_size=64)], seed=0, progress=False)
+>>> history = trainer.fit()
 >>> len(history), history[-1]["stage"], history[-1]["n_skipped"]
 (20, 'ml', 0)
 """

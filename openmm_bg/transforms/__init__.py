@@ -9,6 +9,11 @@
 - `random_rotation`, `apply_rigid`, `randomize_orientation`: rigid-body helpers for MCMC moves.
 - `DimInfo`: per-dimension metadata (circular / bounded / positive masks, bounds, atoms, names).
 
+Building blocks stay importable from their modules: :mod:`.internal` (bond lengths, angles,
+torsions and NeRF placement), :mod:`.core` (`Whitening`, the rigid frame of the Cartesian core,
+``SO3_VOLUME``), :mod:`.dims` (``DOMAINS``). Angles and dihedrals of positions are
+`openmm_bg.geometry`'s.
+
 Conventions: ``forward(y) -> (x, log_det)`` maps flow coordinates to positions (nm) and
 ``inverse(x) -> (y, log_det)`` the reverse; each log_det is log|det J| of the map applied.
 
@@ -23,9 +28,7 @@ Examples
 
 from .cartesian import CartesianTransform
 from .chirality import Stereocentres, stereocentres
-from .core import SO3_VOLUME, Whitening, frame_coordinates, frame_positions
-from .dims import DOMAINS, DimInfo
-from .internal import bond_angles, bond_lengths, internal_coordinates, place_atoms, torsions
+from .dims import DimInfo
 from .mixed import ConstraintError, MixedTransform
 from .rigid import apply_rigid, random_rotation, randomize_orientation
 from .zmatrix import DisconnectedTopologyError, ZMatrix, build_zmatrix
@@ -34,7 +37,6 @@ __all__ = [
     "build_zmatrix", "ZMatrix", "DisconnectedTopologyError",
     "MixedTransform", "ConstraintError", "CartesianTransform",
     "stereocentres", "Stereocentres",
-    "random_rotation", "apply_rigid", "randomize_orientation", "SO3_VOLUME",
-    "DimInfo", "DOMAINS", "Whitening", "frame_coordinates", "frame_positions",
-    "bond_lengths", "bond_angles", "torsions", "place_atoms", "internal_coordinates",
+    "random_rotation", "apply_rigid", "randomize_orientation",
+    "DimInfo",
 ]

@@ -1,7 +1,7 @@
 """Stereocentres of a reference structure and detection of inverted samples.
 
 Force fields without chiral terms give a mirror image the same energy, so the target of a Boltzmann
-Generator is restricted to the stereoisomer of the input structure (design notes, "Chirality").
+Generator is restricted to the stereoisomer of the input structure (``docs/design.md``, "Chirality").
 `stereocentres` finds the tetrahedral stereocentres of the reference: atoms with four bonded
 neighbours whose four substituent branches are pairwise different. Branches are compared by a
 canonical invariant of the branch seen from the centre (element-based extended connectivity on the

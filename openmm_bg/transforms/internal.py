@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from ..geometry import dihedral
+from ..geometry import angle, bond_dihedral, dihedral, distance, vector_angle
 
 __all__ = ["bond_lengths", "bond_angles", "torsions", "place_atoms", "internal_coordinates"]
 
@@ -46,23 +46,21 @@ def bond_lengths(x: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Ten
     torch.Tensor
         ``[batch, m]``.
     """
-    return torch.linalg.norm(x[:, i] - x[:, j], dim=-1)
+    return distance(x, i, j)
 
 
 def bond_angles(x: torch.Tensor, i: torch.Tensor, j: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Angles ``i-j-k`` in radians, ``[batch, m]``, in ``[0, pi]``.
 
-    Computed as ``atan2(|a x b|, a . b)``: accurate near 0 and pi and without any clamping. A
-    zero-length bond gives 0 (its ``log sin`` is ``-inf``); NaN input gives NaN.
+    `openmm_bg.geometry.angle`: ``atan2(|a x b|, a . b)``, accurate near 0 and pi and without any
+    clamping. A zero-length bond gives 0 (its ``log sin`` is ``-inf``); NaN input gives NaN.
     """
-    a = x[:, i] - x[:, j]
-    b = x[:, k] - x[:, j]
-    return torch.atan2(torch.linalg.norm(torch.linalg.cross(a, b), dim=-1), (a * b).sum(-1))
+    return angle(x, i, j, k)
 
 
 def torsions(x: torch.Tensor, i: torch.Tensor, j: torch.Tensor, k: torch.Tensor,
              l: torch.Tensor) -> torch.Tensor:
-    """Torsions ``i-j-k-l`` in radians, ``[batch, m]``, in ``(-pi, pi]`` (mdtraj convention)."""
+    """Torsions ``i-j-k-l`` in radians, ``[batch, m]``, in ``(-pi, pi]`` (`openmm_bg.geometry.dihedral`)."""
     return dihedral(x, i, j, k, l)
 
 
@@ -117,14 +115,7 @@ def internal_coordinates(x: torch.Tensor, i: torch.Tensor, j: torch.Tensor, k: t
     """
     m = i.shape[0]
     xi, xj, xk, xl = x.index_select(1, torch.cat([i, j, k, l])).unflatten(1, (4, m)).unbind(1)
-    u = xi - xj
-    v = xk - xj
-    w = xl - xk
-    bond = torch.linalg.norm(u, dim=-1)
-    uv = torch.linalg.cross(u, v)
-    angle = torch.atan2(torch.linalg.norm(uv, dim=-1), (u * v).sum(-1))
-    # as openmm_bg.geometry.dihedral (mdtraj): b1 = xj - xi = -u, b2 = v, b3 = w,
-    # n1 = b1 x b2 = -(u x v), n2 = b2 x b3, torsion = atan2(|b2| b1 . n2, n1 . n2)
-    n2 = torch.linalg.cross(v, w)
-    torsion = torch.atan2(-torch.linalg.norm(v, dim=-1) * (u * n2).sum(-1), -(uv * n2).sum(-1))
-    return bond, angle, torsion
+    b1 = xj - xi
+    b2 = xk - xj
+    bond = torch.linalg.norm(b1, dim=-1)
+    return bond, vector_angle(-b1, b2), bond_dihedral(b1, b2, xl - xk)

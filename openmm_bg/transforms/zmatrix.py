@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..geometry import vector_angle
+
 __all__ = ["ZMatrix", "build_zmatrix", "DisconnectedTopologyError"]
 
 
@@ -267,7 +269,7 @@ def _resolve_core(cartesian, topology, res, adj, is_h, ok_angle) -> list[int]:
 
 def _angle_deg(pos, a, b, c) -> float:
     u, v = pos[a] - pos[b], pos[c] - pos[b]
-    return float(np.degrees(np.arctan2(np.linalg.norm(np.cross(u, v)), np.dot(u, v))))
+    return float(np.degrees(vector_angle(u, v)))
 
 
 def build_zmatrix(topology, cartesian: str | Sequence[int] | None = None,

@@ -12,14 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...constants import KJ_PER_KCAL, kT_kJ_per_mol
 from ...systems import MolecularSystem, State
-from ...systems.molecular_system import kT_kJ_per_mol
 from .. import reweighting
 from ..reweighting import WeightDiagnostics
 from ..samples import Samples
-
-#: kJ per kcal (thermochemical calorie).
-KJ_PER_KCAL = 4.184
 
 
 class _KcalUnits:

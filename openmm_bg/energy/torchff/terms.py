@@ -25,10 +25,10 @@ import openmm
 import torch
 from torch import nn
 
+from ...constants import ONE_4PI_EPS0  # Coulomb constant, kJ mol^-1 nm e^-2 (as OpenMM's Reference)
+
 __all__ = ["ONE_4PI_EPS0"]
 
-#: Coulomb constant 1/(4 pi eps0) in kJ mol^-1 nm e^-2, as OpenMM's Reference platform.
-ONE_4PI_EPS0 = 138.935456
 
 
 class _Unsupported(ValueError):
