@@ -173,3 +173,34 @@ def test_log_weight_formula_matches_definition(double_well):
     z, log_det, ok = gen.inverse(samples.positions)
     log_p = -0.5 * (z.double() ** 2).sum(-1) - 0.5 * z.shape[1] * math.log(2 * math.pi) + log_det
     np.testing.assert_allclose(samples.log_weights, -u - log_p.detach().numpy(), atol=1e-4)
+
+
+def test_propose_is_the_one_path_of_sample(alanine):
+    """sample, propose(n), propose(z=) and log_prob agree; invalid rows are finite placeholders with
+    log_q = -inf; log_weight_latent is log_weights on the same configurations, and differentiable."""
+    system, data, gen = alanine
+    samples = gen.sample(300, seed=4, temperature=900.0)
+    p = gen.propose(300, temperature=900.0, generator=torch.Generator().manual_seed(4))
+    ok = p.ok.numpy()
+    np.testing.assert_array_equal(samples.log_prob, p.log_q.detach().numpy())
+    np.testing.assert_array_equal(samples.positions[ok], p.x.detach().numpy()[ok])
+    assert np.isnan(samples.positions[~ok]).all()
+    again = gen.propose(z=p.z, temperature=900.0)
+    assert torch.equal(again.x, p.x) and torch.equal(again.log_q, p.log_q)
+    np.testing.assert_allclose(gen.log_prob(p.x[p.ok], temperature=900.0).detach().numpy(),
+                               p.log_q[p.ok].detach().numpy(), atol=2e-3)
+    # a hot prior leaves the domain: placeholders, no NaN, and the batch stays differentiable
+    hot = gen.propose(200, temperature=30000.0, generator=torch.Generator().manual_seed(0))
+    assert 0 < int((~hot.ok).sum()) < 200
+    assert torch.isfinite(hot.x).all() and (hot.log_q[~hot.ok] == -math.inf).all()
+    assert (hot.log_det[~hot.ok] == 0).all() and torch.isfinite(hot.log_q[hot.ok]).all()
+    z = p.z[:20].clone().requires_grad_(True)
+    log_w, prop = gen.log_weight_latent(z, temperature=900.0)
+    expected = gen.log_weights(prop.x.detach(), temperature=900.0)
+    np.testing.assert_allclose(log_w.detach().numpy(), expected.numpy(), atol=2e-3)
+    log_w[torch.isfinite(log_w)].sum().backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="n or latent points"):
+        gen.propose()
+    with pytest.raises(ValueError, match="shape"):
+        gen.propose(z=torch.zeros(3, gen.n_dof + 1))

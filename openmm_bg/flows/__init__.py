@@ -28,7 +28,7 @@ from .base import MLP, Permutation, Sequential, Transform
 from .builder import block_masks, build_flow
 from .coupling import AffineCoupling
 from .domain import CIRCULAR, INTERVAL, REAL, Domain
-from .flow import Flow, FlowSample
+from .flow import Flow
 from .priors import Prior
 from .spline_coupling import SplineCoupling
 from .splines import derivatives, knots, rq_spline
@@ -42,7 +42,6 @@ __all__ = [
     "AffineCoupling",
     "Domain",
     "Flow",
-    "FlowSample",
     "Permutation",
     "Prior",
     "Sequential",

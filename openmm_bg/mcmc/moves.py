@@ -634,12 +634,10 @@ class BoltzmannGeneratorMove(_GeneratorMove):
         rotate = isinstance(gen.transform, MixedTransform)
         with torch.no_grad():
             lp_cur = self._current_log_prob(gen, x_cur, t_prior) if self.hastings else 0.0
-            z = gen.sample_latent(self.n_proposals, tgen, t_prior)
-            x_new, log_det, ok = gen.forward(z)
-            # exact density of each proposal, from the forward pass (as BoltzmannGenerator.sample)
-            scale = gen._temperature_scale(t_prior)
-            lp_new = (-gen.flow.prior.energy(z, scale).to(torch.float64) - log_det).cpu().numpy()
-            x_new = torch.where(ok[:, None, None], x_new, torch.zeros_like(x_new)).cpu()
+            proposal = gen.propose(self.n_proposals, temperature=t_prior, generator=tgen)
+            lp_new = proposal.log_q.cpu().numpy()
+            ok = proposal.ok
+            x_new = proposal.x.cpu()
             if rotate:  # uniform orientation, current centre of mass; log p_X is invariant to both
                 masses = torch.as_tensor(gen.system.masses, dtype=torch.float64)
                 com = (torch.as_tensor(x_cur) * masses[:, None]).sum(0) / masses.sum()
@@ -749,7 +747,7 @@ class LatentMetropolisMove(_GeneratorMove):
         self.n_steps = int(state.get("n_steps", 1))
 
     def _wrap(self, gen: BoltzmannGenerator, z: torch.Tensor) -> torch.Tensor:
-        dom = gen.flow.prior.domain
+        dom = gen.latent_domain
         circ = [i for i, k in enumerate(dom.kinds) if k == "circular"]
         if not circ:
             return z
@@ -793,13 +791,11 @@ class LatentMetropolisMove(_GeneratorMove):
             with torch.no_grad():
                 noise = torch.randn(z.shape, generator=tgen, dtype=z.dtype, device=z.device)
                 z_new = self._wrap(gen, z + self.step_size * noise)
-                if not bool(gen.flow.prior.domain.contains(z_new)[0]):
+                proposal = gen.propose(z=z_new)
+                if not bool(proposal.ok[0]):
                     self.n_out_of_domain += 1
                     continue
-                x_new, ld_new, ok = gen.forward(z_new)
-                if not bool(ok[0]):
-                    self.n_out_of_domain += 1
-                    continue
+                x_new, ld_new = proposal.x, proposal.log_det
                 if mixed:
                     x_new = _place(x_new, *frame)
                 elif free is not None:

@@ -31,7 +31,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import openmm
@@ -47,7 +47,7 @@ from ..systems import MolecularSystem
 from ..systems.trajectory import check_trajectory
 from ..transforms import CartesianTransform, MixedTransform, stereocentres
 
-__all__ = ["BoltzmannGenerator", "ModelMismatchError", "FORMAT_VERSION"]
+__all__ = ["BoltzmannGenerator", "Proposal", "ModelMismatchError", "FORMAT_VERSION"]
 
 #: Version of the file format written by `BoltzmannGenerator.save`.
 FORMAT_VERSION = 1
@@ -90,6 +90,41 @@ def check_fingerprint(saved: dict, system: MolecularSystem, what: str = "generat
         warnings.warn(f"the force parameters of {system.name!r} differ from those the {what} was trained "
                       "with; weights stay exact for the new system, but expect a lower ESS",
                       UserWarning, stacklevel=3)
+
+
+class Proposal(NamedTuple):
+    """Configurations pushed through the generator with their exact log density: `BoltzmannGenerator.propose`.
+
+    Every row is either valid (``ok``) or carries weight 0. Invalid rows hold finite placeholder
+    values (the training data's mean structure in ``x``, 0 in ``log_det``) so that autograd never
+    sees NaN; they are meaningless and must be selected away with ``ok``.
+
+    Attributes
+    ----------
+    z : Tensor ``[n, n_dof]``
+        Latent points (flow dtype).
+    x : Tensor ``[n, n_atoms, 3]``
+        float64 configurations in nm, in the generator's frame (no rotation, first core atom at the
+        origin for molecules; confined components 0 for toy systems).
+    log_q : Tensor ``[n]``
+        float64 exact ``log p_X(x)`` in Cartesian space (rigid-body motion uniform) of the
+        (temperature-scaled) proposal that drew ``z``; ``-inf`` where not ``ok``.
+    log_det : Tensor ``[n]``
+        float64 ``log|det d(x, R, t)/dz|`` (``log|det J_zx(z)|``); 0 where not ``ok``.
+    prior_energy : Tensor ``[n]``
+        float64 ``u_Z(z)`` of the (temperature-scaled) prior, normalised; ``+inf`` outside the latent domain.
+    ok : Tensor ``bool[n]``
+        ``z`` in the latent domain, every intermediate coordinate in its domain and a finite log-det.
+        (Stereochemistry and energies are not checked here: see `BoltzmannGenerator.inverted` and
+        `BoltzmannGenerator.log_weight_latent`.)
+    """
+
+    z: torch.Tensor
+    x: torch.Tensor
+    log_q: torch.Tensor
+    log_det: torch.Tensor
+    prior_energy: torch.Tensor
+    ok: torch.Tensor
 
 
 class BoltzmannGenerator(nn.Module):
@@ -227,8 +262,12 @@ class BoltzmannGenerator(nn.Module):
 
     # ------------------------------------------------------------------ maps
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Latent ``z`` ``[batch, n_dof]`` -> ``(x [batch, n_atoms, 3] float64 nm, log_det [batch],
-        in_domain bool[batch])`` with ``log_det = log|det d(x, R, t)/dz|``."""
+        """The raw map: latent ``z`` ``[batch, n_dof]`` -> ``(x [batch, n_atoms, 3] float64 nm,
+        log_det [batch], in_domain bool[batch])`` with ``log_det = log|det d(x, R, t)/dz|``.
+
+        Rows not ``in_domain`` hold unspecified values (possibly NaN); use `propose` for draws with
+        their densities and finite placeholders.
+        """
         v, ld_flow = self.flow(z)
         ok = self.flow.in_domain(v) & self.standardize.in_domain(v)
         v64 = v.to(torch.float64)
@@ -313,6 +352,111 @@ class BoltzmannGenerator(nn.Module):
         return self.flow.prior.sample(n, generator=generator, temperature_scale=self._temperature_scale(temperature),
                                       dtype=self.flow_dtype, device=self.device)
 
+    @property
+    def latent_domain(self) -> Domain:
+        """Domain of the latent space (real, circular and interval dimensions of the prior)."""
+        return self.flow.prior.domain
+
+    def propose(self, n: int | None = None, *, z: torch.Tensor | None = None, temperature: float | None = None,
+                generator: torch.Generator | None = None) -> Proposal:
+        """Configurations with their exact log density: the one path from ``z`` to ``(x, log p_X(x))``.
+
+        ``log_q = -u_Z(z) - log|det J_zx(z)|`` with ``u_Z`` the prior at ``temperature`` (the proposal
+        density in Cartesian space, rigid-body motion uniform). Differentiable with respect to the
+        flow's parameters (and ``z``) when called with gradients enabled; invalid rows hold finite
+        placeholders (see `Proposal`).
+
+        Parameters
+        ----------
+        n : int, optional
+            Draw ``n`` latent points from the (temperature-scaled) prior.
+        z : Tensor ``[m, n_dof]``, optional
+            Use these latent points instead (keyword only; ``n`` must then be omitted or equal ``m``).
+        temperature : float, optional
+            K; the prior is scaled by ``T / T_train`` (see `sample`). Default: the generator's
+            temperature.
+        generator : torch.Generator, optional
+            Source of randomness for drawing ``z`` (same state, same draws).
+
+        Returns
+        -------
+        Proposal
+
+        Examples
+        --------
+        >>> import torch, openmm_bg
+        >>> from openmm_bg.systems import load
+        >>> dw = load("double_well")
+        >>> data = openmm_bg.simulate(dw, n_frames=100, stride=10, seed=0, progress=False)
+        >>> gen = openmm_bg.BoltzmannGenerator.build(dw, data, n_blocks=2, hidden=(16,), seed=0)
+        >>> p = gen.propose(5, generator=torch.Generator().manual_seed(0))
+        >>> p.x.shape, p.log_q.dtype, bool(p.ok.all())
+        (torch.Size([5, 1, 3]), torch.float64, True)
+        """
+        scale = self._temperature_scale(temperature)
+        if z is None:
+            if n is None:
+                raise ValueError("propose needs the number of samples n or latent points z=...")
+            if int(n) < 0:
+                raise ValueError(f"n must be >= 0, got {n}")
+            z = self.flow.prior.sample(int(n), generator=generator, temperature_scale=scale, dtype=self.flow_dtype,
+                                       device=self.device)
+        else:
+            if generator is not None:
+                raise ValueError("generator draws latent points; it cannot be combined with z=...")
+            z = torch.as_tensor(z)
+            if z.dim() != 2 or z.shape[1] != self.n_dof:
+                raise ValueError(f"z must have shape [batch, {self.n_dof}], got {tuple(z.shape)}")
+            if n is not None and int(n) != z.shape[0]:
+                raise ValueError(f"n={n} disagrees with the {z.shape[0]} latent points given")
+            z = z.to(device=self.device, dtype=self.flow_dtype)
+        x, log_det, ok = self.forward(z)
+        u_z = self.flow.prior.energy(z, scale).to(torch.float64)
+        ok = ok & torch.isfinite(u_z)
+        log_det = torch.where(ok, log_det, torch.zeros_like(log_det))
+        x = torch.where(ok[:, None, None], x, self._placeholder_x(x))
+        log_q = torch.where(ok, -u_z - log_det, torch.full_like(log_det, -math.inf))
+        return Proposal(z, x, log_q, log_det, u_z, ok)
+
+    def _placeholder_x(self, like: torch.Tensor) -> torch.Tensor:
+        """The mean structure ``[1, n_atoms, 3]``: what invalid rows of a `Proposal` hold."""
+        with torch.no_grad():
+            y = self.standardize.shift.to(device=like.device, dtype=torch.float64)[None]
+            x, _ = self.transform(y)
+        return x.to(like)
+
+    def log_weight_latent(self, z: torch.Tensor, temperature: float | None = None) -> tuple[torch.Tensor, Proposal]:
+        """Log importance weights of latent points, ``log w(z) = -u(F(z)) + u_Z(z) + log|det J_zx(z)|``.
+
+        The weight of ``x = F(z)`` as a draw of the (temperature-scaled) proposal, with the raw
+        reduced energy ``u`` at ``temperature`` (no lin-log cut). Differentiable with respect to
+        ``z`` and the flow's parameters when gradients are enabled (e.g. for annealed or
+        gradient-based samplers in latent space).
+
+        Parameters
+        ----------
+        z : Tensor ``[batch, n_dof]``
+            Latent points.
+        temperature : float, optional
+            K (default: the generator's temperature).
+
+        Returns
+        -------
+        log_w : Tensor ``[batch]``
+            float64; ``-inf`` out of domain, with an inverted stereocentre or a failed energy.
+        proposal : Proposal
+            The configurations and densities the weights were computed from.
+        """
+        t = self._temperature(temperature)
+        p = self.propose(z=z, temperature=t)
+        u = torch.full_like(p.log_q, math.inf)
+        if bool(p.ok.any()):
+            u = u.index_put((p.ok.nonzero()[:, 0],), self.reduced_energy(p.x[p.ok], t).to(u))
+        good = p.ok & torch.isfinite(u) & ~self.inverted(p.x).to(p.ok.device)
+        lw = torch.where(good, -u - torch.where(good, p.log_q, torch.zeros_like(p.log_q)),
+                         torch.full_like(u, -math.inf))
+        return lw, p
+
     def sample(self, n: int, temperature: float | None = None, seed: int | None = 0, batch_size: int = 4096,
                progress: bool = False) -> Samples:
         """Draw ``n`` configurations with energies and exact importance weights.
@@ -334,9 +478,9 @@ class BoltzmannGenerator(nn.Module):
         Returns
         -------
         Samples
-            Positions (nm, in the generator's frame), energies (kT at ``temperature``), log densities
-            and log weights; samples out of domain, with an inverted stereocentre or a failed energy
-            have weight 0 and are counted.
+            Positions (nm, in the generator's frame; NaN rows out of domain), energies (kT at
+            ``temperature``), log densities and log weights; samples out of domain, with an
+            inverted stereocentre or a failed energy have weight 0 and are counted.
         """
         from tqdm.auto import tqdm
 
@@ -351,18 +495,14 @@ class BoltzmannGenerator(nn.Module):
             done = 0
             while done < n:
                 m = min(batch_size, n - done)
-                z = self.sample_latent(m, gen, t)
-                x, log_det, ok = self.forward(z)
-                lp = -self.flow.prior.energy(z, self._temperature_scale(t)).to(torch.float64) - log_det
-                lp = torch.where(ok, lp, torch.full_like(lp, -math.inf))
-                x = torch.where(ok[:, None, None], x, torch.full_like(x, math.nan))
-                u = torch.full_like(lp, math.inf)
-                if ok.any():
-                    u[ok] = self.reduced_energy(x[ok], t).to(u)
-                positions.append(x.cpu().numpy())
+                p = self.propose(m, temperature=t, generator=gen)
+                u = torch.full_like(p.log_q, math.inf)
+                if p.ok.any():
+                    u[p.ok] = self.reduced_energy(p.x[p.ok], t).to(u)
+                positions.append(torch.where(p.ok[:, None, None], p.x, math.nan).cpu().numpy())
                 energies.append(u.cpu().numpy())
-                log_prob.append(lp.cpu().numpy())
-                rejected.append((self.inverted(x) & ok).cpu().numpy())
+                log_prob.append(p.log_q.cpu().numpy())
+                rejected.append((self.inverted(p.x) & p.ok).cpu().numpy())
                 done += m
                 bar.update(m)
         return Samples(self.system, np.concatenate(positions), np.concatenate(energies),
