@@ -27,6 +27,7 @@ Examples
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import warnings
@@ -505,8 +506,19 @@ class BoltzmannGenerator(nn.Module):
                 rejected.append((self.inverted(p.x) & p.ok).cpu().numpy())
                 done += m
                 bar.update(m)
+        provenance = {"kind": "plain", "generator": self.identity(), "seed": seed, "temperature": t}
         return Samples(self.system, np.concatenate(positions), np.concatenate(energies),
-                       np.concatenate(log_prob), temperature=t, rejected=np.concatenate(rejected))
+                       np.concatenate(log_prob), temperature=t, rejected=np.concatenate(rejected),
+                       provenance=provenance)
+
+    def identity(self) -> dict:
+        """What identifies this generator in the provenance of its samples: system name and a hash
+        (SHA-1, 16 hex digits) of the build options and current flow weights."""
+        h = hashlib.sha1(json.dumps(self.config, sort_keys=True, default=str).encode())
+        for key, value in self.flow.state_dict().items():
+            h.update(key.encode())
+            h.update(value.detach().cpu().numpy().tobytes())
+        return {"system": self.system.name, "sha1": h.hexdigest()[:16]}
 
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> Path:
