@@ -76,7 +76,7 @@ from openmmtools.mcmc import MCMCMove
 
 from ..model.generator import BoltzmannGenerator, ModelMismatchError, check_fingerprint, system_fingerprint
 from ..systems import MolecularSystem
-from ..transforms import MixedTransform, randomize_orientation
+from ..transforms import randomize_orientation
 
 __all__ = ["BoltzmannGeneratorMove", "LatentMetropolisMove", "fixman_log_factor", "FixmanFactor",
            "clear_model_cache"]
@@ -627,11 +627,11 @@ class BoltzmannGeneratorMove(_GeneratorMove):
         gen = self._ensure_generator(thermodynamic_state)
         rng, tgen = self._rngs(thermodynamic_state)
         temperature = _kelvin(thermodynamic_state.temperature)
-        t_prior = temperature if self.scale_prior else None
+        t_prior = temperature if self.scale_prior else gen.training_temperature
         context = self._context(thermodynamic_state, context_cache)
         x_cur = np.array(sampler_state.positions.value_in_unit(unit.nanometer), dtype=np.float64)
         u_cur = self._reduced_potential(thermodynamic_state, context, x_cur)
-        rotate = isinstance(gen.transform, MixedTransform)
+        rotate = gen.transform.rotation_invariant
         with torch.no_grad():
             lp_cur = self._current_log_prob(gen, x_cur, t_prior) if self.hastings else 0.0
             proposal = gen.propose(self.n_proposals, temperature=t_prior, generator=tgen)
@@ -643,9 +643,8 @@ class BoltzmannGeneratorMove(_GeneratorMove):
                 com = (torch.as_tensor(x_cur) * masses[:, None]).sum(0) / masses.sum()
                 x_new, _ = randomize_orientation(x_new, tgen if tgen.device.type == "cpu" else None,
                                                  masses, com)
-            elif gen.system.free_dims is not None:  # confined components keep their current values
-                x_new = torch.where(torch.as_tensor(gen.system.free_dims)[None], x_new,
-                                    torch.as_tensor(x_cur)[None])
+            else:  # confined components (toy systems) keep their current values
+                x_new = gen.transform.place(x_new, gen.transform.frame(torch.as_tensor(x_cur[None])))
             inverted = gen.inverted(x_new).cpu().numpy()
         x_new = x_new.numpy()
         ok = ok.cpu().numpy() & np.isfinite(lp_new)
@@ -773,18 +772,16 @@ class LatentMetropolisMove(_GeneratorMove):
         x_cur = np.array(sampler_state.positions.value_in_unit(unit.nanometer), dtype=np.float64)
         u_cur = self._reduced_potential(thermodynamic_state, context, x_cur)
         f_cur = float(self._fixman(x_cur[None])[0])
-        mixed = isinstance(gen.transform, MixedTransform)
         xt = torch.as_tensor(x_cur[None], device=gen.device)
         with torch.no_grad():
             z, ld_inv, ok_cur = gen.inverse(xt)
-            frame = gen.transform.frame(xt) if mixed else None
+            frame = gen.transform.frame(xt)  # rigid-body motion, or the confined components
         if not bool(ok_cur[0]):
             # the current configuration lies outside the generator's domain: no latent point to walk from
             self.n_proposed += self.n_steps
             self.n_out_of_domain += self.n_steps
             return
         ld_cur = -float(ld_inv[0])  # log|det J_zx(z)|
-        free = None if mixed or gen.system.free_dims is None else torch.as_tensor(gen.system.free_dims)
         accepted = False
         for _ in range(self.n_steps):
             self.n_proposed += 1
@@ -796,11 +793,7 @@ class LatentMetropolisMove(_GeneratorMove):
                     self.n_out_of_domain += 1
                     continue
                 x_new, ld_new = proposal.x, proposal.log_det
-                if mixed:
-                    x_new = _place(x_new, *frame)
-                elif free is not None:
-                    x_new = torch.where(free[None].to(x_new.device), x_new,
-                                        torch.as_tensor(x_cur[None]).to(x_new))
+                x_new = gen.transform.place(x_new, frame)
                 if bool(gen.inverted(x_new)[0]):
                     self.n_inverted += 1
                     continue
@@ -823,9 +816,3 @@ def _weights_version(gen: BoltzmannGenerator) -> tuple:
     """Changes whenever the flow's weights are modified in place (e.g. by further training)."""
     return (id(gen), *(p._version for p in gen.flow.parameters()))
 
-
-def _place(x_body: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
-    """Move generator-frame positions into the frame ``(rotation, translation)`` of a configuration."""
-    from ..transforms import apply_rigid
-
-    return apply_rigid(x_body, rotation.to(x_body), translation.to(x_body))

@@ -50,8 +50,9 @@ from ..transforms import CartesianTransform, MixedTransform, stereocentres
 
 __all__ = ["BoltzmannGenerator", "Proposal", "ModelMismatchError", "FORMAT_VERSION"]
 
-#: Version of the file format written by `BoltzmannGenerator.save`.
-FORMAT_VERSION = 1
+#: Version of the file format written by `BoltzmannGenerator.save`: 1 (first), 2 (adds the training
+#: temperature; version-1 files take it from the system they are loaded with).
+FORMAT_VERSION = 2
 _MAGIC = "openmm-bg generator"
 
 
@@ -134,7 +135,7 @@ class BoltzmannGenerator(nn.Module):
     Parameters
     ----------
     system : MolecularSystem
-        The target; its temperature is the training temperature.
+        The target; its temperature is the default target temperature (`temperature`).
     transform : MixedTransform or CartesianTransform
         ``y <-> x`` coordinate transform.
     standardize : Standardize
@@ -145,15 +146,33 @@ class BoltzmannGenerator(nn.Module):
         Build options (stored with the model).
     energy : OpenMMEnergy, optional
         Target energy; created on first use (in-process, fastest platform) if not given.
+    training_temperature : float, optional
+        K at which the flow was trained, i.e. where its prior is unscaled (default: the system's);
+        `save` stores it and `load` restores it.
 
     Attributes
     ----------
+    training_temperature : float
+        K; a proposal at temperature ``T`` draws from the prior with its Gaussian width scaled by
+        ``sqrt(T / training_temperature)``.
     stereo : Stereocentres or None
         Stereocentres of the reference structure (molecules only).
+    extra : dict
+        Free-form metadata stored with the model (e.g. the command line's ``system_spec``); `save`
+        adds its ``extra`` argument to it.
+
+    Notes
+    -----
+    Temperatures: the model owns its training temperature ``T0``; the system it is bound to owns the
+    target temperature ``T`` (`temperature`, the default of `sample`, `log_prob`, `log_weights`).
+    Loading a model with a system at another temperature (``system.with_temperature(T)``) and
+    calling ``sample()`` gives the same proposals as loading it with the training system and calling
+    ``sample(temperature=T)``: both scale the prior by ``T / T0`` and weight exactly at ``T``.
     """
 
     def __init__(self, system: MolecularSystem, transform: nn.Module, standardize: Standardize, flow: Flow,
-                 config: dict | None = None, energy: OpenMMEnergy | None = None):
+                 config: dict | None = None, energy: OpenMMEnergy | None = None,
+                 training_temperature: float | None = None):
         super().__init__()
         system.require_nonperiodic("a Boltzmann Generator")
         self.system = system
@@ -161,9 +180,14 @@ class BoltzmannGenerator(nn.Module):
         self.standardize = standardize
         self.flow = flow
         self.config = dict(config or {})
+        t0 = float(system.temperature if training_temperature is None else training_temperature)
+        if not t0 > 0:
+            raise ValueError(f"training_temperature must be positive (K), got {t0}")
+        self.training_temperature = t0
+        self.extra: dict = {}
         self._energy = energy
         self.stereo = None
-        if isinstance(transform, MixedTransform):
+        if transform.rotation_invariant:  # molecules: detect stereocentres
             found = stereocentres(system.topology, system.positions)
             self.stereo = found if len(found) else None
 
@@ -225,7 +249,8 @@ class BoltzmannGenerator(nn.Module):
     # ------------------------------------------------------------------ properties
     @property
     def temperature(self) -> float:
-        """Training temperature in K."""
+        """Default target temperature in K: the system's (equal to `training_temperature` unless the model
+        was loaded with a system at another temperature)."""
         return self.system.temperature
 
     @property
@@ -318,8 +343,9 @@ class BoltzmannGenerator(nn.Module):
 
     def reduced_energy(self, x, temperature: float | None = None) -> torch.Tensor:
         """Reduced energy u(x) = U(x)/kT' ``[batch]`` (float64) at ``temperature`` (K), +inf if failed."""
-        u = self.energy(as_tensor(x, dtype=torch.float64))
-        return u * (self.temperature / self._temperature(temperature))
+        energy = self.energy
+        u = energy(as_tensor(x, dtype=torch.float64))
+        return u * (energy.temperature / self._temperature(temperature))
 
     def inverted(self, x) -> torch.Tensor:
         """``bool[batch]``: configurations with an inverted stereocentre (always False without any)."""
@@ -344,7 +370,8 @@ class BoltzmannGenerator(nn.Module):
         return t
 
     def _temperature_scale(self, temperature: float | None) -> float:
-        return self._temperature(temperature) / self.temperature
+        """``T / T0``: the prior's variance factor of proposals at ``temperature``."""
+        return self._temperature(temperature) / self.training_temperature
 
     # ------------------------------------------------------------------ sampling
     def sample_latent(self, n: int, generator: torch.Generator | None = None,
@@ -467,8 +494,9 @@ class BoltzmannGenerator(nn.Module):
         n : int
             Number of samples.
         temperature : float, optional
-            K. At another temperature than the training one the prior is scaled (approximate
-            proposals), but energies and weights are exact for that temperature.
+            K (default `temperature`, the system's). At another temperature than the training one
+            the prior is scaled by ``T / training_temperature`` (approximate proposals), but energies
+            and weights are exact for that temperature.
         seed : int, optional
             Same seed, same samples.
         batch_size : int
@@ -506,7 +534,8 @@ class BoltzmannGenerator(nn.Module):
                 rejected.append((self.inverted(p.x) & p.ok).cpu().numpy())
                 done += m
                 bar.update(m)
-        provenance = {"kind": "plain", "generator": self.identity(), "seed": seed, "temperature": t}
+        provenance = {"kind": "plain", "generator": self.identity(), "seed": seed, "temperature": t,
+                      "training_temperature": self.training_temperature}
         return Samples(self.system, np.concatenate(positions), np.concatenate(energies),
                        np.concatenate(log_prob), temperature=t, rejected=np.concatenate(rejected),
                        provenance=provenance)
@@ -522,17 +551,20 @@ class BoltzmannGenerator(nn.Module):
 
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> Path:
-        """Write the generator (weights, transform, training config, fingerprint) atomically.
+        """Write the generator (weights, transform, training config and temperature, fingerprint) atomically.
 
-        The file is a torch pickle: load only files you trust.
+        ``extra`` (picklable metadata) is added to `extra`, which is stored. The file is a torch
+        pickle: load only files you trust.
         """
         path = Path(path)
+        self.extra.update(extra or {})
         payload = {
             "magic": _MAGIC, "format_version": FORMAT_VERSION, "package_version": __version__,
             "system_name": self.system.name, "fingerprint": system_fingerprint(self.system),
+            "training_temperature": self.training_temperature,
             "config": self.config, "transform": self.transform.cpu(), "standardize": self.standardize.cpu(),
             "flow_domain": self.flow.domain, "flow_state": {k: v.cpu() for k, v in self.flow.state_dict().items()},
-            "extra": dict(extra or {}),
+            "extra": dict(self.extra),
         }
         self.transform.to(self.device)
         self.standardize.to(self.device)
@@ -545,6 +577,9 @@ class BoltzmannGenerator(nn.Module):
     def load(cls, path: str | os.PathLike, system: MolecularSystem, device: str | torch.device | None = None,
              energy: OpenMMEnergy | None = None) -> BoltzmannGenerator:
         """Read a generator written by `save` for ``system``.
+
+        The generator keeps its stored training temperature (files of format 1 have none: the
+        system's is used); ``system``'s temperature becomes the default target temperature.
 
         Raises
         ------
@@ -566,8 +601,9 @@ class BoltzmannGenerator(nn.Module):
             net.load_state_dict(payload["flow_state"])
         except RuntimeError as err:
             raise ValueError(f"{path}: the stored weights do not fit the stored architecture ({err})") from err
-        gen = cls(system, payload["transform"], payload["standardize"], net, config=cfg, energy=energy)
-        gen.extra = payload.get("extra", {})
+        gen = cls(system, payload["transform"], payload["standardize"], net, config=cfg, energy=energy,
+                  training_temperature=payload.get("training_temperature"))
+        gen.extra = dict(payload.get("extra") or {})
         return gen.to(device) if device is not None else gen
 
 

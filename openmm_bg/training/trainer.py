@@ -150,7 +150,7 @@ class Trainer:
             loss = loss + stage.ml * ml.to(torch.float64)
             row["ml"] = ml.item()
         if w_kl > 0 or stage.rc > 0:
-            t = gen.temperature if stage.temperature is None else stage.temperature
+            t = gen.training_temperature if stage.temperature is None else stage.temperature
             z = gen.sample_latent(stage.kl_batch_size or stage.batch_size, self._rng, t)
             kl, proposal, info = kl_loss(gen, z, t, self._reference(), stage.energy_high, stage.energy_max,
                                          stage.chirality_weight)
