@@ -30,16 +30,13 @@ import hashlib
 import json
 import math
 import os
-import warnings
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
-import openmm
 import torch
 from torch import nn
 
-from .._version import __version__
 from ..analysis.samples import Samples
 from ..energy import OpenMMEnergy
 from ..flows import Domain, Flow, Standardize, build_flow
@@ -47,51 +44,13 @@ from ..geometry import as_tensor
 from ..systems import MolecularSystem
 from ..systems.trajectory import check_trajectory
 from ..transforms import CartesianTransform, MixedTransform, stereocentres
+from .fileformat import FORMAT_VERSION, model_payload, read_model_file, write_model_file
+from .fingerprint import ModelMismatchError, check_fingerprint, system_fingerprint
 
-__all__ = ["BoltzmannGenerator", "Proposal", "ModelMismatchError", "FORMAT_VERSION"]
+# the last five live in .fileformat and .fingerprint; re-exported for code that imports them from here
+__all__ = ["BoltzmannGenerator", "Proposal", "FORMAT_VERSION", "ModelMismatchError", "check_fingerprint",
+           "read_model_file", "system_fingerprint"]
 
-#: Version of the file format written by `BoltzmannGenerator.save`: 1 (first), 2 (adds the training
-#: temperature; version-1 files take it from the system they are loaded with).
-FORMAT_VERSION = 2
-_MAGIC = "openmm-bg generator"
-
-
-class ModelMismatchError(ValueError):
-    """A saved generator does not belong to the system it is loaded for."""
-
-
-def system_fingerprint(system: MolecularSystem) -> dict[str, Any]:
-    """What a generator must match: atoms, masses, constraints; and a hash of the forces."""
-    atoms = [f"{a.residue.name}:{a.name}:{a.element.symbol if a.element else ''}"
-             for a in system.topology.atoms()]
-    masses = np.round(system.masses, 4).tolist()
-    constraints = [(i, j, round(d, 6)) for i, j, d in system.constraints]
-    forces = [openmm.XmlSerializer.serialize(f) for f in system.system.getForces()]
-    return {
-        "n_atoms": system.n_atoms,
-        "atoms": hashlib.sha1("|".join(atoms).encode()).hexdigest(),
-        "masses": hashlib.sha1(str(masses).encode()).hexdigest(),
-        "constraints": hashlib.sha1(str(constraints).encode()).hexdigest(),
-        "n_constraints": len(constraints),
-        "forces": hashlib.sha1("".join(forces).encode()).hexdigest(),
-    }
-
-
-def check_fingerprint(saved: dict, system: MolecularSystem, what: str = "generator") -> None:
-    """Raise `ModelMismatchError` for another topology, masses or constraints; warn for other forces."""
-    current = system_fingerprint(system)
-    for key, label in (("n_atoms", "number of atoms"), ("atoms", "atoms (names, residues, elements)"),
-                       ("masses", "masses"), ("constraints", "constraints")):
-        if saved.get(key) != current[key]:
-            raise ModelMismatchError(
-                f"this {what} was trained for another system: its {label} differ from {system.name!r} "
-                f"({saved.get('n_atoms')} vs {current['n_atoms']} atoms, {saved.get('n_constraints')} vs "
-                f"{current['n_constraints']} constraints). Load it with the system it was trained on, or "
-                "train a new generator for this one")
-    if saved.get("forces") != current["forces"]:
-        warnings.warn(f"the force parameters of {system.name!r} differ from those the {what} was trained "
-                      "with; weights stay exact for the new system, but expect a lower ESS",
-                      UserWarning, stacklevel=3)
 
 
 class Proposal(NamedTuple):
@@ -556,22 +515,10 @@ class BoltzmannGenerator(nn.Module):
         ``extra`` (picklable metadata) is added to `extra`, which is stored. The file is a torch
         pickle: load only files you trust.
         """
-        path = Path(path)
         self.extra.update(extra or {})
-        payload = {
-            "magic": _MAGIC, "format_version": FORMAT_VERSION, "package_version": __version__,
-            "system_name": self.system.name, "fingerprint": system_fingerprint(self.system),
-            "training_temperature": self.training_temperature,
-            "config": self.config, "transform": self.transform.cpu(), "standardize": self.standardize.cpu(),
-            "flow_domain": self.flow.domain, "flow_state": {k: v.cpu() for k, v in self.flow.state_dict().items()},
-            "extra": dict(self.extra),
-        }
-        self.transform.to(self.device)
-        self.standardize.to(self.device)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-        return path
+        payload = model_payload(self.system, self.config, self.transform, self.standardize, self.flow,
+                                self.training_temperature, self.extra)
+        return write_model_file(path, payload)
 
     @classmethod
     def load(cls, path: str | os.PathLike, system: MolecularSystem, device: str | torch.device | None = None,
@@ -605,20 +552,3 @@ class BoltzmannGenerator(nn.Module):
                   training_temperature=payload.get("training_temperature"))
         gen.extra = dict(payload.get("extra") or {})
         return gen.to(device) if device is not None else gen
-
-
-def read_model_file(path: str | os.PathLike) -> dict:
-    """Load and validate the payload of a saved generator (see `BoltzmannGenerator.load`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {str(path)!r}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated or foreign files raise many different errors
-        raise ValueError(f"{path}: not a readable openmm-bg model file (corrupt or truncated?): {err}") from err
-    if not isinstance(payload, dict) or payload.get("magic") != _MAGIC:
-        raise ValueError(f"{path}: not an openmm-bg generator file")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path}: written by a newer openmm-bg (file format {payload['format_version']}, this "
-                         f"version reads {FORMAT_VERSION}); upgrade openmm-bg")
-    return payload
