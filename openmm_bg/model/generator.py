@@ -386,8 +386,7 @@ class BoltzmannGenerator(nn.Module):
                 raise ValueError("propose needs the number of samples n or latent points z=...")
             if int(n) < 0:
                 raise ValueError(f"n must be >= 0, got {n}")
-            z = self.flow.prior.sample(int(n), generator=generator, temperature_scale=scale, dtype=self.flow_dtype,
-                                       device=self.device)
+            z = self.sample_latent(int(n), generator, temperature)
         else:
             if generator is not None:
                 raise ValueError("generator draws latent points; it cannot be combined with z=...")
