@@ -175,3 +175,82 @@ def test_log_weight_formula_matches_definition(double_well):
     z, log_det, ok = gen.inverse(samples.positions)
     log_p = -0.5 * (z.double() ** 2).sum(-1) - 0.5 * z.shape[1] * math.log(2 * math.pi) + log_det
     np.testing.assert_allclose(samples.log_weights, -u - log_p.detach().numpy(), atol=1e-4)
+
+
+def test_propose_is_the_one_path_of_sample(alanine):
+    """sample, propose(n), propose(z=) and log_prob agree; invalid rows are finite placeholders with
+    log_q = -inf; log_weight_latent is log_weights on the same configurations, and differentiable."""
+    system, data, gen = alanine
+    samples = gen.sample(300, seed=4, temperature=900.0)
+    p = gen.propose(300, temperature=900.0, generator=torch.Generator().manual_seed(4))
+    ok = p.ok.numpy()
+    np.testing.assert_array_equal(samples.log_prob, p.log_q.detach().numpy())
+    np.testing.assert_array_equal(samples.positions[ok], p.x.detach().numpy()[ok])
+    assert np.isnan(samples.positions[~ok]).all()
+    again = gen.propose(z=p.z, temperature=900.0)
+    assert torch.equal(again.x, p.x) and torch.equal(again.log_q, p.log_q)
+    np.testing.assert_allclose(gen.log_prob(p.x[p.ok], temperature=900.0).detach().numpy(),
+                               p.log_q[p.ok].detach().numpy(), atol=2e-3)
+    # a hot prior leaves the domain: placeholders, no NaN, and the batch stays differentiable
+    hot = gen.propose(200, temperature=30000.0, generator=torch.Generator().manual_seed(0))
+    assert 0 < int((~hot.ok).sum()) < 200
+    assert torch.isfinite(hot.x).all() and (hot.log_q[~hot.ok] == -math.inf).all()
+    assert (hot.log_det[~hot.ok] == 0).all() and torch.isfinite(hot.log_q[hot.ok]).all()
+    z = p.z[:20].clone().requires_grad_(True)
+    log_w, prop = gen.log_weight_latent(z, temperature=900.0)
+    expected = gen.log_weights(prop.x.detach(), temperature=900.0)
+    np.testing.assert_allclose(log_w.detach().numpy(), expected.numpy(), atol=2e-3)
+    log_w[torch.isfinite(log_w)].sum().backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="n or latent points"):
+        gen.propose()
+    with pytest.raises(ValueError, match="shape"):
+        gen.propose(z=torch.zeros(3, gen.n_dof + 1))
+
+
+def test_the_model_owns_its_training_temperature(double_well, tmp_path):
+    """Loaded with a system at another temperature, a generator keeps its training temperature: its
+    default samples are those of sample(temperature=T) of the generator bound to the training system."""
+    system, data = double_well
+    gen = BoltzmannGenerator.build(system, data, n_blocks=2, hidden=(16,), seed=0)
+    assert gen.training_temperature == 300.0 and gen.extra == {}
+    path = gen.save(tmp_path / "dw.bg", extra={"note": "x"})
+    hot = BoltzmannGenerator.load(path, system.with_temperature(600.0))
+    assert hot.training_temperature == 300.0 and hot.temperature == 600.0 and hot.extra == {"note": "x"}
+    a, b = hot.sample(500, seed=5), gen.sample(500, temperature=600.0, seed=5)
+    np.testing.assert_array_equal(a.positions, b.positions)
+    np.testing.assert_array_equal(a.log_prob, b.log_prob)
+    np.testing.assert_allclose(a.energies, b.energies, rtol=1e-12)
+    assert a.provenance["training_temperature"] == 300.0 and a.provenance["temperature"] == 600.0
+    # re-saving keeps the metadata; a format-1 file (no stored temperature) takes the system's
+    hot.save(tmp_path / "again.bg")
+    assert BoltzmannGenerator.load(tmp_path / "again.bg", system).extra == {"note": "x"}
+    payload = torch.load(path, weights_only=False)
+    del payload["training_temperature"]
+    payload["format_version"] = 1
+    torch.save(payload, tmp_path / "v1.bg")
+    assert BoltzmannGenerator.load(tmp_path / "v1.bg", system.with_temperature(450.0)).training_temperature == 450.0
+    payload["format_version"] = 99
+    torch.save(payload, tmp_path / "future.bg")
+    with pytest.raises(ValueError, match="newer openmm-bg"):
+        BoltzmannGenerator.load(tmp_path / "future.bg", system)
+
+
+def test_transforms_carry_what_they_do_not_model(alanine, double_well):
+    """frame/place: the rigid-body motion (molecules) or the confined components (toy systems)."""
+    system, data, gen = alanine
+    assert gen.transform.rotation_invariant and gen.stereo is not None
+    x, _ = randomize_orientation(torch.tensor(data.xyz[:4], dtype=torch.float64),
+                                 generator=torch.Generator().manual_seed(1), center=torch.tensor([1.0, 2.0, 3.0]))
+    y, _ = gen.transform.inverse(x)
+    body, _ = gen.transform(y)
+    assert not torch.allclose(body, x, atol=1e-3)
+    torch.testing.assert_close(gen.transform.place(body, gen.transform.frame(x)), x, atol=1e-9, rtol=0)
+    dw, dw_data = double_well
+    toy = BoltzmannGenerator.build(dw, dw_data, n_blocks=1, hidden=(8,), seed=0)
+    assert not toy.transform.rotation_invariant and toy.stereo is None
+    x = torch.tensor([[[0.5, -0.2, 0.03]], [[-1.0, 0.4, -0.01]]], dtype=torch.float64)
+    y, _ = toy.transform.inverse(x)
+    body, _ = toy.transform(y)
+    assert (body[..., 2] == 0).all()
+    torch.testing.assert_close(toy.transform.place(body, toy.transform.frame(x)), x, atol=1e-12, rtol=0)

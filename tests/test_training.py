@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from openmm_bg.systems import ReactionCoordinate
+import openmm_bg
+from openmm_bg import BoltzmannGenerator
+from openmm_bg.systems import ReactionCoordinate, load
 from openmm_bg.training import Stage, Trainer, load_stages, rc_loss
 
 
@@ -124,3 +126,41 @@ def test_corrupt_checkpoint_is_a_clear_error(dw_gen, dw_data, tmp_path):
     trainer = Trainer(gen, data, [Stage("ml", 2)], checkpoint=ckpt, progress=False)
     with pytest.raises(ValueError, match="not a readable openmm-bg training checkpoint"):
         trainer.fit(resume=True)
+
+
+def test_rc_loss_of_a_step_sees_only_valid_proposals():
+    """Out-of-domain proposals hold a finite placeholder (the mean structure): the RC term of a training
+    step must leave them out (selected by Proposal.ok, not by finite positions)."""
+    ala = load("alanine_dipeptide")
+    data = openmm_bg.simulate(ala, n_frames=100, stride=20, seed=0, platform="Reference", progress=False)
+    gen = BoltzmannGenerator.build(ala, data, n_blocks=2, hidden=(16,), seed=0)
+    hot = 30000.0  # a prior 10x wider: about half of the proposals leave the angles' domain
+    trainer = Trainer(gen, data, [Stage("rc", 1, ml=0.0, rc=1.0, temperature=hot, batch_size=256)], seed=3,
+                      rc="phi", progress=False)
+    with torch.no_grad():
+        p = gen.propose(z=gen.sample_latent(256, torch.Generator().manual_seed(3), hot), temperature=hot)
+    n_bad = int((~p.ok).sum())
+    assert 20 < n_bad < 236 and bool(torch.isfinite(p.x).all())
+    phi = ala.reaction_coordinates["phi"]
+    expected = float(rc_loss(p.x, p.ok, phi))
+    with_placeholders = float(rc_loss(p.x, torch.ones_like(p.ok), phi))
+    assert abs(expected - with_placeholders) > 0.1
+    row = trainer.fit()[0]
+    assert row["out_of_domain"] == n_bad
+    assert row["rc"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_kl_loss_returns_the_proposal_and_ignores_invalid_rows():
+    """kl_loss evaluates energies of valid rows only; invalid rows carry no gradient and the loss of a
+    batch with invalid rows is finite and differentiable."""
+    from openmm_bg.training import kl_loss
+
+    ala = load("alanine_dipeptide")
+    data = openmm_bg.simulate(ala, n_frames=100, stride=20, seed=0, platform="Reference", progress=False)
+    gen = BoltzmannGenerator.build(ala, data, n_blocks=2, hidden=(16,), seed=0)
+    z = gen.sample_latent(128, torch.Generator().manual_seed(0), 30000.0)
+    loss, p, info = kl_loss(gen, z, 30000.0, 0.0, 1e3, 1e9, 10.0)
+    assert info["out_of_domain"] == int((~p.ok).sum()) > 0
+    assert bool(torch.isfinite(p.x).all()) and bool(torch.isfinite(loss))
+    loss.backward()
+    assert all(torch.isfinite(q.grad).all() for q in gen.flow.parameters() if q.grad is not None)

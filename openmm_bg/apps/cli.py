@@ -159,7 +159,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(path: str, args: argparse.Namespace):
+def _load_model(path: str):
+    """The generator of a model file with the system it was trained for (as ``train`` stored it).
+
+    A ``--temperature`` goes to ``sample(temperature=...)``, not into the system: the command line
+    then draws exactly what the library draws for the same seed.
+    """
     import openmm_bg
     from openmm_bg.model import read_model_file
 
@@ -168,16 +173,14 @@ def _load_model(path: str, args: argparse.Namespace):
     if spec is None:
         raise CLIError(f"{path} does not say which system it belongs to (saved outside the CLI); load it "
                        "in Python with BoltzmannGenerator.load(path, system)")
-    if getattr(args, "temperature", None):
-        spec = dict(spec, temperature=args.temperature)
     system = load_system(spec)
     return openmm_bg.BoltzmannGenerator.load(path, system)
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    gen = _load_model(args.model, args)
+    gen = _load_model(args.model)
     _check_output(args.output, (".npz",))
-    samples = gen.sample(args.n, seed=args.seed, progress=True)
+    samples = gen.sample(args.n, temperature=args.temperature, seed=args.seed, progress=True)
     path = samples.save(args.output)
     print(samples.summary())
     if args.trajectory:
@@ -192,7 +195,7 @@ def _cmd_free_energy(args: argparse.Namespace) -> int:
     from openmm_bg.analysis.free_energy import free_energy_profile, state_free_energy
     from openmm_bg.apps.plots import plot_profile
 
-    gen = _load_model(args.model, args)
+    gen = _load_model(args.model)
     states = [s.strip() for s in args.states.split(",")]
     if len(states) != 2:
         raise CLIError(f"--states takes two names separated by a comma, e.g. C7eq,C7ax; got {args.states!r}")
@@ -201,7 +204,7 @@ def _cmd_free_energy(args: argparse.Namespace) -> int:
             raise CLIError(f"system {gen.system.name!r} has no state {s!r}; it has {sorted(gen.system.states)}")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    samples = gen.sample(args.n, seed=args.seed, progress=True)
+    samples = gen.sample(args.n, temperature=args.temperature, seed=args.seed, progress=True)
     result = state_free_energy(samples, states[0], states[1], n_bootstrap=args.bootstrap, seed=args.seed)
     print(result)
     report = {"free_energy": result.as_dict(), "diagnostics": samples.diagnostics(warn=False).as_dict()}

@@ -31,7 +31,7 @@ from .base import MLP, Permutation, Sequential, Transform
 from .builder import build_flow
 from .coupling import AffineCoupling
 from .domain import CIRCULAR, INTERVAL, REAL, Domain
-from .flow import Flow, FlowSample
+from .flow import Flow
 from .priors import Prior
 from .spline_coupling import SplineCoupling
 from .standardize import Standardize
@@ -44,7 +44,6 @@ __all__ = [
     "AffineCoupling",
     "Domain",
     "Flow",
-    "FlowSample",
     "Permutation",
     "Prior",
     "Sequential",

@@ -17,7 +17,6 @@ torch.Size([8])
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -26,34 +25,7 @@ from .base import Transform
 from .domain import Domain
 from .priors import Prior
 
-__all__ = ["Flow", "FlowSample"]
-
-
-class FlowSample(NamedTuple):
-    """Samples with everything needed for exact importance weights.
-
-    Attributes
-    ----------
-    y : Tensor ``[n, n_dof]``
-        Output samples.
-    z : Tensor ``[n, n_dof]``
-        Their latent points.
-    log_det : Tensor ``[n]``
-        ``log|det dy/dz|`` (forward direction).
-    prior_energy : Tensor ``[n]``
-        ``u_Z(z)`` of the (temperature-scaled) prior that drew ``z``, normalised.
-    log_prob : Tensor ``[n]``
-        ``log p_Y(y) = -prior_energy - log_det``; ``-inf`` where ``y`` is outside the domain.
-    in_domain : Tensor ``bool[n]``
-        Whether ``y`` lies in the output domain.
-    """
-
-    y: torch.Tensor
-    z: torch.Tensor
-    log_det: torch.Tensor
-    prior_energy: torch.Tensor
-    log_prob: torch.Tensor
-    in_domain: torch.Tensor
+__all__ = ["Flow"]
 
 
 class Flow(nn.Module):
@@ -107,35 +79,17 @@ class Flow(nn.Module):
         lp = -self.prior.energy(z, temperature_scale) + log_det
         return torch.where(ok, lp, torch.full_like(lp, -math.inf))
 
-    def sample_with_log_prob(self, n: int, generator: torch.Generator | None = None,
-                             temperature_scale: float = 1.0) -> FlowSample:
-        """Draw ``n`` samples with latent points, log-dets and exact log densities.
-
-        Parameters
-        ----------
-        n : int
-            Number of samples.
-        generator : torch.Generator, optional
-            Same generator state, same samples.
-        temperature_scale : float
-            ``T'/T``: draw from the prior with Gaussian std scaled by ``sqrt(T'/T)``; the
-            returned densities are those of this scaled proposal, exactly.
-
-        Returns
-        -------
-        FlowSample
-        """
-        z = self.prior.sample(n, generator=generator, temperature_scale=temperature_scale)
-        y, log_det = self.forward(z)
-        u_z = self.prior.energy(z, temperature_scale)
-        ok = self.in_domain(y)
-        lp = -u_z - log_det
-        return FlowSample(y, z, log_det, u_z, torch.where(ok, lp, torch.full_like(lp, -math.inf)), ok)
-
     def sample(self, n: int, generator: torch.Generator | None = None,
                temperature_scale: float = 1.0) -> torch.Tensor:
-        """Draw ``n`` samples ``y`` ``[n, n_dof]`` (see :meth:`sample_with_log_prob`)."""
-        return self.sample_with_log_prob(n, generator, temperature_scale).y
+        """Draw ``n`` samples ``y`` ``[n, n_dof]``: ``z`` from the prior, pushed forward.
+
+        ``temperature_scale`` (``T'/T``) draws from the prior with Gaussian std scaled by
+        ``sqrt(T'/T)``; `log_prob` with the same ``temperature_scale`` is their exact density.
+        Densities of generated configurations (with the latent points and log-dets) come from
+        `openmm_bg.model.BoltzmannGenerator.propose`.
+        """
+        z = self.prior.sample(n, generator=generator, temperature_scale=temperature_scale)
+        return self.forward(z)[0]
 
     def nll(self, y: torch.Tensor) -> torch.Tensor:
         """Mean negative log-likelihood of a batch (the ML loss on ``y``), a scalar."""

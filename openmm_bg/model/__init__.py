@@ -1,5 +1,6 @@
-"""The model layer: `BoltzmannGenerator` (prior + flow + coordinate transform + target energy), its
-file format and the fingerprint that ties a saved model to its system.
+"""The model layer: `BoltzmannGenerator` (prior + flow + coordinate transform + target energy) and its
+`Proposal` (:mod:`.generator`), the file format (:mod:`.fileformat`) and the fingerprint that ties a saved
+model to its system (:mod:`.fingerprint`).
 
 Examples
 --------
@@ -8,6 +9,9 @@ Examples
 True
 """
 
-from .generator import FORMAT_VERSION, BoltzmannGenerator, ModelMismatchError, read_model_file, system_fingerprint
+from .fileformat import FORMAT_VERSION, read_model_file
+from .fingerprint import ModelMismatchError, check_fingerprint, system_fingerprint
+from .generator import BoltzmannGenerator, Proposal
 
-__all__ = ["BoltzmannGenerator", "ModelMismatchError", "FORMAT_VERSION", "read_model_file", "system_fingerprint"]
+__all__ = ["BoltzmannGenerator", "Proposal", "ModelMismatchError", "FORMAT_VERSION", "read_model_file",
+           "system_fingerprint", "check_fingerprint"]

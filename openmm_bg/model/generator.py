@@ -27,18 +27,16 @@ Examples
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
-import warnings
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 import numpy as np
-import openmm
 import torch
 from torch import nn
 
-from .._version import __version__
 from ..analysis.samples import Samples
 from ..energy import OpenMMEnergy
 from ..flows import Domain, Flow, Standardize, build_flow
@@ -46,50 +44,48 @@ from ..geometry import as_tensor
 from ..systems import MolecularSystem
 from ..systems.trajectory import check_trajectory
 from ..transforms import CartesianTransform, MixedTransform, stereocentres
+from .fileformat import FORMAT_VERSION, model_payload, read_model_file, write_model_file
+from .fingerprint import ModelMismatchError, check_fingerprint, system_fingerprint
 
-__all__ = ["BoltzmannGenerator", "ModelMismatchError", "FORMAT_VERSION"]
-
-#: Version of the file format written by `BoltzmannGenerator.save`.
-FORMAT_VERSION = 1
-_MAGIC = "openmm-bg generator"
-
-
-class ModelMismatchError(ValueError):
-    """A saved generator does not belong to the system it is loaded for."""
+# the last five live in .fileformat and .fingerprint; re-exported for code that imports them from here
+__all__ = ["BoltzmannGenerator", "Proposal", "FORMAT_VERSION", "ModelMismatchError", "check_fingerprint",
+           "read_model_file", "system_fingerprint"]
 
 
-def system_fingerprint(system: MolecularSystem) -> dict[str, Any]:
-    """What a generator must match: atoms, masses, constraints; and a hash of the forces."""
-    atoms = [f"{a.residue.name}:{a.name}:{a.element.symbol if a.element else ''}"
-             for a in system.topology.atoms()]
-    masses = np.round(system.masses, 4).tolist()
-    constraints = [(i, j, round(d, 6)) for i, j, d in system.constraints]
-    forces = [openmm.XmlSerializer.serialize(f) for f in system.system.getForces()]
-    return {
-        "n_atoms": system.n_atoms,
-        "atoms": hashlib.sha1("|".join(atoms).encode()).hexdigest(),
-        "masses": hashlib.sha1(str(masses).encode()).hexdigest(),
-        "constraints": hashlib.sha1(str(constraints).encode()).hexdigest(),
-        "n_constraints": len(constraints),
-        "forces": hashlib.sha1("".join(forces).encode()).hexdigest(),
-    }
 
+class Proposal(NamedTuple):
+    """Configurations pushed through the generator with their exact log density: `BoltzmannGenerator.propose`.
 
-def check_fingerprint(saved: dict, system: MolecularSystem, what: str = "generator") -> None:
-    """Raise `ModelMismatchError` for another topology, masses or constraints; warn for other forces."""
-    current = system_fingerprint(system)
-    for key, label in (("n_atoms", "number of atoms"), ("atoms", "atoms (names, residues, elements)"),
-                       ("masses", "masses"), ("constraints", "constraints")):
-        if saved.get(key) != current[key]:
-            raise ModelMismatchError(
-                f"this {what} was trained for another system: its {label} differ from {system.name!r} "
-                f"({saved.get('n_atoms')} vs {current['n_atoms']} atoms, {saved.get('n_constraints')} vs "
-                f"{current['n_constraints']} constraints). Load it with the system it was trained on, or "
-                "train a new generator for this one")
-    if saved.get("forces") != current["forces"]:
-        warnings.warn(f"the force parameters of {system.name!r} differ from those the {what} was trained "
-                      "with; weights stay exact for the new system, but expect a lower ESS",
-                      UserWarning, stacklevel=3)
+    Every row is either valid (``ok``) or carries weight 0. Invalid rows hold finite placeholder
+    values (the training data's mean structure in ``x``, 0 in ``log_det``) so that autograd never
+    sees NaN; they are meaningless and must be selected away with ``ok``.
+
+    Attributes
+    ----------
+    z : Tensor ``[n, n_dof]``
+        Latent points (flow dtype).
+    x : Tensor ``[n, n_atoms, 3]``
+        float64 configurations in nm, in the generator's frame (no rotation, first core atom at the
+        origin for molecules; confined components 0 for toy systems).
+    log_q : Tensor ``[n]``
+        float64 exact ``log p_X(x)`` in Cartesian space (rigid-body motion uniform) of the
+        (temperature-scaled) proposal that drew ``z``; ``-inf`` where not ``ok``.
+    log_det : Tensor ``[n]``
+        float64 ``log|det d(x, R, t)/dz|`` (``log|det J_zx(z)|``); 0 where not ``ok``.
+    prior_energy : Tensor ``[n]``
+        float64 ``u_Z(z)`` of the (temperature-scaled) prior, normalised; ``+inf`` outside the latent domain.
+    ok : Tensor ``bool[n]``
+        ``z`` in the latent domain, every intermediate coordinate in its domain and a finite log-det.
+        (Stereochemistry and energies are not checked here: see `BoltzmannGenerator.inverted` and
+        `BoltzmannGenerator.log_weight_latent`.)
+    """
+
+    z: torch.Tensor
+    x: torch.Tensor
+    log_q: torch.Tensor
+    log_det: torch.Tensor
+    prior_energy: torch.Tensor
+    ok: torch.Tensor
 
 
 class BoltzmannGenerator(nn.Module):
@@ -98,7 +94,7 @@ class BoltzmannGenerator(nn.Module):
     Parameters
     ----------
     system : MolecularSystem
-        The target; its temperature is the training temperature.
+        The target; its temperature is the default target temperature (`temperature`).
     transform : MixedTransform or CartesianTransform
         ``y <-> x`` coordinate transform.
     standardize : Standardize
@@ -109,15 +105,33 @@ class BoltzmannGenerator(nn.Module):
         Build options (stored with the model).
     energy : OpenMMEnergy, optional
         Target energy; created on first use (in-process, fastest platform) if not given.
+    training_temperature : float, optional
+        K at which the flow was trained, i.e. where its prior is unscaled (default: the system's);
+        `save` stores it and `load` restores it.
 
     Attributes
     ----------
+    training_temperature : float
+        K; a proposal at temperature ``T`` draws from the prior with its Gaussian width scaled by
+        ``sqrt(T / training_temperature)``.
     stereo : Stereocentres or None
         Stereocentres of the reference structure (molecules only).
+    extra : dict
+        Free-form metadata stored with the model (e.g. the command line's ``system_spec``); `save`
+        adds its ``extra`` argument to it.
+
+    Notes
+    -----
+    Temperatures: the model owns its training temperature ``T0``; the system it is bound to owns the
+    target temperature ``T`` (`temperature`, the default of `sample`, `log_prob`, `log_weights`).
+    Loading a model with a system at another temperature (``system.with_temperature(T)``) and
+    calling ``sample()`` gives the same proposals as loading it with the training system and calling
+    ``sample(temperature=T)``: both scale the prior by ``T / T0`` and weight exactly at ``T``.
     """
 
     def __init__(self, system: MolecularSystem, transform: nn.Module, standardize: Standardize, flow: Flow,
-                 config: dict | None = None, energy: OpenMMEnergy | None = None):
+                 config: dict | None = None, energy: OpenMMEnergy | None = None,
+                 training_temperature: float | None = None):
         super().__init__()
         system.require_nonperiodic("a Boltzmann Generator")
         self.system = system
@@ -125,9 +139,14 @@ class BoltzmannGenerator(nn.Module):
         self.standardize = standardize
         self.flow = flow
         self.config = dict(config or {})
+        t0 = float(system.temperature if training_temperature is None else training_temperature)
+        if not t0 > 0:
+            raise ValueError(f"training_temperature must be positive (K), got {t0}")
+        self.training_temperature = t0
+        self.extra: dict = {}
         self._energy = energy
         self.stereo = None
-        if isinstance(transform, MixedTransform):
+        if transform.rotation_invariant:  # molecules: detect stereocentres
             found = stereocentres(system.topology, system.positions)
             self.stereo = found if len(found) else None
 
@@ -189,7 +208,8 @@ class BoltzmannGenerator(nn.Module):
     # ------------------------------------------------------------------ properties
     @property
     def temperature(self) -> float:
-        """Training temperature in K."""
+        """Default target temperature in K: the system's (equal to `training_temperature` unless the model
+        was loaded with a system at another temperature)."""
         return self.system.temperature
 
     @property
@@ -227,8 +247,12 @@ class BoltzmannGenerator(nn.Module):
 
     # ------------------------------------------------------------------ maps
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Latent ``z`` ``[batch, n_dof]`` -> ``(x [batch, n_atoms, 3] float64 nm, log_det [batch],
-        in_domain bool[batch])`` with ``log_det = log|det d(x, R, t)/dz|``."""
+        """The raw map: latent ``z`` ``[batch, n_dof]`` -> ``(x [batch, n_atoms, 3] float64 nm,
+        log_det [batch], in_domain bool[batch])`` with ``log_det = log|det d(x, R, t)/dz|``.
+
+        Rows not ``in_domain`` hold unspecified values (possibly NaN); use `propose` for draws with
+        their densities and finite placeholders.
+        """
         v, ld_flow = self.flow(z)
         ok = self.flow.in_domain(v) & self.standardize.in_domain(v)
         v64 = v.to(torch.float64)
@@ -278,8 +302,9 @@ class BoltzmannGenerator(nn.Module):
 
     def reduced_energy(self, x, temperature: float | None = None) -> torch.Tensor:
         """Reduced energy u(x) = U(x)/kT' ``[batch]`` (float64) at ``temperature`` (K), +inf if failed."""
-        u = self.energy(as_tensor(x, dtype=torch.float64))
-        return u * (self.temperature / self._temperature(temperature))
+        energy = self.energy
+        u = energy(as_tensor(x, dtype=torch.float64))
+        return u * (energy.temperature / self._temperature(temperature))
 
     def inverted(self, x) -> torch.Tensor:
         """``bool[batch]``: configurations with an inverted stereocentre (always False without any)."""
@@ -304,7 +329,8 @@ class BoltzmannGenerator(nn.Module):
         return t
 
     def _temperature_scale(self, temperature: float | None) -> float:
-        return self._temperature(temperature) / self.temperature
+        """``T / T0``: the prior's variance factor of proposals at ``temperature``."""
+        return self._temperature(temperature) / self.training_temperature
 
     # ------------------------------------------------------------------ sampling
     def sample_latent(self, n: int, generator: torch.Generator | None = None,
@@ -312,6 +338,110 @@ class BoltzmannGenerator(nn.Module):
         """Latent samples ``[n, n_dof]`` from the (temperature-scaled) prior."""
         return self.flow.prior.sample(n, generator=generator, temperature_scale=self._temperature_scale(temperature),
                                       dtype=self.flow_dtype, device=self.device)
+
+    @property
+    def latent_domain(self) -> Domain:
+        """Domain of the latent space (real, circular and interval dimensions of the prior)."""
+        return self.flow.prior.domain
+
+    def propose(self, n: int | None = None, *, z: torch.Tensor | None = None, temperature: float | None = None,
+                generator: torch.Generator | None = None) -> Proposal:
+        """Configurations with their exact log density: the one path from ``z`` to ``(x, log p_X(x))``.
+
+        ``log_q = -u_Z(z) - log|det J_zx(z)|`` with ``u_Z`` the prior at ``temperature`` (the proposal
+        density in Cartesian space, rigid-body motion uniform). Differentiable with respect to the
+        flow's parameters (and ``z``) when called with gradients enabled; invalid rows hold finite
+        placeholders (see `Proposal`).
+
+        Parameters
+        ----------
+        n : int, optional
+            Draw ``n`` latent points from the (temperature-scaled) prior.
+        z : Tensor ``[m, n_dof]``, optional
+            Use these latent points instead (keyword only; ``n`` must then be omitted or equal ``m``).
+        temperature : float, optional
+            K; the prior is scaled by ``T / T_train`` (see `sample`). Default: the generator's
+            temperature.
+        generator : torch.Generator, optional
+            Source of randomness for drawing ``z`` (same state, same draws).
+
+        Returns
+        -------
+        Proposal
+
+        Examples
+        --------
+        >>> import torch, openmm_bg
+        >>> from openmm_bg.systems import load
+        >>> dw = load("double_well")
+        >>> data = openmm_bg.simulate(dw, n_frames=100, stride=10, seed=0, progress=False)
+        >>> gen = openmm_bg.BoltzmannGenerator.build(dw, data, n_blocks=2, hidden=(16,), seed=0)
+        >>> p = gen.propose(5, generator=torch.Generator().manual_seed(0))
+        >>> p.x.shape, p.log_q.dtype, bool(p.ok.all())
+        (torch.Size([5, 1, 3]), torch.float64, True)
+        """
+        scale = self._temperature_scale(temperature)
+        if z is None:
+            if n is None:
+                raise ValueError("propose needs the number of samples n or latent points z=...")
+            if int(n) < 0:
+                raise ValueError(f"n must be >= 0, got {n}")
+            z = self.sample_latent(int(n), generator, temperature)
+        else:
+            if generator is not None:
+                raise ValueError("generator draws latent points; it cannot be combined with z=...")
+            z = torch.as_tensor(z)
+            if z.dim() != 2 or z.shape[1] != self.n_dof:
+                raise ValueError(f"z must have shape [batch, {self.n_dof}], got {tuple(z.shape)}")
+            if n is not None and int(n) != z.shape[0]:
+                raise ValueError(f"n={n} disagrees with the {z.shape[0]} latent points given")
+            z = z.to(device=self.device, dtype=self.flow_dtype)
+        x, log_det, ok = self.forward(z)
+        u_z = self.flow.prior.energy(z, scale).to(torch.float64)
+        ok = ok & torch.isfinite(u_z)
+        log_det = torch.where(ok, log_det, torch.zeros_like(log_det))
+        x = torch.where(ok[:, None, None], x, self._placeholder_x(x))
+        log_q = torch.where(ok, -u_z - log_det, torch.full_like(log_det, -math.inf))
+        return Proposal(z, x, log_q, log_det, u_z, ok)
+
+    def _placeholder_x(self, like: torch.Tensor) -> torch.Tensor:
+        """The mean structure ``[1, n_atoms, 3]``: what invalid rows of a `Proposal` hold."""
+        with torch.no_grad():
+            y = self.standardize.shift.to(device=like.device, dtype=torch.float64)[None]
+            x, _ = self.transform(y)
+        return x.to(like)
+
+    def log_weight_latent(self, z: torch.Tensor, temperature: float | None = None) -> tuple[torch.Tensor, Proposal]:
+        """Log importance weights of latent points, ``log w(z) = -u(F(z)) + u_Z(z) + log|det J_zx(z)|``.
+
+        The weight of ``x = F(z)`` as a draw of the (temperature-scaled) proposal, with the raw
+        reduced energy ``u`` at ``temperature`` (no lin-log cut). Differentiable with respect to
+        ``z`` and the flow's parameters when gradients are enabled (e.g. for annealed or
+        gradient-based samplers in latent space).
+
+        Parameters
+        ----------
+        z : Tensor ``[batch, n_dof]``
+            Latent points.
+        temperature : float, optional
+            K (default: the generator's temperature).
+
+        Returns
+        -------
+        log_w : Tensor ``[batch]``
+            float64; ``-inf`` out of domain, with an inverted stereocentre or a failed energy.
+        proposal : Proposal
+            The configurations and densities the weights were computed from.
+        """
+        t = self._temperature(temperature)
+        p = self.propose(z=z, temperature=t)
+        u = torch.full_like(p.log_q, math.inf)
+        if bool(p.ok.any()):
+            u = u.index_put((p.ok.nonzero()[:, 0],), self.reduced_energy(p.x[p.ok], t).to(u))
+        good = p.ok & torch.isfinite(u) & ~self.inverted(p.x).to(p.ok.device)
+        lw = torch.where(good, -u - torch.where(good, p.log_q, torch.zeros_like(p.log_q)),
+                         torch.full_like(u, -math.inf))
+        return lw, p
 
     def sample(self, n: int, temperature: float | None = None, seed: int | None = 0, batch_size: int = 4096,
                progress: bool = False) -> Samples:
@@ -322,8 +452,9 @@ class BoltzmannGenerator(nn.Module):
         n : int
             Number of samples.
         temperature : float, optional
-            K. At another temperature than the training one the prior is scaled (approximate
-            proposals), but energies and weights are exact for that temperature.
+            K (default `temperature`, the system's). At another temperature than the training one
+            the prior is scaled by ``T / training_temperature`` (approximate proposals), but energies
+            and weights are exact for that temperature.
         seed : int, optional
             Same seed, same samples.
         batch_size : int
@@ -334,9 +465,9 @@ class BoltzmannGenerator(nn.Module):
         Returns
         -------
         Samples
-            Positions (nm, in the generator's frame), energies (kT at ``temperature``), log densities
-            and log weights; samples out of domain, with an inverted stereocentre or a failed energy
-            have weight 0 and are counted.
+            Positions (nm, in the generator's frame; NaN rows out of domain), energies (kT at
+            ``temperature``), log densities and log weights; samples out of domain, with an
+            inverted stereocentre or a failed energy have weight 0 and are counted.
         """
         from tqdm.auto import tqdm
 
@@ -351,48 +482,50 @@ class BoltzmannGenerator(nn.Module):
             done = 0
             while done < n:
                 m = min(batch_size, n - done)
-                z = self.sample_latent(m, gen, t)
-                x, log_det, ok = self.forward(z)
-                lp = -self.flow.prior.energy(z, self._temperature_scale(t)).to(torch.float64) - log_det
-                lp = torch.where(ok, lp, torch.full_like(lp, -math.inf))
-                x = torch.where(ok[:, None, None], x, torch.full_like(x, math.nan))
-                u = torch.full_like(lp, math.inf)
-                if ok.any():
-                    u[ok] = self.reduced_energy(x[ok], t).to(u)
-                positions.append(x.cpu().numpy())
+                p = self.propose(m, temperature=t, generator=gen)
+                u = torch.full_like(p.log_q, math.inf)
+                if p.ok.any():
+                    u[p.ok] = self.reduced_energy(p.x[p.ok], t).to(u)
+                positions.append(torch.where(p.ok[:, None, None], p.x, math.nan).cpu().numpy())
                 energies.append(u.cpu().numpy())
-                log_prob.append(lp.cpu().numpy())
-                rejected.append((self.inverted(x) & ok).cpu().numpy())
+                log_prob.append(p.log_q.cpu().numpy())
+                rejected.append((self.inverted(p.x) & p.ok).cpu().numpy())
                 done += m
                 bar.update(m)
+        provenance = {"kind": "plain", "generator": self.identity(), "seed": seed, "temperature": t,
+                      "training_temperature": self.training_temperature}
         return Samples(self.system, np.concatenate(positions), np.concatenate(energies),
-                       np.concatenate(log_prob), temperature=t, rejected=np.concatenate(rejected))
+                       np.concatenate(log_prob), temperature=t, rejected=np.concatenate(rejected),
+                       provenance=provenance)
+
+    def identity(self) -> dict:
+        """What identifies this generator in the provenance of its samples: system name and a hash
+        (SHA-1, 16 hex digits) of the build options and current flow weights."""
+        h = hashlib.sha1(json.dumps(self.config, sort_keys=True, default=str).encode())
+        for key, value in self.flow.state_dict().items():
+            h.update(key.encode())
+            h.update(value.detach().cpu().numpy().tobytes())
+        return {"system": self.system.name, "sha1": h.hexdigest()[:16]}
 
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> Path:
-        """Write the generator (weights, transform, training config, fingerprint) atomically.
+        """Write the generator (weights, transform, training config and temperature, fingerprint) atomically.
 
-        The file is a torch pickle: load only files you trust.
+        ``extra`` (picklable metadata) is added to `extra`, which is stored. The file is a torch
+        pickle: load only files you trust.
         """
-        path = Path(path)
-        payload = {
-            "magic": _MAGIC, "format_version": FORMAT_VERSION, "package_version": __version__,
-            "system_name": self.system.name, "fingerprint": system_fingerprint(self.system),
-            "config": self.config, "transform": self.transform.cpu(), "standardize": self.standardize.cpu(),
-            "flow_domain": self.flow.domain, "flow_state": {k: v.cpu() for k, v in self.flow.state_dict().items()},
-            "extra": dict(extra or {}),
-        }
-        self.transform.to(self.device)
-        self.standardize.to(self.device)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-        return path
+        self.extra.update(extra or {})
+        payload = model_payload(self.system, self.config, self.transform, self.standardize, self.flow,
+                                self.training_temperature, self.extra)
+        return write_model_file(path, payload)
 
     @classmethod
     def load(cls, path: str | os.PathLike, system: MolecularSystem, device: str | torch.device | None = None,
              energy: OpenMMEnergy | None = None) -> BoltzmannGenerator:
         """Read a generator written by `save` for ``system``.
+
+        The generator keeps its stored training temperature (files of format 1 have none: the
+        system's is used); ``system``'s temperature becomes the default target temperature.
 
         Raises
         ------
@@ -414,23 +547,7 @@ class BoltzmannGenerator(nn.Module):
             net.load_state_dict(payload["flow_state"])
         except RuntimeError as err:
             raise ValueError(f"{path}: the stored weights do not fit the stored architecture ({err})") from err
-        gen = cls(system, payload["transform"], payload["standardize"], net, config=cfg, energy=energy)
-        gen.extra = payload.get("extra", {})
+        gen = cls(system, payload["transform"], payload["standardize"], net, config=cfg, energy=energy,
+                  training_temperature=payload.get("training_temperature"))
+        gen.extra = dict(payload.get("extra") or {})
         return gen.to(device) if device is not None else gen
-
-
-def read_model_file(path: str | os.PathLike) -> dict:
-    """Load and validate the payload of a saved generator (see `BoltzmannGenerator.load`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {str(path)!r}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated or foreign files raise many different errors
-        raise ValueError(f"{path}: not a readable openmm-bg model file (corrupt or truncated?): {err}") from err
-    if not isinstance(payload, dict) or payload.get("magic") != _MAGIC:
-        raise ValueError(f"{path}: not an openmm-bg generator file")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path}: written by a newer openmm-bg (file format {payload['format_version']}, this "
-                         f"version reads {FORMAT_VERSION}); upgrade openmm-bg")
-    return payload

@@ -23,20 +23,28 @@ def ml_loss(gen: BoltzmannGenerator, v: torch.Tensor) -> torch.Tensor:
 
 def kl_loss(gen: BoltzmannGenerator, z: torch.Tensor, temperature: float, reference_energy: float,
             high: float, max_energy: float, chirality_weight: float):
-    """Reverse KL (variational free energy) of latent samples ``z``; returns ``(loss, x, info)``.
+    """Reverse KL (variational free energy) of latent samples ``z``; returns ``(loss, proposal, info)``.
 
-    ``x`` is ``[batch, n_atoms, 3]`` (float64, graph attached, NaN rows out of domain) for reuse by
-    the RC loss; ``info`` holds the mean raw energy and rejection counts.
+    ``proposal`` is the `Proposal` of ``z`` at ``temperature`` (``x`` float64 with the graph attached,
+    invalid rows marked by ``proposal.ok`` and holding finite placeholders) for reuse by the RC loss;
+    ``info`` holds the mean raw energy and rejection counts. Energies are evaluated for valid rows
+    only; invalid rows enter the loss with the lin-log cut's ceiling (the value of a failed energy),
+    which carries no gradient.
     """
-    x, log_det, ok = gen.forward(z)
-    scale = gen.temperature / temperature
-    u = gen.energy(x.masked_fill(~ok[:, None, None], 0.0)) * scale
+    p = gen.propose(z=z, temperature=temperature)
+    ok = p.ok
+    u = torch.full_like(p.log_q, math.inf)
+    if bool(ok.any()):
+        u = u.index_put((ok.nonzero()[:, 0],), gen.reduced_energy(p.x[ok], temperature).to(u))
+    scale = gen.energy.temperature / temperature
     u_cut = linlogcut(u, high=high, max=max_energy, reference=reference_energy * scale)
-    u_cut = torch.where(ok, u_cut, torch.full_like(u_cut, float(u_cut.detach().max()) if ok.any() else 0.0))
-    loss = (u_cut - torch.where(ok, log_det, torch.zeros_like(log_det))).mean()
+    ceiling = linlogcut(torch.full((1,), math.inf, dtype=u.dtype, device=u.device), high=high, max=max_energy,
+                        reference=reference_energy * scale)
+    u_cut = torch.where(ok, u_cut, ceiling.detach())
+    loss = (u_cut - p.log_det).mean()
     n_inverted = 0
     if gen.stereo is not None and chirality_weight > 0:
-        vol = gen.stereo.signed_volumes(x)
+        vol = gen.stereo.signed_volumes(p.x)
         ref = torch.as_tensor(gen.stereo.reference_sign, dtype=vol.dtype, device=vol.device)
         magnitude = vol.detach().abs().mean(0).clamp_min(1e-6)
         penalty = torch.relu(-vol * ref / magnitude).sum(-1)
@@ -46,7 +54,7 @@ def kl_loss(gen: BoltzmannGenerator, z: torch.Tensor, temperature: float, refere
     finite_u = u.detach()[ok & torch.isfinite(u.detach())]
     info = {"u_mean": float(finite_u.mean()) if finite_u.numel() else math.inf,
             "out_of_domain": int((~ok).sum()), "inverted": n_inverted}
-    return loss, x, info
+    return loss, p, info
 
 
 def rc_loss(x: torch.Tensor, ok: torch.Tensor, coordinate: ReactionCoordinate,

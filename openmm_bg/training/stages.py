@@ -39,7 +39,7 @@ class Stage:
     kl_batch_size : int, optional
         Prior samples per KL/RC batch (default ``batch_size``).
     temperature : float, optional
-        K at which the KL term is taken (default the system's).
+        K at which the KL term is taken (default the generator's training temperature).
     energy_high, energy_max : float
         Lin-log cut of the KL energies, in kT above the reference energy (see
         `openmm_bg.energy.linlogcut`).

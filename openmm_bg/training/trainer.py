@@ -147,18 +147,17 @@ class Trainer:
             loss = loss + stage.ml * ml.to(torch.float64)
             row["ml"] = ml.item()
         if w_kl > 0 or stage.rc > 0:
-            t = gen.temperature if stage.temperature is None else stage.temperature
+            t = gen.training_temperature if stage.temperature is None else stage.temperature
             z = gen.sample_latent(stage.kl_batch_size or stage.batch_size, self._rng, t)
-            kl, x, info = kl_loss(gen, z, t, self._reference(), stage.energy_high, stage.energy_max,
-                                  stage.chirality_weight)
+            kl, proposal, info = kl_loss(gen, z, t, self._reference(), stage.energy_high, stage.energy_max,
+                                         stage.chirality_weight)
             self.energy_evaluations += z.shape[0]
             row.update(info)
             if w_kl > 0:
                 loss = loss + w_kl * kl
                 row["kl"] = kl.item()
             if stage.rc > 0:
-                ok = torch.isfinite(x).all(-1).all(-1)
-                rcl = rc_loss(x, ok, self.rc)
+                rcl = rc_loss(proposal.x, proposal.ok, self.rc)  # valid rows only
                 loss = loss + stage.rc * rcl
                 row["rc"] = rcl.item()
         row["loss"] = loss.item()

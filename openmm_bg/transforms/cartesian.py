@@ -81,6 +81,9 @@ class CartesianTransform(torch.nn.Module):
         self.dims = DimInfo.build(["cartesian"] * self.n_dof, [()] * self.n_dof,
                                   [f"whitened {comp[f % 3]}{f // 3}" for f in flat])
 
+    #: Positions are absolute (external potentials): no rigid-body motion to carry (see `MixedTransform`).
+    rotation_invariant = False
+
     @classmethod
     def from_system(cls, system, data=None, ridge: float = 1e-4) -> CartesianTransform:
         """Transform for a `MolecularSystem`, using its ``free_dims``; ``data`` as in the constructor."""
@@ -105,6 +108,20 @@ class CartesianTransform(torch.nn.Module):
         free, log_det = self.whitening.forward(y)
         x = y.new_zeros(y.shape[0], self.n_atoms * 3).index_copy(1, self._free.to(y.device), free)
         return x.reshape(-1, self.n_atoms, 3), log_det
+
+    def _free_mask(self, like: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(self.n_atoms * 3, dtype=torch.bool, device=like.device)
+        mask[self._free.to(like.device)] = True
+        return mask.reshape(self.n_atoms, 3)
+
+    def frame(self, x: torch.Tensor) -> torch.Tensor:
+        """What ``y`` does not describe: the confined components of ``x`` ``[batch, n_atoms, 3]`` (free
+        components 0), for `place`."""
+        return torch.where(self._free_mask(x), torch.zeros_like(x), x)
+
+    def place(self, x: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+        """Configurations ``[batch, n_atoms, 3]`` from ``forward`` with the confined components of ``frame``."""
+        return torch.where(self._free_mask(x), x, frame.to(x))
 
     def inverse(self, x: torch.Tensor):
         """Positions ``[batch, n_atoms, 3]`` -> ``(y [batch, n_dof], log_det [batch])``; confined ignored."""

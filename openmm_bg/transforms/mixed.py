@@ -131,6 +131,9 @@ class MixedTransform(Float64Buffers):
 
     _float64_buffers = ("_fixed_values",)
 
+    #: Rigid-body motion is not modelled: ``frame``/``place`` carry it (see also `CartesianTransform`).
+    rotation_invariant = True
+
     def __init__(self, zmatrix: ZMatrix, core_data,
                  constraints: Sequence[tuple[int, int, float]] | None = None, ridge: float = 1e-4):
         super().__init__()
@@ -358,9 +361,16 @@ class MixedTransform(Float64Buffers):
         return y, log_det
 
     def frame(self, x: torch.Tensor):
-        """Rigid-body part of ``x``: ``(rotation [batch, 3, 3], translation [batch, 3])``."""
+        """What ``y`` does not describe, the rigid-body part of ``x``: ``(rotation [batch, 3, 3],
+        translation [batch, 3])``, for `place`."""
         _, rot, trans, _ = frame_coordinates(x[:, self._core.to(x.device)])
         return rot, trans
+
+    def place(self, x: torch.Tensor, frame) -> torch.Tensor:
+        """Move configurations ``[batch, n_atoms, 3]`` of the body frame (``forward``'s output) into
+        ``frame`` (from `frame`, of one configuration or one per row)."""
+        rotation, translation = frame
+        return apply_rigid(x, rotation.to(x), translation.to(x))
 
     def extra_repr(self) -> str:
         return (f"n_atoms={self.n_atoms}, n_dof={self.n_dof}, n_core={self.n_core}, "

@@ -118,6 +118,16 @@ def _as_sample_sets(samples) -> list[Samples]:
     return sets
 
 
+def _require_proposal_density(sets: list[Samples], what: str) -> None:
+    """Refuse sets whose ``log_prob`` is not the density they were drawn from (`Samples.has_proposal_density`)."""
+    for s in sets:
+        if not s.has_proposal_density:
+            raise ValueError(f"{what} uses the generator's density of each sample (log_prob) as a normalised "
+                             f"reference, but these samples are {s.provenance.get('kind')!r}, not plain draws of a "
+                             "generator; use their log weights (state_free_energy, free_energy_profile) or pass "
+                             "plain samples from BoltzmannGenerator.sample")
+
+
 def _same_topology(a: MolecularSystem, b: MolecularSystem) -> str | None:
     """None if ``a`` and ``b`` share atoms (names, elements, order) and constraints; else why not."""
     if a.n_atoms != b.n_atoms:

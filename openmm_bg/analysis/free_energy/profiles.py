@@ -14,7 +14,15 @@ from ...systems import MolecularSystem, ReactionCoordinate
 from .. import reweighting
 from ..reweighting import WeightDiagnostics
 from ..samples import Samples
-from ._common import _as_list, _as_sample_sets, _fmt_diag, _jsonable, _kT, _require_same_topology
+from ._common import (
+    _as_list,
+    _as_sample_sets,
+    _fmt_diag,
+    _jsonable,
+    _kT,
+    _require_proposal_density,
+    _require_same_topology,
+)
 from .mbar import MBARProblem
 
 
@@ -332,6 +340,7 @@ def mbar_profile(coordinate, target: MolecularSystem, samples: Samples | Sequenc
     ...                  trajectories=[(hot, md_hot)])  # doctest: +SKIP
     """
     sets = _as_sample_sets(samples) if samples is not None else []
+    _require_proposal_density(sets, "mbar_profile")
     gens = _as_list(generators)
     if gens and len(gens) != len(sets):
         raise ValueError(f"give one generator per sample set ({len(sets)} sets, {len(gens)} generators)")

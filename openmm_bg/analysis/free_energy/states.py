@@ -24,6 +24,7 @@ from ._common import (
     _jsonable,
     _KcalUnits,
     _kT,
+    _require_proposal_density,
     _require_same_topology,
     _state_name,
 )
@@ -315,6 +316,7 @@ def state_free_energy_mbar(samples: Samples, generator, state_a: StateLike, stat
     >>> r = state_free_energy_mbar(samples, gen, "C7eq", "C7ax", md_a=md_eq, md_b=md_ax)  # doctest: +SKIP
     """
     sets = _as_sample_sets(samples)
+    _require_proposal_density(sets, "state_free_energy_mbar")
     if len(sets) != 1:
         raise ValueError("state_free_energy_mbar takes one sample set and its generator")
     s = sets[0]

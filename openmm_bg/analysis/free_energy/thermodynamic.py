@@ -22,6 +22,7 @@ from ._common import (
     _KcalUnits,
     _kT,
     _label,
+    _require_proposal_density,
     _require_same_topology,
     pymbar_module,
 )
@@ -222,6 +223,7 @@ def two_generator_estimate(samples_a: Samples, samples_b: Samples, state_a: Mole
     -------
     TwoGeneratorEstimate
     """
+    _require_proposal_density([samples_a, samples_b], "two_generator_estimate")
     state_a = state_a or samples_a.system.with_temperature(samples_a.temperature)
     state_b = state_b or samples_b.system.with_temperature(samples_b.temperature)
     _require_same_topology(state_a, state_b, "the two thermodynamic states")
@@ -280,6 +282,7 @@ def thermodynamic_free_energy(state_a: MolecularSystem | float, state_b: Molecul
     ...                               generators=[gen, gen])  # doctest: +SKIP
     """
     sets = _as_sample_sets(samples) if samples is not None else []
+    _require_proposal_density(sets, "thermodynamic_free_energy")
     gens = _as_list(generators)
     if gens and len(gens) != len(sets):
         raise ValueError(f"give one generator per sample set ({len(sets)} sets, {len(gens)} generators)")
