@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ._checks import check_count, check_fraction, check_step
@@ -53,6 +54,7 @@ from .schedule import AdaptiveSchedule, FixedSchedule
 __all__ = ["AnnealConfig", "anneal"]
 
 _KERNELS = ("mala", "hmc")
+_SEED_SALT = 0xA22EA1  # decorrelates the run's generator from torch.manual_seed(seed)
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,10 @@ class AnnealConfig:
     leapfrog_steps : int
         HMC leapfrog steps per kernel step (>= 1).
     seed : int or None
-        Seed of the run's ``torch.Generator`` (same seed, same result); None: a fresh one.
+        Seed of the run's randomness (same seed, same result); None: a fresh one. The generator is
+        seeded with a hash of it, not with ``seed`` itself, so that a caller who drew ``x0`` with
+        ``torch.Generator().manual_seed(seed)`` does not get the same normals again as kernel noise
+        (noise correlated with ``x0`` biases the weights).
     schedule : FixedSchedule or None
         Frozen betas and step sizes (e.g. ``FixedSchedule.from_result(pilot)``); they replace
         ``n_levels`` and ``step_size``. Requires ``adaptive=False``.
@@ -116,8 +121,8 @@ class AnnealConfig:
         if self.target_acceptance is not None:
             check_fraction("target_acceptance", self.target_acceptance)
         Resampler(self.resample_threshold)  # validates the threshold
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise ValueError(f"seed must be a non-negative integer or None, got {self.seed!r}")
         if self.schedule is not None:
             if not isinstance(self.schedule, FixedSchedule):
                 raise ValueError(f"schedule must be a FixedSchedule, got {type(self.schedule).__name__}")
@@ -195,7 +200,7 @@ def anneal(log_q, log_target, x0: torch.Tensor, config: AnnealConfig | None = No
     if config.seed is None:
         generator.seed()
     else:
-        generator.manual_seed(config.seed)
+        generator.manual_seed(int(np.random.SeedSequence([config.seed, _SEED_SALT]).generate_state(1, np.uint64)[0]))
 
     n = state.x.shape[0]
     log_w = torch.zeros(n, dtype=torch.float64, device=state.x.device)
