@@ -209,9 +209,13 @@ def test_value_and_grad_matches_autograd_and_counts_hmc():
     assert given.n_target_evaluations == 200 * (1 + 5 * 3)
 
 
-def test_progress_bar_runs(capsys):
-    anneal(log_q, gaussian, draw_q(50, 9), AnnealConfig(n_levels=3, adaptive=False, progress=True, seed=0))
+def test_progress_bar_and_autograd_under_no_grad(capsys):
+    """Callers that sample under ``torch.no_grad()`` still get gradients for the kernels."""
+    with torch.no_grad():
+        result = anneal(log_q, gaussian, draw_q(50, 9), AnnealConfig(n_levels=3, adaptive=False, progress=True,
+                                                                      step_size=0.5, seed=0))
     assert "annealing" in capsys.readouterr().err
+    assert float(result.acceptance.min()) > 0.5
 
 
 @pytest.mark.parametrize("kwargs, match", [
