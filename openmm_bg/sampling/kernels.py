@@ -1,0 +1,161 @@
+"""Markov kernels that leave one density of the path, ``pi_b``, exactly invariant.
+
+A kernel only proposes and accepts; the annealer decides ``b`` and the step size. Both kernels
+use a Metropolis-Hastings test, so they are exact for any step size (a bad one only lowers the
+acceptance):
+
+- `MALA`: ``x' = x + (h^2 / 2) grad log pi_b(x) + h xi``, ``xi ~ N(0, I)``;
+- `HMC`: ``L`` leapfrog steps of size ``h`` with unit masses and fresh momenta.
+
+A proposal is rejected, counted in ``n_invalid`` and never applied when a position, log density or
+gradient it needs is non-finite (out of domain: ``log p = -inf``; a failed evaluation: NaN or
+``+inf``). HMC applies that test to every leapfrog point; the criterion is the same for a
+trajectory and its reverse, so the kernel stays exact. Particles whose current density is zero
+(``log pi_b = -inf``, weight zero already) stay where they are and are not counted as proposals.
+
+Examples
+--------
+>>> import torch
+>>> from openmm_bg.sampling.path import GeometricPath
+>>> path = GeometricPath(lambda x: -0.5 * (x**2).sum(1), lambda x: -2.0 * (x**2).sum(1))
+>>> state = path.evaluate(torch.zeros(100, 2, dtype=torch.float64))
+>>> state, stats = MALA().step(path, state, beta=0.5, step_size=0.5,
+...                            generator=torch.Generator().manual_seed(0))
+>>> stats.n_proposed, 0.5 < stats.acceptance <= 1.0
+(100, True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._checks import check_count
+from .path import GeometricPath, PathPoint
+
+__all__ = ["MoveStats", "Kernel", "MALA", "HMC"]
+
+
+@dataclass(frozen=True)
+class MoveStats:
+    """Counts of one or more kernel steps.
+
+    Attributes
+    ----------
+    n_proposed : int
+        Proposals made from particles with non-zero density.
+    n_accepted : int
+        Proposals accepted.
+    n_invalid : int
+        Proposals rejected because a position, log density or gradient was non-finite.
+    """
+
+    n_proposed: int = 0
+    n_accepted: int = 0
+    n_invalid: int = 0
+
+    @property
+    def acceptance(self) -> float:
+        """Accepted fraction of the proposals (NaN if there were none)."""
+        return self.n_accepted / self.n_proposed if self.n_proposed else float("nan")
+
+    def __add__(self, other: MoveStats) -> MoveStats:
+        return MoveStats(self.n_proposed + other.n_proposed, self.n_accepted + other.n_accepted,
+                         self.n_invalid + other.n_invalid)
+
+
+def _finite_rows(*tensors: torch.Tensor) -> torch.Tensor:
+    ok = torch.ones(tensors[0].shape[0], dtype=torch.bool, device=tensors[0].device)
+    for t in tensors:
+        ok &= torch.isfinite(t.reshape(t.shape[0], -1)).all(1)
+    return ok
+
+
+def _accept(state: PathPoint, proposal: PathPoint, log_alpha: torch.Tensor, alive: torch.Tensor,
+            valid: torch.Tensor, generator: torch.Generator) -> tuple[PathPoint, MoveStats]:
+    log_u = torch.rand(log_alpha.shape, generator=generator, dtype=torch.float64,
+                       device=log_alpha.device).log()
+    accept = alive & valid & (log_u < log_alpha)
+    stats = MoveStats(int(alive.sum()), int(accept.sum()), int((alive & ~valid).sum()))
+    return state.where(accept, proposal), stats
+
+
+class Kernel:
+    """Base class: ``step`` moves every particle once, leaving ``pi_beta`` invariant."""
+
+    #: Acceptance the adaptive schedule tunes the step size towards.
+    target_acceptance: float = 0.5
+
+    def step(self, path: GeometricPath, state: PathPoint, beta: float, step_size: float,
+             generator: torch.Generator) -> tuple[PathPoint, MoveStats]:
+        """One proposal and Metropolis-Hastings test per particle.
+
+        Parameters
+        ----------
+        path : GeometricPath
+            Evaluates the proposals.
+        state : PathPoint
+            ``[n]`` current particles (densities and gradients cached).
+        beta : float
+            The invariant density is ``pi_beta``.
+        step_size : float
+            ``h`` in units of ``x``.
+        generator : torch.Generator
+            Source of randomness (same generator state, same result).
+        """
+        raise NotImplementedError
+
+
+class MALA(Kernel):
+    """Metropolis-adjusted Langevin: one gradient evaluation per step."""
+
+    target_acceptance = 0.574
+
+    def step(self, path, state, beta, step_size, generator):
+        h2 = step_size**2
+        lp_x = state.log_density(beta)
+        alive = torch.isfinite(lp_x)
+        mean_x = state.x + 0.5 * h2 * state.grad(beta)
+        noise = torch.randn(state.x.shape, generator=generator, dtype=state.x.dtype, device=state.x.device)
+        y = mean_x + step_size * noise
+        valid = alive & _finite_rows(y)
+        proposal = path.evaluate(torch.where(valid[:, None], y, state.x))
+        lp_y, grad_y = proposal.log_density(beta), proposal.grad(beta)
+        valid &= _finite_rows(lp_y, grad_y)
+        log_forward = -0.5 * (noise**2).sum(1)
+        log_reverse = -((state.x - proposal.x - 0.5 * h2 * grad_y) ** 2).sum(1) / (2.0 * h2)
+        log_alpha = lp_y - lp_x + log_reverse - log_forward
+        return _accept(state, proposal, log_alpha, alive, valid, generator)
+
+
+class HMC(Kernel):
+    """Hamiltonian Monte Carlo with ``leapfrog_steps`` gradient evaluations per step.
+
+    Parameters
+    ----------
+    leapfrog_steps : int
+        ``L >= 1``; trajectory length is ``L x step_size``.
+    """
+
+    target_acceptance = 0.65
+
+    def __init__(self, leapfrog_steps: int = 5):
+        self.leapfrog_steps = check_count("leapfrog_steps", leapfrog_steps)
+
+    def step(self, path, state, beta, step_size, generator):
+        lp_x = state.log_density(beta)
+        alive = torch.isfinite(lp_x)
+        p0 = torch.randn(state.x.shape, generator=generator, dtype=state.x.dtype, device=state.x.device)
+        valid = alive.clone()
+        x, p = state.x, p0 + 0.5 * step_size * state.grad(beta)
+        point = state
+        for i in range(self.leapfrog_steps):
+            x = x + step_size * p
+            valid &= _finite_rows(x)
+            point = path.evaluate(torch.where(valid[:, None], x, state.x))
+            grad = point.grad(beta)
+            valid &= _finite_rows(point.log_density(beta), grad)
+            p = p + (0.5 if i == self.leapfrog_steps - 1 else 1.0) * step_size * grad
+        log_alpha = point.log_density(beta) - lp_x - 0.5 * ((p**2).sum(1) - (p0**2).sum(1))
+        return _accept(state, point, log_alpha, alive, valid, generator)
