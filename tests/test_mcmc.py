@@ -459,7 +459,9 @@ def test_alanine_c7ax_population_against_reference():
         pytest.skip(f"reference {ref_file} not written yet (the lead produces it)")
     ref = json.loads(ref_file.read_text())["vacuum"]
     import importlib.util
+    import sys
 
+    sys.path.insert(0, str(ref_file.parents[1]))  # the benchmark scripts import their _common module
     spec = importlib.util.spec_from_file_location("mcmc_mixing", ref_file.parents[1] / "mcmc_mixing.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -47,7 +47,7 @@ from torch.autograd.function import once_differentiable
 
 from ..constants import kT_kJ_per_mol
 from ..geometry import as_tensor
-from ..systems.molecular_system import MolecularSystem, PeriodicSystemError
+from ..systems.molecular_system import MolecularSystem, PeriodicSystemError, require_nonperiodic
 from .context import ContextEvaluator
 from .platforms import PlatformChoice, available_platforms, default_properties, select_platform
 from .workers import WorkerPool
@@ -172,13 +172,10 @@ class OpenMMEnergy(torch.nn.Module):
         n_workers = int(n_workers)
         if n_workers < 1:
             raise ValueError(f"n_workers must be >= 1, got {n_workers}")
-        if system.usesPeriodicBoundaryConditions() and not allow_periodic:
-            raise PeriodicSystemError(
-                f"{'system ' + repr(name) if name else 'the System'} is periodic (explicit solvent or a "
-                "periodic box); Boltzmann "
-                "Generators support single molecules in vacuum or implicit solvent only. Rebuild the "
-                "System without solvent (vacuum or implicitSolvent=OBC2, nonbondedMethod=NoCutoff), or "
-                "pass allow_periodic=True to evaluate energies only (at the System's default box)")
+        if not allow_periodic:
+            require_nonperiodic(system, f"OpenMMEnergy{' of ' + repr(name) if name else ''}",
+                                remedy="pass allow_periodic=True to evaluate energies only (at the System's "
+                                       "default box)")
         self.system = system
         self.temperature = _strip_temperature(temperature)
         self.kT = kT_kJ_per_mol(self.temperature)

@@ -38,7 +38,7 @@ from openmmtools.mcmc import MCMCMove
 
 from ..model.fingerprint import ModelMismatchError, check_fingerprint, system_fingerprint
 from ..model.generator import BoltzmannGenerator
-from ..systems import MolecularSystem
+from ..systems import MolecularSystem, require_nonperiodic
 from . import serialization
 from .fixman import FixmanFactor
 
@@ -265,9 +265,7 @@ class GeneratorMove(MCMCMove):
 
     def _check_state(self, gen: BoltzmannGenerator, thermodynamic_state) -> None:
         system = _state_system(thermodynamic_state)
-        if system.usesPeriodicBoundaryConditions():
-            raise ValueError("the thermodynamic state's System is periodic; a Boltzmann Generator move "
-                             "supports molecules in vacuum or implicit solvent only")
+        require_nonperiodic(system, "a Boltzmann Generator move (the thermodynamic state's System)")
         if system.getNumParticles() != gen.system.n_atoms:
             raise ModelMismatchError(f"the thermodynamic state's System has {system.getNumParticles()} "
                                      f"particles, the generator was trained for {gen.system.n_atoms}")

@@ -6,11 +6,12 @@ openmmtools sampling (``MCMCSampler``, ``SequenceMove``/``WeightedMove`` with ``
 
 - `BoltzmannGeneratorMove`: independence Metropolis-Hastings with flow samples as proposals,
   accepted with ``min(1, exp(-[u(x') - u(x)] + [log p_X(x) - log p_X(x')]))``;
-- `LatentMetropolisMove`: the seed's latent random walk ``z' = F_xz(x) + s N(0, I)`` (wrapped on
+- `LatentMetropolisMove`: the paper's latent random walk ``z' = F_xz(x) + s N(0, I)`` (wrapped on
   circular latent dimensions), accepted with
   ``min(1, exp(-[u(x') - u(x)] + log|det J_zx(z')| - log|det J_zx(z)|))``.
 
-Both moves are exact in Cartesian space (see ``design.md``):
+Both moves are exact in Cartesian space (``docs/design.md``, "Rigid-body degrees of freedom",
+"Chirality", "Constraints"):
 
 - ``u`` is the reduced potential of the *thermodynamic state the move is applied in*
   (``ThermodynamicState.reduced_potential``), so the moves stay exact at other temperatures or
@@ -39,15 +40,12 @@ model, and models are loaded once per process (`openmm_bg.mcmc.serialization`).
 
 Examples
 --------
-Add a Boltzmann-Generator move to Langevin dynamics of the seed's double well:
+Add a Boltzmann-Generator move to Langevin dynamics of the paper's double well:
 
 >>> import openmm.unit as unit
 >>> from openmmtools import mcmc, states
->>> import openmm_bg
->>> from openmm_bg.systems import load
->>> dw = load("double_well")
->>> data = openmm_bg.simulate(dw, n_frames=200, stride=10, seed=0, progress=False)
->>> gen = openmm_bg.BoltzmannGenerator.build(dw, data, n_blocks=2, hidden=(16,), seed=0)
+>>> # dw: the double well; dw_gen: a small generator built on MD data of it (conftest.py)
+>>> gen = dw_gen
 >>> thermo = states.ThermodynamicState(dw.system, temperature=dw.temperature * unit.kelvin)
 >>> sampler_state = states.SamplerState(dw.positions * unit.nanometer)
 >>> move = mcmc.SequenceMove([mcmc.LangevinDynamicsMove(timestep=5 * unit.femtosecond, n_steps=20),
@@ -132,11 +130,8 @@ class BoltzmannGeneratorMove(GeneratorMove):
     --------
     >>> import openmm.unit as unit
     >>> from openmmtools import mcmc, states
-    >>> import openmm_bg
-    >>> from openmm_bg.systems import load
-    >>> dw = load("double_well")
-    >>> data = openmm_bg.simulate(dw, n_frames=200, stride=10, seed=0, progress=False)
-    >>> gen = openmm_bg.BoltzmannGenerator.build(dw, data, n_blocks=2, hidden=(16,), seed=0)
+    >>> # dw: the double well; dw_gen: a small generator built on MD data of it (conftest.py)
+    >>> gen = dw_gen
     >>> move = BoltzmannGeneratorMove(gen, n_proposals=10, seed=1)
     >>> thermo = states.ThermodynamicState(dw.system, temperature=300 * unit.kelvin)
     >>> sampler_state = states.SamplerState(dw.positions * unit.nanometer)
@@ -211,7 +206,7 @@ class BoltzmannGeneratorMove(GeneratorMove):
 
 
 class LatentMetropolisMove(GeneratorMove):
-    """The seed's latent-space Metropolis move: a random walk in the generator's latent space.
+    """The paper's latent-space Metropolis move: a random walk in the generator's latent space.
 
     ``z = F_xz(x)``, ``z' = z + s N(0, I)`` (wrapped on circular latent dimensions), ``x' = F_zx(z')``
     placed in the current configuration's frame (rotation and position; toy systems keep their
@@ -238,11 +233,8 @@ class LatentMetropolisMove(GeneratorMove):
     --------
     >>> import openmm.unit as unit
     >>> from openmmtools import states
-    >>> import openmm_bg
-    >>> from openmm_bg.systems import load
-    >>> dw = load("double_well")
-    >>> data = openmm_bg.simulate(dw, n_frames=200, stride=10, seed=0, progress=False)
-    >>> gen = openmm_bg.BoltzmannGenerator.build(dw, data, n_blocks=2, hidden=(16,), seed=0)
+    >>> # dw: the double well; dw_gen: a small generator built on MD data of it (conftest.py)
+    >>> gen = dw_gen
     >>> move = LatentMetropolisMove(gen, step_size=0.3, n_steps=5, seed=2)
     >>> thermo = states.ThermodynamicState(dw.system, temperature=300 * unit.kelvin)
     >>> move.apply(thermo, states.SamplerState(dw.positions * unit.nanometer))

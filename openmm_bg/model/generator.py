@@ -14,11 +14,8 @@ weight 0 (log weight ``-inf``) and are counted.
 
 Examples
 --------
->>> import openmm_bg
->>> from openmm_bg.systems import load
->>> dw = load("double_well")
->>> data = openmm_bg.simulate(dw, n_frames=200, stride=10, seed=0, progress=False)
->>> gen = openmm_bg.BoltzmannGenerator.build(dw, data, n_blocks=2, hidden=(16,), seed=0)
+>>> # dw: the double well; dw_gen: a small generator built on MD data of it (conftest.py)
+>>> gen = dw_gen
 >>> samples = gen.sample(100, seed=1)
 >>> samples.positions.shape, samples.log_weights.dtype
 ((100, 1, 3), dtype('float64'))
@@ -38,7 +35,7 @@ import torch
 from torch import nn
 
 from ..analysis.samples import Samples
-from ..energy import OpenMMEnergy
+from ..energy import OpenMMEnergy, energy_for
 from ..flows import Domain, Flow, Standardize, build_flow
 from ..geometry import as_tensor
 from ..systems import MolecularSystem
@@ -145,6 +142,7 @@ class BoltzmannGenerator(nn.Module):
         self.training_temperature = t0
         self.extra: dict = {}
         self._energy = energy
+        self._energy_shared = False
         self.stereo = None
         if transform.rotation_invariant:  # molecules: detect stereocentres
             found = stereocentres(system.topology, system.positions)
@@ -229,9 +227,11 @@ class BoltzmannGenerator(nn.Module):
 
     @property
     def energy(self) -> OpenMMEnergy:
-        """The target energy (created in-process on first use)."""
-        if self._energy is None:
-            self._energy = OpenMMEnergy(self.system)
+        """The target energy: the one given, or the system's shared energy service
+        (`openmm_bg.energy.energy_for`, in-process, fastest platform) on first use."""
+        if self._energy is None or (self._energy_shared and self._energy.closed):
+            self._energy = energy_for(self.system)
+            self._energy_shared = True
         return self._energy
 
     def set_energy(self, energy: OpenMMEnergy) -> None:
@@ -239,10 +239,12 @@ class BoltzmannGenerator(nn.Module):
         if energy.n_atoms != self.system.n_atoms:
             raise ModelMismatchError(f"energy has {energy.n_atoms} atoms, the generator {self.system.n_atoms}")
         self._energy = energy
+        self._energy_shared = False
 
     def close(self) -> None:
-        """Shut down the energy evaluator's worker processes, if any."""
-        if self._energy is not None:
+        """Shut down the worker processes of an energy given to this generator, if any (the shared
+        energy service of `openmm_bg.energy.energy_for` stays open for its other users)."""
+        if self._energy is not None and not self._energy_shared:
             self._energy.close()
 
     # ------------------------------------------------------------------ maps
@@ -372,10 +374,8 @@ class BoltzmannGenerator(nn.Module):
         Examples
         --------
         >>> import torch, openmm_bg
-        >>> from openmm_bg.systems import load
-        >>> dw = load("double_well")
-        >>> data = openmm_bg.simulate(dw, n_frames=100, stride=10, seed=0, progress=False)
-        >>> gen = openmm_bg.BoltzmannGenerator.build(dw, data, n_blocks=2, hidden=(16,), seed=0)
+        >>> # dw: the double well; dw_gen: a small generator built on MD data of it (conftest.py)
+        >>> gen = dw_gen
         >>> p = gen.propose(5, generator=torch.Generator().manual_seed(0))
         >>> p.x.shape, p.log_q.dtype, bool(p.ok.all())
         (torch.Size([5, 1, 3]), torch.float64, True)

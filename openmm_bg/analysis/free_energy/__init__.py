@@ -1,6 +1,6 @@
 """Free energies from Boltzmann-Generator samples: states, thermodynamic states, profiles.
 
-Three kinds of free-energy differences (design notes, "Key formulas"):
+Three kinds of free-energy differences (``docs/design.md``, "Key formulas"):
 
 - **Conformational states of one system** (`state_free_energy`):
   ``Delta A = A_B - A_A = -log(sum_{x in B} w / sum_{x in A} w)`` in kT of the samples'
@@ -12,7 +12,7 @@ Three kinds of free-energy differences (design notes, "Key formulas"):
   so it is a tractable reference state with ``f = 0``: MBAR (pymbar) over the generator state(s),
   the two targets and any MD frames; BAR / EXP on the same data where asked. Results are reduced
   differences ``Delta f = f_B - f_A`` (``f = A/kT``, dimensionless) and, where a normalised
-  reference fixes absolute ``f``, ``Delta A = kT_B f_B - kT_A f_A`` in kJ/mol. Next to it the seed's
+  reference fixes absolute ``f``, ``Delta A = kT_B f_B - kT_A f_A`` in kJ/mol. Next to it the paper's
   two-generator estimate ``<J_KL^B> - <J_KL^A>``, a difference of two upper bounds.
 - **Profiles and surfaces** (`free_energy_profile`, `mbar_profile`, `free_energy_surface`):
   ``F(s) = -log p(s)`` along a reaction coordinate, from reweighted samples, or from MBAR over
@@ -29,12 +29,9 @@ pymbar is imported lazily and quietly (`pymbar_module`): it logs a "JAX NOT FOUN
 
 Examples
 --------
->>> import openmm_bg
->>> from openmm_bg.systems import load
 >>> from openmm_bg.analysis.free_energy import state_free_energy
->>> dw = load("double_well")
->>> data = openmm_bg.simulate(dw, n_frames=200, stride=10, seed=0, progress=False)
->>> gen = openmm_bg.BoltzmannGenerator.build(dw, data, n_blocks=2, hidden=(16,), seed=0)
+>>> # dw: the double well; dw_gen: a small generator built on MD data of it (conftest.py)
+>>> gen = dw_gen
 >>> def deep(x):  # any boolean function of positions [n, n_atoms, 3] (nm) is a state
 ...     return x[:, 0, 0] < -1.8
 >>> result = state_free_energy(gen.sample(2000, seed=1), "left", deep)

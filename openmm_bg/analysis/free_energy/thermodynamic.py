@@ -31,7 +31,7 @@ from .mbar import MBARProblem, _bar, _exp
 
 @dataclass(frozen=True)
 class TwoGeneratorEstimate:
-    """The seed's two-generator estimate ``Delta f = <J_KL^B> - <J_KL^A>`` (reduced).
+    """The paper's two-generator estimate ``Delta f = <J_KL^B> - <J_KL^A>`` (reduced).
 
     ``J_KL^k = E_{x ~ p_k}[u_k(x) + log p_k(x)] = f_k + KL(p_k || mu_k) >= f_k``: each term is an upper
     bound on the reduced free energy ``f_k = -log Z_k`` of its state, so the difference is biased by
@@ -107,7 +107,7 @@ class ThermodynamicFreeEnergy(_KcalUnits):
     diagnostics_a, diagnostics_b : WeightDiagnostics or None
         Weights of all samples for states A and B (MBAR's mixture weights, or the importance weights).
     two_generator : TwoGeneratorEstimate or None
-        The seed's estimate, when sample sets of generators for both states were given.
+        The paper's estimate, when sample sets of generators for both states were given.
     generator_consistency : float
         Largest ``|f_gen_j - f_gen_0|`` MBAR finds between generator states, which are all exactly
         normalised (0 in theory; large values flag poor overlap). NaN with fewer than two.
@@ -203,7 +203,7 @@ def _matches(s: Samples, target: MolecularSystem) -> bool:
 def two_generator_estimate(samples_a: Samples, samples_b: Samples, state_a: MolecularSystem | None = None,
                            state_b: MolecularSystem | None = None, f_a: float = math.nan,
                            f_b: float = math.nan) -> TwoGeneratorEstimate:
-    """The seed's two-generator estimate ``Delta f_AB = <J_KL^B> - <J_KL^A>``.
+    """The paper's two-generator estimate ``Delta f_AB = <J_KL^B> - <J_KL^A>``.
 
     ``J_KL^k`` is the sample mean of ``u_k(x) + log p_k(x)`` over samples of the generator for state
     ``k`` (normalised density, so ``E[J_KL^k] = f_k + KL(p_k || mu_k) >= f_k``). The difference is

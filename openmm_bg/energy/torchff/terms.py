@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ...constants import ONE_4PI_EPS0  # Coulomb constant, kJ mol^-1 nm e^-2 (as OpenMM's Reference)
+from ...geometry import bond_dihedral, vector_angle
 
 __all__ = ["ONE_4PI_EPS0"]
 
@@ -52,10 +53,6 @@ def _norm(v: torch.Tensor) -> torch.Tensor:
     return torch.sqrt((v * v).sum(0))
 
 
-def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.stack([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
-
-
 def _distance(x: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
     return _norm(_gather(x, j) - _gather(x, i))
 
@@ -65,19 +62,11 @@ def _distance_vec(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
 
 
 def _angle_vec(p1: torch.Tensor, p2: torch.Tensor, p3: torch.Tensor) -> torch.Tensor:
-    v1 = p1 - p2
-    v2 = p3 - p2
-    return torch.atan2(_norm(_cross(v1, v2)), _dot(v1, v2))
+    return vector_angle(p1 - p2, p3 - p2, dim=0)
 
 
 def _dihedral_vec(p1: torch.Tensor, p2: torch.Tensor, p3: torch.Tensor, p4: torch.Tensor) -> torch.Tensor:
-    b1 = p2 - p1
-    b2 = p3 - p2
-    b3 = p4 - p3
-    n1 = _cross(b1, b2)
-    n2 = _cross(b2, b3)
-    y = _norm(b2) * _dot(b1, n2)
-    return torch.atan2(y, _dot(n1, n2))
+    return bond_dihedral(p2 - p1, p3 - p2, p4 - p3, dim=0)
 
 
 def _angle(x, i, j, k):
