@@ -12,15 +12,20 @@ Examples
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import mdtraj
 import numpy as np
 import openmm
 import openmm.unit as unit
 
+from .. import _validation as check
 from ..systems import MolecularSystem
 
-__all__ = ["simulate", "default_timestep"]
+__all__ = ["simulate", "default_timestep", "OUTPUT_SUFFIXES"]
+
+#: Trajectory formats `simulate` writes, by suffix of ``output``.
+OUTPUT_SUFFIXES = (".h5", ".dcd", ".xtc", ".pdb", ".nc", ".trr")
 
 
 def default_timestep(system: MolecularSystem) -> float:
@@ -54,22 +59,22 @@ def simulate(system: MolecularSystem, n_frames: int, stride: int, temperature: f
     system : MolecularSystem
         What to simulate; periodic systems are refused.
     n_frames : int
-        Number of frames to return.
+        Number of frames to return (>= 1).
     stride : int
-        MD steps between frames.
+        MD steps between frames (>= 1).
     temperature : float, optional
-        K; default the system's temperature.
+        K, positive and finite; ``None`` (default) is the system's temperature.
     seed : int
-        Seeds the initial velocities and the integrator's noise: same seed and platform, same
+        Non-negative; seeds the initial velocities and the integrator's noise: same seed and platform, same
         trajectory (Reference and single-threaded CPU are deterministic).
     timestep : float, optional
-        ps; default `default_timestep`.
+        ps, positive; default `default_timestep`.
     friction : float
-        Collision rate in 1/ps.
+        Collision rate in 1/ps, >= 0 (0 runs without coupling to the bath: constant energy).
     positions : numpy.ndarray, optional
         Start ``[n_atoms, 3]`` in nm; default the reference positions.
     equilibration_steps : int
-        Steps run and discarded before the first frame.
+        Steps (>= 0) run and discarded before the first frame.
     minimize : bool
         Minimise the energy before starting.
     platform : str, optional
@@ -77,7 +82,8 @@ def simulate(system: MolecularSystem, n_frames: int, stride: int, temperature: f
         deterministic Reference platform unless another one is at least 1.5x faster. Name the
         platform to make runs reproducible across machines.
     output : path, optional
-        Also write the frames to this file (format by suffix: ``.dcd``, ``.h5``, ``.xtc``, ...).
+        Also write the frames to this file (format by suffix: one of `OUTPUT_SUFFIXES`); its
+        folder must exist.
     progress : bool
         Show a progress bar.
 
@@ -85,15 +91,31 @@ def simulate(system: MolecularSystem, n_frames: int, stride: int, temperature: f
     -------
     mdtraj.Trajectory
         ``n_frames`` frames in nm with the system's topology; ``time`` in ps.
+
+    Raises
+    ------
+    ValueError
+        Before any MD, for an argument out of its range (the message names it), a periodic
+        system, an unknown platform or an output with an unknown suffix.
     """
     system.require_nonperiodic("openmm_bg.simulate")
-    if n_frames < 1 or stride < 1:
-        raise ValueError(f"n_frames and stride must be positive, got {n_frames} and {stride}")
-    temperature = float(system.temperature if temperature is None else temperature)
-    dt = default_timestep(system) if timestep is None else float(timestep)
+    n_frames = check.positive_int("n_frames", n_frames)
+    stride = check.positive_int("stride", stride)
+    temperature = (system.temperature if temperature is None
+                   else check.temperature_kelvin("temperature", temperature))
+    dt = default_timestep(system) if timestep is None else check.positive("timestep", timestep, "ps")
+    friction = check.non_negative("friction", friction, "1/ps")
+    seed = check.non_negative_int("seed", seed)
+    equilibration_steps = check.non_negative_int("equilibration_steps", equilibration_steps)
     start = system.positions if positions is None else np.asarray(positions, dtype=np.float64)
     if start.shape != system.positions.shape or not np.all(np.isfinite(start)):
-        raise ValueError(f"start positions must be finite with shape {system.positions.shape} (nm)")
+        raise ValueError(f"positions must be finite with shape {system.positions.shape} (nm), got "
+                         f"shape {start.shape}" + ("" if start.shape != system.positions.shape
+                                                   else " with NaN or inf"))
+    if platform is not None:
+        _check_platform(platform)
+    if output is not None:
+        _check_output(output)
     if platform is None:
         platform, properties = _default_platform(system, start)
     else:
@@ -126,6 +148,22 @@ def simulate(system: MolecularSystem, n_frames: int, stride: int, temperature: f
         traj.save(str(output))
     del context, integrator
     return traj
+
+
+def _check_platform(name) -> None:
+    names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+    if name not in names:
+        raise ValueError(f"platform must be one of the OpenMM platforms on this machine {names} or None "
+                         f"(the fastest), got {name!r}")
+
+
+def _check_output(output) -> None:
+    path = Path(output)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"output {str(path)!r}: the suffix sets the format; use one of "
+                         f"{', '.join(OUTPUT_SUFFIXES)}")
+    if not path.parent.is_dir():
+        raise ValueError(f"output folder {str(path.parent)!r} does not exist; create it first")
 
 
 def _default_platform(system: MolecularSystem, positions: np.ndarray) -> tuple[str, dict]:

@@ -12,10 +12,12 @@ Examples
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mdtraj
 import numpy as np
+import openmm.app
 
 from .molecular_system import MolecularSystem
 
@@ -40,7 +42,11 @@ def check_trajectory(system: MolecularSystem, data, top=None) -> mdtraj.Trajecto
     mdtraj.Trajectory
         Solvent stripped, molecules made whole, atoms checked against the system.
     """
-    if isinstance(data, str | Path):
+    if not isinstance(system, MolecularSystem):
+        raise ValueError(f"system must be a MolecularSystem (openmm_bg.systems.load, from_files, ...), "
+                         f"got {type(system).__name__}")
+    top = _topology(top)
+    if isinstance(data, str | os.PathLike):
         path = Path(data)
         if not path.is_file():
             raise FileNotFoundError(f"trajectory file not found: {str(path)!r}")
@@ -55,11 +61,17 @@ def check_trajectory(system: MolecularSystem, data, top=None) -> mdtraj.Trajecto
     elif isinstance(data, mdtraj.Trajectory):
         traj = data
     else:
-        xyz = np.asarray(data, dtype=np.float32)
+        try:
+            xyz = np.asarray(getattr(data, "detach", lambda: data)(), dtype=np.float32)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"data must be an mdtraj.Trajectory, a trajectory file or positions "
+                             f"[n_frames, {system.n_atoms}, 3] in nm, got {type(data).__name__}") from err
         if xyz.ndim != 3 or xyz.shape[1:] != (system.n_atoms, 3):
             raise ValueError(f"positions must have shape [n_frames, {system.n_atoms}, 3] (nm), "
                              f"got {xyz.shape}")
         traj = mdtraj.Trajectory(xyz, system.mdtraj_topology)
+    if traj.n_frames == 0:
+        raise ValueError(f"data has no frames; {system.name} needs at least one configuration")
     if traj.n_atoms != system.n_atoms:
         stripped = traj.remove_solvent() if traj.topology.n_residues else traj
         if stripped.n_atoms != system.n_atoms:
@@ -74,6 +86,22 @@ def check_trajectory(system: MolecularSystem, data, top=None) -> mdtraj.Trajecto
         bad = np.where(~np.isfinite(traj.xyz).all(axis=(1, 2)))[0]
         raise ValueError(f"trajectory frames {bad[:10].tolist()} contain NaN or inf coordinates")
     return traj
+
+
+def _topology(top):
+    """``top`` as something `mdtraj.load` takes: None, an mdtraj.Topology, or a structure file."""
+    if top is None or isinstance(top, mdtraj.Topology):
+        return top
+    if isinstance(top, openmm.app.Topology):
+        return mdtraj.Topology.from_openmm(top)
+    if isinstance(top, mdtraj.Trajectory):
+        return top.topology
+    if isinstance(top, str | os.PathLike):
+        if not Path(top).is_file():
+            raise FileNotFoundError(f"topology file not found: {str(top)!r}")
+        return str(top)
+    raise ValueError(f"top must be None (the system's topology), an mdtraj or OpenMM Topology, or a "
+                     f"structure file (.pdb, .prmtop, ...), got {type(top).__name__}")
 
 
 def _check_atom_order(system: MolecularSystem, traj: mdtraj.Trajectory) -> None:
