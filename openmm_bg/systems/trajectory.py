@@ -19,13 +19,14 @@ import mdtraj
 import numpy as np
 import openmm.app
 
+from .data_checks import TrajectoryWarning, check_bond_lengths, check_distinct_frames, inverted_frames
 from .molecular_system import MolecularSystem
 
-__all__ = ["check_trajectory"]
+__all__ = ["check_trajectory", "TrajectoryWarning"]
 
 
 def check_trajectory(system: MolecularSystem, data, top=None) -> mdtraj.Trajectory:
-    """Check and prepare user data for training: atom count and order, solvent, whole molecules.
+    """Check and prepare user data for training: atoms, solvent, whole molecules, geometry.
 
     Parameters
     ----------
@@ -33,14 +34,31 @@ def check_trajectory(system: MolecularSystem, data, top=None) -> mdtraj.Trajecto
         The system the data must belong to.
     data : mdtraj.Trajectory, path, or array
         A trajectory, a trajectory file (DCD/XTC need ``top`` or use the system's topology), or
-        positions ``[n_frames, n_atoms, 3]`` in nm.
-    top : optional
+        positions ``[n_frames, n_atoms, 3]`` in nm (numpy array or torch tensor).
+    top : mdtraj.Topology, openmm.app.Topology, path, optional
         Topology for trajectory files without one (default: the system's).
 
     Returns
     -------
     mdtraj.Trajectory
-        Solvent stripped, molecules made whole, atoms checked against the system.
+        Solvent stripped, molecules made whole (when the data carry a box), atoms checked
+        against the system.
+
+    Raises
+    ------
+    ValueError
+        For anything that would make the data silently wrong: another atom count, atom names
+        in another order, NaN or inf, all frames identical, bond lengths that do not fit the
+        system (atoms in another order than the topology, Angstrom instead of nm, molecules
+        broken across a periodic box; see `openmm_bg.systems.data_checks`).
+    FileNotFoundError
+        For a missing data or topology file.
+
+    Warns
+    -----
+    TrajectoryWarning
+        When most frames are repeats, or frames have an inverted stereocentre relative to the
+        system's reference structure (counts and frame indices).
     """
     if not isinstance(system, MolecularSystem):
         raise ValueError(f"system must be a MolecularSystem (openmm_bg.systems.load, from_files, ...), "
@@ -85,6 +103,9 @@ def check_trajectory(system: MolecularSystem, data, top=None) -> mdtraj.Trajecto
     if not np.all(np.isfinite(traj.xyz)):
         bad = np.where(~np.isfinite(traj.xyz).all(axis=(1, 2)))[0]
         raise ValueError(f"trajectory frames {bad[:10].tolist()} contain NaN or inf coordinates")
+    check_distinct_frames(system, traj.xyz)
+    check_bond_lengths(system, traj.xyz)
+    inverted_frames(system, traj.xyz)
     return traj
 
 

@@ -21,8 +21,8 @@ Examples
 (19, [8])
 """
 
+from ..systems.chirality import Stereocentres, stereocentres
 from .cartesian import CartesianTransform
-from .chirality import Stereocentres, stereocentres
 from .core import SO3_VOLUME, Whitening, frame_coordinates, frame_positions
 from .dims import DOMAINS, DimInfo
 from .internal import bond_angles, bond_lengths, internal_coordinates, place_atoms, torsions
