@@ -121,3 +121,58 @@ def test_checks_are_fast_for_thousands_of_frames():
     start = time.perf_counter()
     _no_warnings(check_trajectory, tz, x)
     assert time.perf_counter() - start < 2.0  # ~0.3 s; the margin is for a loaded 2-core machine
+
+
+# ---------------------------------------------------------------------- damaged files
+def _cut(src, dst, n_bytes):
+    data = src.read_bytes()
+    dst.write_bytes(data[:n_bytes] if n_bytes >= 0 else data[:len(data) + n_bytes])
+    return dst
+
+
+@pytest.mark.parametrize("cut", [0.5, -50, -1])
+def test_truncated_dcd_is_refused_with_the_frame_counts(ala, md, tmp_path, capfd, cut):
+    md.save(tmp_path / "md.dcd")
+    size = (tmp_path / "md.dcd").stat().st_size
+    bad = _cut(tmp_path / "md.dcd", tmp_path / "cut.dcd", int(size * cut) if cut > 0 else cut)
+    with pytest.raises(ValueError, match=r"cut.dcd is damaged or incomplete: it says it holds 40 frames but only "
+                                         r"\d+ could be read.*header claims 40 frames"):
+        check_trajectory(ala, bad)
+    assert "dcdplugin" not in capfd.readouterr().out  # the reader's note became our message
+
+
+def test_dcd_reader_notes_are_not_printed(ala, md, tmp_path, capfd):
+    md.save(tmp_path / "md.dcd")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_trajectory(ala, tmp_path / "md.dcd")
+    out = capfd.readouterr()
+    assert "dcdplugin" not in out.out + out.err
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.9, 0.99])
+def test_truncated_hdf5_gives_one_clear_line(ala, md, tmp_path, fraction):
+    md.save(tmp_path / "md.h5")
+    size = (tmp_path / "md.h5").stat().st_size
+    bad = _cut(tmp_path / "md.h5", tmp_path / "cut.h5", int(size * fraction))
+    with pytest.raises(ValueError, match=r"cut.h5 is a damaged or incomplete HDF5 file") as info:
+        check_trajectory(ala, bad)
+    assert "\n" not in str(info.value) and "H5F.c" not in str(info.value)
+
+
+def test_frame_counts_from_headers(md, tmp_path):
+    from openmm_bg.systems.trajectory_files import dcd_header_frames, hdf5_stored_frames
+
+    md.save(tmp_path / "md.dcd")
+    md.save(tmp_path / "md.h5")
+    assert dcd_header_frames(tmp_path / "md.dcd") == 40 and hdf5_stored_frames(tmp_path / "md.h5") == 40
+    md.save(tmp_path / "md.xtc")
+    assert dcd_header_frames(tmp_path / "md.xtc") is None
+
+
+def test_xtc_cut_inside_a_frame_says_what_is_complete(ala, md, tmp_path):
+    md.save(tmp_path / "md.xtc")
+    size = (tmp_path / "md.xtc").stat().st_size
+    bad = _cut(tmp_path / "md.xtc", tmp_path / "cut.xtc", size // 2 + 17)
+    with pytest.raises(ValueError, match=r"cut.xtc ends inside a frame after \d+ complete frames.*no frame count"):
+        check_trajectory(ala, bad)

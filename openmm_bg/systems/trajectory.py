@@ -21,6 +21,7 @@ import openmm.app
 
 from .data_checks import TrajectoryWarning, check_bond_lengths, check_distinct_frames, inverted_frames
 from .molecular_system import MolecularSystem
+from .trajectory_files import read_trajectory
 
 __all__ = ["check_trajectory", "TrajectoryWarning"]
 
@@ -51,6 +52,8 @@ def check_trajectory(system: MolecularSystem, data, top=None) -> mdtraj.Trajecto
         in another order, NaN or inf, all frames identical, bond lengths that do not fit the
         system (atoms in another order than the topology, Angstrom instead of nm, molecules
         broken across a periodic box; see `openmm_bg.systems.data_checks`).
+        A damaged file that decodes only partly (fewer frames than its header says, see
+        `openmm_bg.systems.trajectory_files`) is refused with the numbers.
     FileNotFoundError
         For a missing data or topology file.
 
@@ -68,14 +71,8 @@ def check_trajectory(system: MolecularSystem, data, top=None) -> mdtraj.Trajecto
         path = Path(data)
         if not path.is_file():
             raise FileNotFoundError(f"trajectory file not found: {str(path)!r}")
-        try:
-            if path.suffix in (".h5", ".pdb", ".hdf5"):
-                traj = mdtraj.load(str(path))
-            else:
-                traj = mdtraj.load(str(path), top=top if top is not None else system.mdtraj_topology)
-        except Exception as err:  # mdtraj raises many types for unreadable or mismatched files
-            raise ValueError(f"could not read {path.name} as a trajectory of {system.name} "
-                             f"({system.n_atoms} atoms): {err}") from err
+        traj = read_trajectory(path, top if top is not None else system.mdtraj_topology,
+                               f"of {system.name} ({system.n_atoms} atoms)")
     elif isinstance(data, mdtraj.Trajectory):
         traj = data
     else:
