@@ -3,7 +3,7 @@
 Subcommands (``openmm-bg SUBCOMMAND --help`` explains every option with its unit)::
 
     openmm-bg systems                               # built-in systems, states, reference energies
-    openmm-bg simulate alanine_dipeptide -n 2000 --stride 500 -o md.h5
+    openmm-bg simulate alanine_dipeptide -n 2000 --stride 500 -o md.h5   # --resume after a kill
     openmm-bg train alanine_dipeptide --data md.h5 -o model.bg      # resumable (checkpoint beside -o)
     openmm-bg sample model.bg -n 100000 -o samples.npz
     openmm-bg free-energy model.bg --states C7eq,C7ax --profile phi -o results/
@@ -132,12 +132,23 @@ def _cmd_systems(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     import openmm_bg
+    from openmm_bg.md.partial import PartialRun
+    from openmm_bg.md.simulation import OUTPUT_SUFFIXES
 
+    _check_output(args.output, OUTPUT_SUFFIXES)
     system = load_system(system_spec(args))
-    _check_output(args.output, (".h5", ".dcd", ".xtc", ".pdb", ".nc", ".trr"))
-    traj = openmm_bg.simulate(system, n_frames=args.frames, stride=args.stride, seed=args.seed,
-                              timestep=args.timestep, friction=args.friction, output=args.output,
-                              equilibration_steps=args.equilibration, minimize=args.minimize)
+    partial = PartialRun(args.output)
+    if args.resume and partial.exists():
+        print(f"continuing: {partial.describe()}")
+    try:
+        traj = openmm_bg.simulate(system, n_frames=args.frames, stride=args.stride, seed=args.seed,
+                                  timestep=args.timestep, friction=args.friction, output=args.output,
+                                  equilibration_steps=args.equilibration, minimize=args.minimize,
+                                  platform=args.platform, resume=args.resume)
+    except (KeyboardInterrupt, RuntimeError) as err:  # frames so far are kept: say where and how to go on
+        for note in getattr(err, "__notes__", []):
+            print(f"openmm-bg: {note}", file=sys.stderr)
+        raise
     print(f"wrote {traj.n_frames} frames ({traj.time[-1]:.1f} ps) of {system.name} to {args.output}")
     return 0
 
@@ -275,7 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MD steps discarded before the first frame")
     p.add_argument("--minimize", action="store_true", help="minimise the energy first")
     p.add_argument("--seed", type=_checked(check.non_negative_int), default=0, help="random seed (default 0)")
-    p.add_argument("-o", "--output", required=True, help="trajectory file (.h5, .dcd, .xtc, ...)")
+    p.add_argument("--platform", help="OpenMM platform (Reference, CPU, CUDA, OpenCL; default the fastest)")
+    p.add_argument("-o", "--output", required=True, help="trajectory file (.h5, .dcd, .xtc, ...); while the run goes, "
+                                                         "frames are on disk in OUTPUT.partial.dcd")
+    p.add_argument("--resume", action="store_true", help="continue a stopped (killed, interrupted) run to the same "
+                                                         "output from its checkpoint OUTPUT.partial.chk")
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("train", help="train a Boltzmann Generator on MD data (resumes an interrupted run)")

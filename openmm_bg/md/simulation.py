@@ -21,6 +21,7 @@ import openmm.unit as unit
 
 from .. import _validation as check
 from ..systems import MolecularSystem
+from .partial import PartialRun, fingerprint
 
 __all__ = ["simulate", "default_timestep", "OUTPUT_SUFFIXES"]
 
@@ -51,7 +52,7 @@ def simulate(system: MolecularSystem, n_frames: int, stride: int, temperature: f
              seed: int = 0, timestep: float | None = None, friction: float = 1.0,
              positions: np.ndarray | None = None, equilibration_steps: int = 0, minimize: bool = False,
              platform: str | None = None, output: str | os.PathLike | None = None,
-             progress: bool = True) -> mdtraj.Trajectory:
+             progress: bool = True, resume: bool = False) -> mdtraj.Trajectory:
     """Run Langevin MD (OpenMM ``LangevinMiddleIntegrator``) and return the frames.
 
     Parameters
@@ -83,9 +84,16 @@ def simulate(system: MolecularSystem, n_frames: int, stride: int, temperature: f
         platform to make runs reproducible across machines.
     output : path, optional
         Also write the frames to this file (format by suffix: one of `OUTPUT_SUFFIXES`); its
-        folder must exist.
+        folder must exist. While the run goes, every frame is on disk as it is made in
+        ``<output>.partial.dcd``, with a checkpoint in ``<output>.partial.chk``
+        (`openmm_bg.md.partial`): a killed run loses nothing and can be continued.
     progress : bool
         Show a progress bar.
+    resume : bool
+        Continue a run to the same ``output`` that was stopped (killed, interrupted, crashed):
+        the frames its checkpoint covers are kept and MD goes on from the checkpoint, on the
+        same platform, so the result is the uninterrupted run's. The settings must be those it
+        started with (``n_frames`` may grow). Without a stopped run, start from the beginning.
 
     Returns
     -------
@@ -96,7 +104,9 @@ def simulate(system: MolecularSystem, n_frames: int, stride: int, temperature: f
     ------
     ValueError
         Before any MD, for an argument out of its range (the message names it), a periodic
-        system, an unknown platform or an output with an unknown suffix.
+        system, an unknown platform or an output with an unknown suffix; when a stopped run
+        of the same ``output`` exists and ``resume`` is False (nothing is overwritten), or
+        ``resume`` is True with other settings than the stopped run's.
     """
     system.require_nonperiodic("openmm_bg.simulate")
     n_frames = check.positive_int("n_frames", n_frames)
@@ -114,40 +124,96 @@ def simulate(system: MolecularSystem, n_frames: int, stride: int, temperature: f
                                                    else " with NaN or inf"))
     if platform is not None:
         _check_platform(platform)
+    partial = None
     if output is not None:
         _check_output(output)
-    if platform is None:
+        partial = PartialRun(output)
+    settings = {"system": system.name, "n_atoms": system.n_atoms, "potential": fingerprint(
+                    openmm.XmlSerializer.serialize(system.system)), "start": fingerprint(start),
+                "temperature": temperature, "timestep": dt, "friction": friction, "stride": stride, "seed": seed,
+                "equilibration_steps": equilibration_steps, "minimize": bool(minimize)}
+    record = _resume_record(partial, resume, settings, platform, n_frames) if partial is not None else None
+    if record is not None:
+        platform, properties = record["settings"]["platform"], record["settings"]["properties"]
+    elif platform is None:
         platform, properties = _default_platform(system, start)
     else:
         properties = {}
+    settings.update(platform=platform, properties=properties)
     integrator = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, friction / unit.picosecond,
                                                  dt * unit.picoseconds)
     integrator.setRandomNumberSeed(_openmm_seed(seed))
     context = openmm.Context(system.system, integrator, openmm.Platform.getPlatformByName(platform),
                              properties)
-    context.setPositions(start)
-    if minimize:
-        openmm.LocalEnergyMinimizer.minimize(context)
-    context.setVelocitiesToTemperature(temperature * unit.kelvin, _openmm_seed(seed + 7919))
-    if equilibration_steps > 0:
-        integrator.step(int(equilibration_steps))
     xyz = np.empty((n_frames, system.n_atoms, 3), dtype=np.float32)
-    with _progress(n_frames, progress, f"MD {system.name}") as bar:
-        for k in range(n_frames):
-            integrator.step(int(stride))
-            state = context.getState(getPositions=True)
-            frame = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-            if not np.all(np.isfinite(frame)):
-                raise RuntimeError(f"MD blew up at frame {k} (non-finite positions); lower the time step "
-                                   f"(now {dt} ps) or minimise first (minimize=True)")
-            xyz[k] = frame
-            bar.update()
+    done = 0
+    if record is not None:
+        done = record["frames"]
+        xyz[:done] = partial.kept_frames(done, system.n_atoms)
+        context.loadCheckpoint(record["state"])
+    else:
+        context.setPositions(start)
+        if minimize:
+            openmm.LocalEnergyMinimizer.minimize(context)
+        context.setVelocitiesToTemperature(temperature * unit.kelvin, _openmm_seed(seed + 7919))
+        if equilibration_steps > 0:
+            integrator.step(int(equilibration_steps))
+    if partial is not None:
+        partial.start(xyz[:done])
+        if record is None:
+            partial.save_checkpoint(context.createCheckpoint(), 0, settings)
+    try:
+        with _progress(n_frames, progress, f"MD {system.name}") as bar:
+            bar.update(done)
+            for k in range(done, n_frames):
+                integrator.step(int(stride))
+                state = context.getState(getPositions=True)
+                frame = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+                if not np.all(np.isfinite(frame)):
+                    raise RuntimeError(f"MD blew up at frame {k} (non-finite positions); lower the time step "
+                                       f"(now {dt} ps) or minimise first (minimize=True)")
+                xyz[k] = frame
+                if partial is not None:
+                    partial.write(frame)
+                    if partial.checkpoint_due() and k + 1 < n_frames:
+                        partial.save_checkpoint(context.createCheckpoint(), k + 1, settings)
+                bar.update()
+    except BaseException as err:
+        if partial is not None:
+            partial.close()
+            err.add_note(f"{partial.describe()}; continue with resume=True (openmm-bg simulate ... --resume)")
+        raise
     times = dt * stride * (np.arange(1, n_frames + 1)) + dt * equilibration_steps
     traj = mdtraj.Trajectory(xyz, system.mdtraj_topology, time=times)
-    if output is not None:
-        traj.save(str(output))
+    if partial is not None:
+        partial.finish(traj)
     del context, integrator
     return traj
+
+
+def _resume_record(partial: PartialRun, resume: bool, settings: dict, platform: str | None,
+                   n_frames: int) -> dict | None:
+    """The checkpoint to continue from, or None to start afresh; refuses to overwrite a stopped run."""
+    if not partial.exists():
+        return None
+    if not resume:
+        raise ValueError(f"{partial.describe()}; continue it with resume=True (openmm-bg simulate ... --resume) "
+                         f"and the same settings, or delete {partial.frames_path.name} and "
+                         f"{partial.checkpoint_path.name} to start over")
+    record = partial.load()
+    theirs = record["settings"]
+    changed = [f"{key} {theirs.get(key)!r} -> {value!r}" for key, value in settings.items()
+               if theirs.get(key) != value]
+    if platform is not None and platform != theirs["platform"]:
+        changed.append(f"platform {theirs['platform']!r} -> {platform!r}")
+    if changed:
+        raise ValueError(f"cannot continue the stopped run of {partial.output.name} with other settings "
+                         f"({'; '.join(changed)}); use the settings it started with, or delete "
+                         f"{partial.frames_path.name} and {partial.checkpoint_path.name} to start over")
+    if record["frames"] > n_frames:
+        raise ValueError(f"n_frames must be at least the {record['frames']} frames the stopped run of "
+                         f"{partial.output.name} made already, got {n_frames}")
+    return record
 
 
 def _check_platform(name) -> None:

@@ -45,7 +45,7 @@ import mdtraj
 
 from .data_checks import TrajectoryWarning
 
-__all__ = ["read_trajectory", "dcd_header_frames", "hdf5_stored_frames", "TrajectoryFileError"]
+__all__ = ["read_trajectory", "dcd_header_frames", "hdf5_stored_frames", "TrajectoryFileError", "captured_c_output"]
 
 
 class TrajectoryFileError(ValueError):
@@ -93,7 +93,7 @@ def hdf5_stored_frames(path) -> int | None:
 
 
 @contextmanager
-def _captured_c_output():
+def captured_c_output():
     """Collect what C code prints on file descriptors 1 and 2 (yields a list, filled on exit)."""
     lines: list[str] = []
     libc = ctypes.CDLL(None) if sys.platform != "win32" else None
@@ -159,7 +159,7 @@ def read_trajectory(path, top, what: str = "") -> mdtraj.Trajectory:
         warnings.simplefilter("always")
         try:
             if suffix == ".dcd":
-                with _captured_c_output() as printed:
+                with captured_c_output() as printed:
                     traj = mdtraj.load(str(path), **kwargs)
             else:
                 traj = mdtraj.load(str(path), **kwargs)
