@@ -37,6 +37,7 @@ MOVED_MODULES: dict[str, str] = {
     "openmm_bg.energy.regularization": "openmm_bg.training.regularization",
     "openmm_bg.energy.torch_forcefield": "openmm_bg.energy.torchff.forcefield",
     "openmm_bg.energy.expressions": "openmm_bg.energy.torchff.expressions",
+    "openmm_bg.transforms.chirality": "openmm_bg.systems.chirality",
 }
 
 

@@ -3,7 +3,7 @@
 Subcommands (``openmm-bg SUBCOMMAND --help`` explains every option with its unit)::
 
     openmm-bg systems                               # built-in systems, states, reference energies
-    openmm-bg simulate alanine_dipeptide -n 2000 --stride 500 -o md.h5
+    openmm-bg simulate alanine_dipeptide -n 2000 --stride 500 -o md.h5   # --resume after a kill
     openmm-bg train alanine_dipeptide --data md.h5 -o model.bg      # resumable (checkpoint beside -o)
     openmm-bg sample model.bg -n 100000 -o samples.npz
     openmm-bg free-energy model.bg --states C7eq,C7ax --profile phi -o results/
@@ -22,11 +22,33 @@ import logging
 import sys
 from pathlib import Path
 
+from .. import _validation as check
+
 __all__ = ["main", "build_parser"]
 
 
 class CLIError(Exception):
     """An error reported to the user as one line (exit code 2)."""
+
+
+def _checked(check_value, *extra):
+    """An argparse ``type`` from an `openmm_bg._validation` check: number parsed, range checked."""
+
+    def parse(text: str):
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        try:
+            return check_value("value", value, *extra)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err).removeprefix("value ")) from None
+
+    parse.__name__ = check_value.__name__.replace("_", " ")  # argparse names it in some messages
+    return parse
 
 
 # ---------------------------------------------------------------------- systems
@@ -90,7 +112,8 @@ def _system_arguments(p: argparse.ArgumentParser) -> None:
                                                    "(default amber14-all.xml)")
     p.add_argument("--parameters", nargs="+", help="CHARMM parameter files (.prm, .rtf, .str)")
     p.add_argument("--implicit-solvent", help="implicit-solvent model for topology files: OBC1, OBC2, GBn, GBn2, HCT")
-    p.add_argument("--temperature", type=float, help="temperature in K (default: the system's, 300 K)")
+    p.add_argument("--temperature", type=_checked(check.temperature_kelvin),
+                   help="temperature in K (default: the system's, 300 K)")
 
 
 # ---------------------------------------------------------------------- commands
@@ -110,12 +133,23 @@ def _cmd_systems(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     import openmm_bg
+    from openmm_bg.md.partial import PartialRun
+    from openmm_bg.md.simulation import OUTPUT_SUFFIXES
 
+    _check_output(args.output, OUTPUT_SUFFIXES)
     system = load_system(system_spec(args))
-    _check_output(args.output, (".h5", ".dcd", ".xtc", ".pdb", ".nc", ".trr"))
-    traj = openmm_bg.simulate(system, n_frames=args.frames, stride=args.stride, seed=args.seed,
-                              timestep=args.timestep, friction=args.friction, output=args.output,
-                              equilibration_steps=args.equilibration, minimize=args.minimize)
+    partial = PartialRun(args.output)
+    if args.resume and partial.exists():
+        print(f"continuing: {partial.describe()}")
+    try:
+        traj = openmm_bg.simulate(system, n_frames=args.frames, stride=args.stride, seed=args.seed,
+                                  timestep=args.timestep, friction=args.friction, output=args.output,
+                                  equilibration_steps=args.equilibration, minimize=args.minimize,
+                                  platform=args.platform, resume=args.resume)
+    except (KeyboardInterrupt, RuntimeError) as err:  # frames so far are kept: say where and how to go on
+        for note in getattr(err, "__notes__", []):
+            print(f"openmm-bg: {note}", file=sys.stderr)
+        raise
     print(f"wrote {traj.n_frames} frames ({traj.time[-1]:.1f} ps) of {system.name} to {args.output}")
     return 0
 
@@ -244,15 +278,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="Langevin MD of a system, written as a trajectory (training data)")
     _system_arguments(p)
-    p.add_argument("-n", "--frames", type=int, default=1000, help="number of frames to write (default 1000)")
-    p.add_argument("--stride", type=int, default=500, help="MD steps between frames (default 500)")
-    p.add_argument("--timestep", type=float, help="time step in ps (default 0.001 for molecules, 0.002 with "
-                                                  "constraints, 0.005 for 2D toy systems)")
-    p.add_argument("--friction", type=float, default=1.0, help="collision rate in 1/ps (default 1)")
-    p.add_argument("--equilibration", type=int, default=0, help="MD steps discarded before the first frame")
+    p.add_argument("-n", "--frames", type=_checked(check.positive_int), default=1000,
+                   help="number of frames to write (default 1000)")
+    p.add_argument("--stride", type=_checked(check.positive_int), default=500,
+                   help="MD steps between frames (default 500)")
+    p.add_argument("--timestep", type=_checked(check.positive, "ps"), help="time step in ps (default 0.001 for "
+                   "molecules, 0.002 with constraints, 0.005 for 2D toy systems)")
+    p.add_argument("--friction", type=_checked(check.non_negative, "1/ps"), default=1.0,
+                   help="collision rate in 1/ps, >= 0 (default 1)")
+    p.add_argument("--equilibration", type=_checked(check.non_negative_int), default=0,
+                   help="MD steps discarded before the first frame")
     p.add_argument("--minimize", action="store_true", help="minimise the energy first")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("-o", "--output", required=True, help="trajectory file (.h5, .dcd, .xtc, ...)")
+    p.add_argument("--seed", type=_checked(check.non_negative_int), default=0, help="random seed (default 0)")
+    p.add_argument("--platform", help="OpenMM platform (Reference, CPU, CUDA, OpenCL; default the fastest)")
+    p.add_argument("-o", "--output", required=True, help="trajectory file (.h5, .dcd, .xtc, ...); while the run goes, "
+                                                         "frames are on disk in OUTPUT.partial.dcd")
+    p.add_argument("--resume", action="store_true", help="continue a stopped (killed, interrupted) run to the same "
+                                                         "output from its checkpoint OUTPUT.partial.chk")
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("train", help="train a Boltzmann Generator on MD data (resumes an interrupted run)")

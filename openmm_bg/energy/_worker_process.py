@@ -8,7 +8,14 @@ Run this way, the worker imports only numpy, OpenMM and ``context.py`` (loaded b
 
 Protocol on the pipe: the worker sends ``("ready", pid)`` or ``("error", traceback)`` once its
 context exists, then answers each ``(tag, positions, forces)`` with ``(tag, energy, forces)``
-(or ``("error", traceback)``) and leaves on ``None`` or when the parent's end closes.
+(or ``("error", traceback)``) and leaves on ``None`` or when the parent's end closes. A worker
+whose parent is gone (killed together with it, or before it) leaves quietly, without a traceback.
+
+Test hook (fault injection, used by the test suite only): when the environment variable
+``OPENMM_BG_TEST_WORKER_FAULT`` is ``"kill"`` a starting worker kills itself with SIGKILL, when
+it is a number the worker exits with that code, before building its context. With
+``OPENMM_BG_TEST_WORKER_FAULT_FILE`` set as well, only a worker that deletes that file fails
+(one failure per file). Workers read the environment they were spawned with.
 """
 
 import importlib.util
@@ -26,9 +33,37 @@ def _load_context_module():
     return module
 
 
+#: Exceptions of a pipe whose other end (the parent) is gone.
+_PARENT_GONE = (BrokenPipeError, ConnectionResetError, EOFError, OSError)
+
+
+def _injected_start_fault() -> None:
+    """The test hook described in the module docstring."""
+    how = os.environ.get("OPENMM_BG_TEST_WORKER_FAULT")
+    if not how:
+        return
+    once = os.environ.get("OPENMM_BG_TEST_WORKER_FAULT_FILE")
+    if once:
+        try:
+            os.remove(once)
+        except FileNotFoundError:  # the one failure was used up by another worker
+            return
+    if how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(int(how))
+
+
 def serve(conn, system_xml: str, platform: str, properties: dict) -> None:
-    """Build a context from the System's XML and answer evaluation requests until told to stop."""
+    """Build a context and answer evaluation requests until told to stop or the parent is gone."""
+    try:
+        _serve(conn, system_xml, platform, properties)
+    except _PARENT_GONE:  # the parent died (killed, or exited): nobody to report to
+        return
+
+
+def _serve(conn, system_xml: str, platform: str, properties: dict) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and shuts us down
+    _injected_start_fault()
     if "torch" in sys.modules:  # imported by the parent's __main__; the worker needs no threads
         sys.modules["torch"].set_num_threads(1)
     try:
@@ -41,10 +76,7 @@ def serve(conn, system_xml: str, platform: str, properties: dict) -> None:
         return
     conn.send(("ready", os.getpid()))
     while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):  # parent gone
-            return
+        message = conn.recv()
         if message is None:
             return
         tag, positions, forces = message

@@ -12,6 +12,9 @@ Robustness:
 - a worker that dies (killed, segfault) is detected through its process sentinel, replaced,
   and its chunk re-evaluated by another worker; a chunk that kills a second worker raises
   `WorkerError` instead of looping;
+- a replacement that dies while starting is started again, up to `MAX_START_ATTEMPTS` times in a
+  row; then the pool closes and `WorkerError` gives the real cause (exit code or signal name),
+  as does every later call;
 - `close()`, garbage collection of the pool, or interpreter exit stop the workers within
   seconds (idle workers leave on a message, others are terminated; workers are daemonic and
   also leave when the parent's end of their pipe closes);
@@ -35,10 +38,12 @@ Examples
 
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing
 import os
 import runpy
+import signal
 import sys
 import time
 import weakref
@@ -49,7 +54,12 @@ from multiprocessing.connection import wait
 import numpy as np
 import openmm
 
-__all__ = ["WorkerPool", "WorkerError", "capped_torch_threads"]
+__all__ = ["WorkerPool", "WorkerError", "capped_torch_threads", "MAX_START_ATTEMPTS"]
+
+logger = logging.getLogger(__name__)
+
+#: A worker slot whose process dies this many times in a row before it is ready closes the pool.
+MAX_START_ATTEMPTS = 3
 
 #: Script each worker runs (by path, so that workers do not import torch).
 _ENTRY_POINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker_process.py")
@@ -74,17 +84,31 @@ def capped_torch_threads(n_threads: int):
         torch.set_num_threads(old)
 
 
+def exit_cause(exitcode: int | None) -> str:
+    """How a process ended, in words: ``"exit code 1"``, ``"killed by SIGKILL"``."""
+    if exitcode is None:
+        return "no exit code (still running)"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
 class _Worker:
     """Parent-side handle of one worker process."""
 
-    __slots__ = ("process", "conn", "state", "chunk", "pid")
+    __slots__ = ("process", "conn", "state", "chunk", "pid", "attempt", "started")
 
-    def __init__(self, process, conn):
+    def __init__(self, process, conn, attempt: int = 1):
         self.process = process
         self.conn = conn
         self.state = "starting"  # -> "idle" <-> "busy"
         self.chunk: tuple[int, int] | None = None
         self.pid: int | None = None
+        self.attempt = attempt  # starts in a row of this slot, this one included
+        self.started = time.monotonic()
 
 
 def _stop_workers(workers: list[_Worker], owner_pid: int, timeout: float = 2.0) -> None:
@@ -169,6 +193,8 @@ class WorkerPool:
         self.timeout = timeout
         self.restarts = 0
         self.last_n_chunks = 0
+        self._ever_ready = False
+        self._failure: str | None = None
         self._xml = openmm.XmlSerializer.serialize(system)
         self._mp = multiprocessing.get_context("spawn")
         self._owner_pid = os.getpid()
@@ -179,7 +205,7 @@ class WorkerPool:
         self.wait_until_ready()
 
     # ------------------------------------------------------------------ lifecycle
-    def _start_worker(self) -> _Worker:
+    def _start_worker(self, attempt: int = 1) -> _Worker:
         parent, child = self._mp.Pipe(duplex=True)
         process = self._mp.Process(
             target=runpy.run_path, name="openmm_bg-energy-worker", daemon=True, args=(_ENTRY_POINT,),
@@ -187,27 +213,63 @@ class WorkerPool:
                     "run_name": "__openmm_bg_worker__"})
         process.start()
         child.close()
-        return _Worker(process, parent)
+        return _Worker(process, parent, attempt)
+
+    def _fail(self, message: str) -> None:
+        """Close the pool for good and raise `WorkerError`; later calls repeat the reason."""
+        self._failure = message
+        self.close()
+        raise WorkerError(message)
+
+    def _closed_error(self) -> WorkerError:
+        reason = f" after a failure: {self._failure}" if self._failure else ""
+        return WorkerError(f"the worker pool is closed{reason}; create a new one")
+
+    def _restart_starting(self, index: int) -> None:
+        """Start again a worker that died before it was ready, or give up after `MAX_START_ATTEMPTS`."""
+        w = self._workers[index]
+        w.process.join(1.0)
+        cause = exit_cause(w.process.exitcode)
+        try:
+            w.conn.close()
+        except OSError:  # noqa: S110 - the pipe of a dead process; nothing left to release
+            pass
+        if not self._ever_ready and w.process.exitcode == 1:
+            self._fail(f"an energy worker process exited while starting ({cause}); if the script that creates "
+                       "the energy runs it at its top level, protect that with an "
+                       "`if __name__ == \"__main__\":` guard (workers start by importing the main script)")
+        if w.attempt >= MAX_START_ATTEMPTS:
+            self._fail(f"an energy worker process died while starting, {w.attempt} times in a row (last: {cause}); "
+                       "the pool is closed. Check the machine's memory and process limits, and whether something "
+                       "kills new processes")
+        logger.warning("energy worker died while starting (%s); starting it again (attempt %d of %d)", cause,
+                       w.attempt + 1, MAX_START_ATTEMPTS)
+        self._workers[index] = self._start_worker(w.attempt + 1)
+        self.restarts += 1
 
     def wait_until_ready(self) -> None:
         """Block until every worker (including replacements still starting) has built its context."""
         if self.closed:
-            raise WorkerError("the worker pool is closed")
-        deadline = time.monotonic() + self.start_timeout
+            raise self._closed_error()
         while any(w.state == "starting" for w in self._workers):
             starting = [w for w in self._workers if w.state == "starting"]
             ready = wait([w.conn for w in starting] + [w.process.sentinel for w in starting],
-                         timeout=max(0.0, deadline - time.monotonic()))
+                         timeout=self._start_wait(starting))
             if not ready:
-                self.close()
-                raise WorkerError(f"worker processes did not start within {self.start_timeout:g} s")
-            for w in starting:
-                if w.conn in ready or w.process.sentinel in ready:
+                self._fail(f"energy worker processes did not start within {self.start_timeout:g} s")
+            for i, w in enumerate(list(self._workers)):
+                if w in starting and (w.conn in ready or w.process.sentinel in ready):
                     try:
-                        self._handle_reply(w, None, None)
+                        alive = self._handle_reply(w, None, None)
                     except WorkerError:
                         self.close()
                         raise
+                    if not alive:
+                        self._restart_starting(i)
+
+    def _start_wait(self, starting: list[_Worker]) -> float:
+        """Seconds left before the longest-starting worker exceeds ``start_timeout``."""
+        return max(0.0, min(w.started for w in starting) + self.start_timeout - time.monotonic())
 
     @property
     def pids(self) -> list[int]:
@@ -239,6 +301,8 @@ class WorkerPool:
             old.process.kill()
         old.process.join(1.0)
         old.conn.close()
+        logger.info("energy worker %s ended (%s); starting a replacement", old.process.pid,
+                    exit_cause(old.process.exitcode))
         self._workers[index] = self._start_worker()
         self.restarts += 1
 
@@ -252,17 +316,16 @@ class WorkerPool:
             if w.process.is_alive():  # spurious wake-up
                 return True
             w.process.join(0.1)
-            if w.state == "starting":
-                raise WorkerError(f"an energy worker process exited while starting (exit code "
-                                  f"{w.process.exitcode}); is the script missing an "
-                                  "`if __name__ == \"__main__\":` guard?")
             return False
         kind = message[0]
+        if kind == "error" and w.state == "starting":  # building the context failed: not a fault to retry
+            self._fail(f"an energy worker could not build its OpenMM context:\n{message[1]}")
         if kind == "error":
             raise WorkerError(f"energy worker failed:\n{message[1]}")
         if kind == "ready":
             w.pid = message[1]
             w.state = "idle"
+            self._ever_ready = True
             return True
         start, stop = message[0]
         energy[start:stop] = message[1]
@@ -289,7 +352,7 @@ class WorkerPool:
             ``[batch, n_atoms, 3]`` float64, zero for failed configurations.
         """
         if self.closed:
-            raise WorkerError("the worker pool is closed")
+            raise self._closed_error()
         if os.getpid() != self._owner_pid:
             raise WorkerError("a WorkerPool cannot be used from a forked child process")
         x = np.ascontiguousarray(positions, dtype=np.float64)
@@ -314,14 +377,22 @@ class WorkerPool:
                 while pending or any(w.state == "busy" for w in self._workers):
                     self._dispatch(x, pending, forces, deaths)
                     active = [w for w in self._workers if w.state in ("busy", "starting")]
+                    busy = any(w.state == "busy" for w in active)
                     ready = wait([w.conn for w in active] + [w.process.sentinel for w in active],
-                                 timeout=self.timeout)
+                                 timeout=self.timeout if busy else self._start_wait(active))
+                    if not ready and not busy:
+                        self._fail(f"energy worker processes did not start within {self.start_timeout:g} s")
                     if not ready:
                         raise WorkerError(f"no energy worker answered within {self.timeout:g} s")
                     for i, w in enumerate(list(self._workers)):
                         if w not in active or not (w.conn in ready or w.process.sentinel in ready):
                             continue
-                        if not self._handle_reply(w, energy, force):
+                        starting = w.state == "starting"
+                        if self._handle_reply(w, energy, force):
+                            continue
+                        if starting:
+                            self._restart_starting(i)
+                        else:
                             self._requeue(w, pending, deaths)
                             self._replace(i)
             completed = True

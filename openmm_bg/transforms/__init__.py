@@ -26,8 +26,8 @@ Examples
 (19, [8])
 """
 
+from ..systems.chirality import Stereocentres, stereocentres
 from .cartesian import CartesianTransform
-from .chirality import Stereocentres, stereocentres
 from .dims import DimInfo
 from .mixed import ConstraintError, MixedTransform
 from .rigid import apply_rigid, random_rotation, randomize_orientation

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..geometry import vector_angle
+from ..systems.graph import topology_graph as _graph
 
 __all__ = ["ZMatrix", "build_zmatrix", "DisconnectedTopologyError"]
 
@@ -152,26 +153,6 @@ class ZMatrix:
             names = " ".join(self.atom_names[a] for a in (i, j, k, l))
             lines.append(f"{i:5d} {j:5d} {k:5d} {l:5d}  {'proper  ' if p else 'improper'}  {names}")
         return "\n".join(lines)
-
-
-def _graph(topology):
-    """Atoms (names, element numbers) and bonds of an openmm.app or mdtraj Topology."""
-    if hasattr(topology, "getNumAtoms"):  # openmm.app.Topology
-        atoms = list(topology.atoms())
-        bonds = [(b[0].index, b[1].index) for b in topology.bonds()]
-    elif hasattr(topology, "n_atoms") and hasattr(topology, "bonds"):  # mdtraj.Topology
-        atoms = list(topology.atoms)
-        bonds = [(b[0].index, b[1].index) for b in topology.bonds]
-    else:
-        raise TypeError(f"expected an openmm.app.Topology or mdtraj.Topology, got {type(topology).__name__}")
-    names, znum, res = [], [], []
-    for a in atoms:
-        el = a.element
-        z = 0 if el is None else int(getattr(el, "atomic_number", getattr(el, "number", 0)) or 0)
-        znum.append(z)
-        names.append(f"{a.residue.name}{a.residue.index + 1}:{a.name}")
-        res.append((a.residue.index, a.residue.name, a.name))
-    return atoms, np.array(znum, dtype=int), names, res, bonds
 
 
 def _components(n: int, adj: list[list[int]]) -> list[list[int]]:

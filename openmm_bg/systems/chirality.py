@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..geometry import as_tensor
-from .zmatrix import _graph
+from .graph import topology_graph
 
 __all__ = ["Stereocentres", "stereocentres"]
 
@@ -127,7 +127,7 @@ def stereocentres(topology, positions, max_depth: int = 64) -> Stereocentres:
     >>> len(sc), bool(sc.any_inverted(tz.positions[None])[0])
     (13, False)
     """
-    _, znum, names, _, bonds = _graph(topology)
+    _, znum, names, _, bonds = topology_graph(topology)
     n = len(znum)
     adj: list[list[int]] = [[] for _ in range(n)]
     for a, b in bonds:
