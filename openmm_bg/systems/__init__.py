@@ -19,9 +19,11 @@ from .loaders import from_files, from_openmm, from_pdb
 from .molecular_system import MolecularSystem, PeriodicSystemError, ReactionCoordinate, State, require_nonperiodic
 from .peptides import alanine_dipeptide, trpzip2
 from .toy import double_well, mueller_brown
+from .trajectory import check_trajectory
 
 __all__ = ["MolecularSystem", "ReactionCoordinate", "State", "load", "names", "from_files",
-           "from_pdb", "from_openmm", "kT_kJ_per_mol", "BUILTIN", "PeriodicSystemError", "require_nonperiodic"]
+           "from_pdb", "from_openmm", "kT_kJ_per_mol", "BUILTIN", "PeriodicSystemError", "require_nonperiodic",
+           "check_trajectory"]
 
 #: Built-in systems: name -> builder taking keyword options.
 BUILTIN: dict[str, Callable[..., MolecularSystem]] = {
