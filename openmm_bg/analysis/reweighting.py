@@ -16,16 +16,25 @@ Examples
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["normalized_weights", "kish_ess", "largest_weight_share", "pareto_k", "WeightDiagnostics",
-           "diagnose", "reweighted_mean", "reweighted_histogram", "resample"]
+from .._validation import non_negative_int, number, positive_int
+
+__all__ = ["InsufficientSamplesError", "normalized_weights", "kish_ess", "largest_weight_share", "pareto_k",
+           "WeightDiagnostics", "diagnose", "format_k", "reweighted_mean", "reweighted_histogram", "resample"]
 
 #: Above this Pareto-k the weights' tail is too heavy for reliable estimates (Vehtari et al.).
 PARETO_K_THRESHOLD = 0.7
+
+
+class InsufficientSamplesError(ValueError):
+    """Too few samples with weight > 0 for an estimate to mean anything: none at all, none inside a
+    state or the bins' range, or fewer effective samples than asked for."""
 
 
 def _check(log_w) -> np.ndarray:
@@ -37,9 +46,93 @@ def _check(log_w) -> np.ndarray:
         raise ValueError(f"{bad} log weights are NaN or +inf; an energy or log-density evaluation failed "
                          "upstream (use -inf for samples that should get weight zero)")
     if np.isneginf(log_w).all():
-        raise ValueError("every sample has weight zero (all log weights are -inf): the generator's "
-                         "samples are all out of domain, inverted or failed; train it longer")
+        raise InsufficientSamplesError(
+            f"every sample has weight zero (all {log_w.size} log weights are -inf): the generator's samples "
+            "are all out of domain, inverted or failed; no reweighted estimate is possible (check the "
+            "system the generator is used with, or train it longer)")
     return log_w
+
+
+def check_n_bootstrap(n_bootstrap) -> int:
+    """Bootstrap replicas: 0 (no error bar) or an integer >= 2 (a standard deviation needs two).
+
+    Examples
+    --------
+    >>> check_n_bootstrap(0), check_n_bootstrap(200)
+    (0, 200)
+    >>> check_n_bootstrap(1)
+    Traceback (most recent call last):
+    ...
+    ValueError: n_bootstrap must be 0 (no error bar) or an integer >= 2, got 1
+    """
+    what = "n_bootstrap must be 0 (no error bar) or an integer >= 2"
+    try:
+        n = non_negative_int("n_bootstrap", n_bootstrap)
+    except ValueError:
+        raise ValueError(f"{what}, got {n_bootstrap!r}") from None
+    if n == 1:
+        raise ValueError(f"{what}, got 1")
+    return n
+
+
+def check_seed(seed) -> int | None:
+    """A bootstrap or resampling seed: None or an integer >= 0."""
+    return None if seed is None else non_negative_int("seed", seed)
+
+
+def check_bins(bins, min_bins: int = 1, name: str = "bins") -> int | np.ndarray:
+    """``bins`` as a count (int >= ``min_bins``) or as strictly increasing, finite edges (float64 array).
+
+    Examples
+    --------
+    >>> check_bins(10), check_bins([0.0, 0.5, 2.0]).tolist()
+    (10, [0.0, 0.5, 2.0])
+    >>> check_bins([0.0, 0.0, 1.0])
+    Traceback (most recent call last):
+    ...
+    ValueError: bins must be a number of bins >= 1 or strictly increasing, finite edges; got edges that do not increase
+    """
+    what = f"{name} must be a number of bins >= {min_bins} or strictly increasing, finite edges"
+    if isinstance(bins, numbers.Real) and not isinstance(bins, bool):
+        if isinstance(bins, numbers.Integral) or (math.isfinite(bins) and bins == int(bins)):
+            if int(bins) >= min_bins:
+                return int(bins)
+        raise ValueError(f"{what}; got {bins}")
+    if isinstance(bins, str | bytes | bool) or bins is None:
+        raise ValueError(f"{what}; got {bins!r}")
+    try:
+        edges = np.asarray(bins, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}; got {type(bins).__name__}") from None
+    if edges.ndim != 1 or edges.size < min_bins + 1:
+        raise ValueError(f"{what}; got edges of shape {edges.shape} (at least {min_bins + 1} are needed)")
+    if not np.isfinite(edges).all():
+        raise ValueError(f"{what}; got edges that are not all finite")
+    if not (np.diff(edges) > 0).all():
+        raise ValueError(f"{what}; got edges that do not increase")
+    return edges
+
+
+def check_range(range_, name: str = "range") -> tuple[float, float] | None:
+    """``None`` or ``(low, high)`` with finite ``low < high``.
+
+    Examples
+    --------
+    >>> check_range((-1, 2))
+    (-1.0, 2.0)
+    """
+    if range_ is None:
+        return None
+    what = f"{name} must be (low, high) with finite low < high"
+    if isinstance(range_, str | bytes) or not hasattr(range_, "__len__") or len(range_) != 2:
+        raise ValueError(f"{what}, got {range_!r}")
+    try:
+        low, high = (number(name, v) for v in range_)
+    except ValueError:
+        raise ValueError(f"{what}, got {range_!r}") from None
+    if not low < high:
+        raise ValueError(f"{what}, got {range_!r}")
+    return low, high
 
 
 def normalized_weights(log_w) -> np.ndarray:
@@ -139,8 +232,19 @@ class WeightDiagnostics:
 
     def __str__(self) -> str:
         return (f"ESS {self.ess:.1f} of {self.n} ({100 * self.ess_fraction:.1f}%), largest weight "
-                f"{100 * self.max_weight_share:.2f}%, Pareto k {self.pareto_k:.2f}, "
+                f"{100 * self.max_weight_share:.2f}%, Pareto k {format_k(self.pareto_k)}, "
                 f"{self.n_zero} zero-weight samples")
+
+
+def format_k(k: float) -> str:
+    """A Pareto k for printing: two decimals, or ``"n/a"`` where it is undetermined (NaN: too few weights).
+
+    Examples
+    --------
+    >>> format_k(0.4321), format_k(float("nan"))
+    ('0.43', 'n/a')
+    """
+    return "n/a" if math.isnan(k) else f"{k:.2f}"
 
 
 def diagnose(log_w, warn: bool = True) -> WeightDiagnostics:
@@ -163,36 +267,84 @@ def _bootstrap_indices(n: int, n_bootstrap: int, seed: int | None) -> np.ndarray
     return rng.integers(0, n, size=(n_bootstrap, n))
 
 
+def _weighted_values(values, log_w: np.ndarray, what: str = "values") -> np.ndarray:
+    """``values [n]`` as float64, checked where the weight is > 0 (finite) and 0 where it is zero: a
+    zero-weight sample (e.g. out of domain, NaN positions) may carry any value, NaN included."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != log_w.shape:
+        raise ValueError(f"{what} have shape {values.shape} but log weights {log_w.shape}")
+    weighted = np.isfinite(log_w)
+    bad = weighted & ~np.isfinite(values)
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} {what} of samples with weight > 0 are NaN or infinite; an observable "
+                         "must be finite wherever a sample carries weight")
+    return np.where(weighted, values, 0.0)
+
+
 def reweighted_mean(values, log_w, n_bootstrap: int = 200, seed: int | None = 0) -> tuple[float, float]:
     """Self-normalised importance-sampling mean of ``values [n]`` and its bootstrap standard error.
 
     Parameters
     ----------
     values : array-like
-        ``[n]`` observable per sample.
+        ``[n]`` observable per sample; finite wherever the weight is > 0 (values of zero-weight
+        samples are ignored, NaN included).
     log_w : array-like
         ``[n]`` log weights.
     n_bootstrap : int
-        Bootstrap replicas (resampling samples with replacement); 0 gives error NaN.
-    seed : int
-        Seed of the bootstrap.
+        Bootstrap replicas (resampling samples with replacement): 0 (no error bar: NaN) or >= 2.
+    seed : int, optional
+        Seed of the bootstrap (>= 0).
+
+    Raises
+    ------
+    InsufficientSamplesError
+        Every weight is zero.
+    ValueError
+        Bad arguments, or a NaN / infinite value of a sample with weight > 0.
+
+    Examples
+    --------
+    >>> import math
+    >>> import numpy as np
+    >>> mean, error = reweighted_mean([1.0, 3.0, np.nan], [0.0, 0.0, -np.inf], n_bootstrap=0)
+    >>> mean, math.isnan(error)
+    (2.0, True)
     """
-    values = np.asarray(values, dtype=np.float64)
+    n_bootstrap, seed = check_n_bootstrap(n_bootstrap), check_seed(seed)
+    log_w = _check(log_w)
+    values = _weighted_values(values, log_w)
     w = normalized_weights(log_w)
-    if values.shape != w.shape:
-        raise ValueError(f"values have shape {values.shape} but log weights {w.shape}")
     mean = float(np.sum(w * values))
-    if n_bootstrap <= 0:
+    if n_bootstrap == 0:
         return mean, float("nan")
     idx = _bootstrap_indices(w.size, n_bootstrap, seed)
     wb = w[idx]
-    means = np.sum(wb * values[idx], axis=1) / wb.sum(axis=1)
-    return mean, float(np.std(means, ddof=1))
+    total = wb.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a replica that drew no weight has no mean
+        means = np.sum(wb * values[idx], axis=1) / total
+    means = means[total > 0]
+    return mean, float(np.std(means, ddof=1)) if means.size > 1 else float("nan")
 
 
 def reweighted_histogram(values, log_w, bins: int | np.ndarray = 50, range: tuple[float, float] | None = None,
                          n_bootstrap: int = 200, seed: int | None = 0):
     """Reweighted probability density of ``values [n]`` with bootstrap standard errors.
+
+    Parameters
+    ----------
+    values : array-like
+        ``[n]`` observable per sample (values of zero-weight samples are ignored, NaN included).
+    log_w : array-like
+        ``[n]`` log weights.
+    bins : int or array-like
+        Number of bins (>= 1) or strictly increasing bin edges.
+    range : (float, float), optional
+        ``(low, high)`` with ``low < high``; default the range of the weighted values.
+    n_bootstrap : int
+        Bootstrap replicas: 0 (no error bars: NaN) or >= 2.
+    seed : int, optional
+        Seed of the bootstrap.
 
     Returns
     -------
@@ -202,25 +354,68 @@ def reweighted_histogram(values, log_w, bins: int | np.ndarray = 50, range: tupl
         ``[n_bins]`` bootstrap standard error of the density (NaN if ``n_bootstrap`` is 0).
     edges : numpy.ndarray
         ``[n_bins + 1]`` bin edges.
+
+    Raises
+    ------
+    InsufficientSamplesError
+        Every weight is zero, or no sample with weight > 0 falls inside the bins.
     """
-    values = np.asarray(values, dtype=np.float64)
+    bins, range = check_bins(bins), check_range(range)
+    n_bootstrap, seed = check_n_bootstrap(n_bootstrap), check_seed(seed)
+    log_w = _check(log_w)
+    weighted = np.isfinite(log_w)
+    values = _weighted_values(values, log_w)
     w = normalized_weights(log_w)
-    density, edges = np.histogram(values, bins=bins, range=range, weights=w, density=True)
-    if n_bootstrap <= 0:
+    if isinstance(bins, int):
+        if range is None:  # the weighted values' range (zero-weight samples carry placeholders)
+            low, high = float(values[weighted].min()), float(values[weighted].max())
+            range = (low, high) if high > low else (low - 0.5, high + 0.5)
+        edges = np.linspace(range[0], range[1], bins + 1)
+    else:
+        edges = bins
+    inside = weighted & (values >= edges[0]) & (values <= edges[-1])
+    if not (w[inside] > 0).any():
+        raise InsufficientSamplesError(
+            f"no sample with weight > 0 falls inside the bins ({edges[0]:g} to {edges[-1]:g}; the weighted "
+            f"values span {values[weighted].min():g} to {values[weighted].max():g}): widen the range or the bins")
+    values = np.where(weighted, values, edges[0] - 1.0)  # zero-weight samples: in no bin
+    density, edges = np.histogram(values, bins=edges, weights=w, density=True)
+    if n_bootstrap == 0:
         return density, np.full_like(density, np.nan), edges
-    reps = np.empty((n_bootstrap, density.size))
+    reps = np.full((n_bootstrap, density.size), np.nan)
     for r, idx in enumerate(_bootstrap_indices(w.size, n_bootstrap, seed)):
-        reps[r] = np.histogram(values[idx], bins=edges, weights=w[idx], density=True)[0]
-    return density, reps.std(axis=0, ddof=1), edges
+        counts = np.histogram(values[idx], bins=edges, weights=w[idx])[0]
+        if counts.sum() > 0:  # a replica that drew no weight inside the bins has no density
+            reps[r] = counts / counts.sum() / np.diff(edges)
+    filled = np.isfinite(reps[:, 0])
+    error = reps[filled].std(axis=0, ddof=1) if filled.sum() > 1 else np.full_like(density, np.nan)
+    return density, error, edges
 
 
 def resample(log_w, n: int | None = None, seed: int | None = 0) -> np.ndarray:
     """Indices of ``n`` samples drawn with probability proportional to their weights (systematic).
 
     Gives an unweighted set (e.g. a trajectory to write) that follows the reweighted distribution.
+
+    Parameters
+    ----------
+    log_w : array-like
+        ``[n_samples]`` log weights (not all ``-inf``).
+    n : int, optional
+        Number of indices, >= 1 (default: as many as samples).
+    seed : int, optional
+        Seed (>= 0).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> resample([-np.inf, 0.0, np.log(3.0)], n=4).tolist()
+    [1, 2, 2, 2]
     """
+    n = None if n is None else positive_int("n", n)
+    seed = check_seed(seed)
     w = normalized_weights(log_w)
-    n = w.size if n is None else int(n)
+    n = w.size if n is None else n
     rng = np.random.default_rng(seed)
     positions = (rng.random() + np.arange(n)) / n
     return np.minimum(np.searchsorted(np.cumsum(w), positions), w.size - 1)

@@ -24,8 +24,10 @@ from pathlib import Path
 import mdtraj
 import numpy as np
 
+from .._validation import temperature_kelvin
 from ..systems import MolecularSystem
 from . import reweighting
+from .reweighting import InsufficientSamplesError
 
 __all__ = ["Samples"]
 
@@ -97,8 +99,8 @@ class Samples:
         if self.energies.shape != (n,) or self.log_prob.shape != (n,):
             raise ValueError(f"energies and log_prob must have shape [{n}], got {self.energies.shape} "
                              f"and {self.log_prob.shape}")
-        if self.temperature is None:
-            self.temperature = self.system.temperature
+        self.temperature = temperature_kelvin(
+            "temperature", self.system.temperature if self.temperature is None else self.temperature)
         if self.rejected is None:
             self.rejected = np.zeros(n, dtype=bool)
         self.rejected = np.asarray(self.rejected, dtype=bool)
@@ -158,6 +160,43 @@ class Samples:
     def __len__(self) -> int:
         return self.positions.shape[0]
 
+    @property
+    def n_weighted(self) -> int:
+        """Number of samples with weight > 0 (finite log weight)."""
+        return int(np.isfinite(self.log_weights).sum())
+
+    def zero_weight_reason(self) -> str:
+        """Why the samples have weight zero, with the counts (for messages); e.g. ``"all 200 samples
+        have weight zero (0 out of domain, 200 failed energy, 0 inverted chirality)"``."""
+        n_zero = len(self) - self.n_weighted
+        reasons = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in self.counts.items())
+        unexplained = n_zero - sum(v for v in self.counts.values() if isinstance(v, int | np.integer))
+        if unexplained > 0:
+            reasons += f", {unexplained} given weight zero by the producer ({self.provenance.get('kind')})"
+        which = "all" if n_zero == len(self) else f"{n_zero} of"
+        return f"{which} {len(self)} samples have weight zero ({reasons})"
+
+    def require_weight(self, what: str = "a reweighted estimate") -> None:
+        """Raise `InsufficientSamplesError` (with the counts of `zero_weight_reason`) when every sample has
+        weight zero: no estimate can be made from such a set.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from openmm_bg.systems import load
+        >>> s = Samples(load("double_well"), np.zeros((2, 1, 3)), np.full(2, np.inf), np.zeros(2))
+        >>> s.zero_weight_reason()
+        'all 2 samples have weight zero (0 out of domain, 2 failed energy, 0 inverted chirality)'
+        >>> s.require_weight("a free energy")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        openmm_bg.analysis.reweighting.InsufficientSamplesError: no sample has weight > 0, so a free energy ...
+        """
+        if self.n_weighted == 0:
+            raise InsufficientSamplesError(
+                f"no sample has weight > 0, so {what} cannot be estimated: {self.zero_weight_reason()}; check "
+                "that the generator is used with the system it was trained for, or train it longer")
+
     @classmethod
     def unweighted(cls, system: MolecularSystem, positions, temperature: float | None = None) -> Samples:
         """Plain configurations (MD frames, raw generator draws) as a sample set with equal weights.
@@ -184,13 +223,15 @@ class Samples:
 
     # ------------------------------------------------------------------ diagnostics
     def diagnostics(self, warn: bool = True) -> reweighting.WeightDiagnostics:
-        """ESS, largest weight's share and Pareto-k (warns when the weights are heavy-tailed)."""
+        """ESS, largest weight's share and Pareto-k (warns when the weights are heavy-tailed);
+        `InsufficientSamplesError` when every weight is zero."""
+        self.require_weight("weight diagnostics")
         return reweighting.diagnose(self.log_weights, warn=warn)
 
     @property
     def ess(self) -> float:
-        """Kish effective sample size of the weights."""
-        return reweighting.kish_ess(self.log_weights)
+        """Kish effective sample size of the weights (0 when every weight is zero)."""
+        return reweighting.kish_ess(self.log_weights) if self.n_weighted else 0.0
 
     @property
     def ess_fraction(self) -> float:
@@ -200,11 +241,15 @@ class Samples:
     @property
     def weights(self) -> np.ndarray:
         """Self-normalised weights ``[n]`` (sum 1)."""
+        self.require_weight("normalised weights")
         return reweighting.normalized_weights(self.log_weights)
 
     def summary(self) -> str:
         """One paragraph: counts of rejected samples and the weight diagnostics."""
         rejected = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in self.counts.items())
+        if not self.n_weighted:
+            return (f"{len(self)} samples at {self.temperature:g} K ({rejected}); EVERY SAMPLE HAS WEIGHT ZERO: "
+                    "no reweighted estimate is possible")
         return f"{len(self)} samples at {self.temperature:g} K ({rejected}); {self.diagnostics(warn=False)}"
 
     # ------------------------------------------------------------------ observables
@@ -217,6 +262,7 @@ class Samples:
 
     def expectation(self, values, n_bootstrap: int = 200, seed: int = 0) -> tuple[float, float]:
         """Reweighted mean of ``values [n]`` (or a function of positions) and its bootstrap error."""
+        self.require_weight("an expectation")
         v = values(self.positions) if callable(values) else values
         return reweighting.reweighted_mean(np.asarray(v, dtype=np.float64), self.log_weights,
                                            n_bootstrap=n_bootstrap, seed=seed)
@@ -228,6 +274,7 @@ class Samples:
 
     def resample(self, n: int | None = None, seed: int = 0) -> mdtraj.Trajectory:
         """An unweighted trajectory of ``n`` samples drawn in proportion to their weights."""
+        self.require_weight("a resampled trajectory")
         idx = reweighting.resample(self.log_weights, n=n, seed=seed)
         return mdtraj.Trajectory(self.positions[idx].astype(np.float32), self.system.mdtraj_topology)
 

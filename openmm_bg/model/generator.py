@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._validation import temperature_kelvin
 from ..analysis.samples import Samples
 from ..energy import OpenMMEnergy, energy_for
 from ..flows import Domain, Flow, Standardize, build_flow
@@ -136,10 +137,8 @@ class BoltzmannGenerator(nn.Module):
         self.standardize = standardize
         self.flow = flow
         self.config = dict(config or {})
-        t0 = float(system.temperature if training_temperature is None else training_temperature)
-        if not t0 > 0:
-            raise ValueError(f"training_temperature must be positive (K), got {t0}")
-        self.training_temperature = t0
+        self.training_temperature = temperature_kelvin(
+            "training_temperature", system.temperature if training_temperature is None else training_temperature)
         self.extra: dict = {}
         self._energy = energy
         self._energy_shared = False
@@ -325,10 +324,8 @@ class BoltzmannGenerator(nn.Module):
             return torch.where(bad, torch.full_like(lw, -math.inf), lw)
 
     def _temperature(self, temperature: float | None) -> float:
-        t = self.temperature if temperature is None else float(temperature)
-        if not t > 0:
-            raise ValueError(f"temperature must be positive (K), got {t}")
-        return t
+        """The target temperature in K: the default, or ``temperature`` checked (positive and finite)."""
+        return self.temperature if temperature is None else temperature_kelvin("temperature", temperature)
 
     def _temperature_scale(self, temperature: float | None) -> float:
         """``T / T0``: the prior's variance factor of proposals at ``temperature``."""

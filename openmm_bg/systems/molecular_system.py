@@ -29,6 +29,7 @@ import openmm.app as app
 import openmm.unit as unit
 import torch
 
+from .._validation import temperature_kelvin
 from ..constants import MOLAR_GAS_CONSTANT, kT_kJ_per_mol  # noqa: F401  (re-exported: old home)
 from ..geometry import as_tensor
 
@@ -173,12 +174,7 @@ class MolecularSystem:
         if not np.all(np.isfinite(pos)):
             raise ValueError("reference positions contain NaN or inf; check the coordinate file")
         self.positions = pos
-        self.temperature = float(
-            self.temperature.value_in_unit(unit.kelvin)
-            if hasattr(self.temperature, "value_in_unit") else self.temperature
-        )
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be positive (K), got {self.temperature}")
+        self.temperature = temperature_kelvin("temperature", self.temperature)  # K; a Quantity is converted
         if self.free_dims is not None:
             self.free_dims = np.asarray(self.free_dims, dtype=bool)
             if self.free_dims.shape != pos.shape:
@@ -264,7 +260,7 @@ class MolecularSystem:
     def with_temperature(self, temperature: float) -> MolecularSystem:
         """A copy at another temperature (same System object, new ``temperature``)."""
         other = copy.copy(self)
-        other.temperature = float(temperature)
+        other.temperature = temperature_kelvin("temperature", temperature)
         return other
 
     def atom_indices(self, selection: str) -> np.ndarray:

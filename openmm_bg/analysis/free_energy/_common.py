@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..._validation import temperature_kelvin
 from ...constants import KJ_PER_KCAL, kT_kJ_per_mol
 from ...systems import MolecularSystem, State
 from .. import reweighting
-from ..reweighting import WeightDiagnostics
+from ..reweighting import InsufficientSamplesError, WeightDiagnostics, format_k
 from ..samples import Samples
 
 
@@ -41,10 +42,6 @@ MIN_OVERLAP = 0.03
 #: Default minimum Kish ESS inside a state below which `state_free_energy` refuses to report.
 #: With ESS = 30 the relative error of the state's weight is ~ 1/sqrt(30) = 0.18 (0.18 kT).
 DEFAULT_MIN_ESS = 30.0
-
-
-class InsufficientSamplesError(ValueError):
-    """A state holds too few (effective) samples for a free energy to mean anything."""
 
 
 # ---------------------------------------------------------------------- pymbar, quietly
@@ -83,7 +80,23 @@ def _kT(temperature: float) -> float:
 def _fmt_diag(d: WeightDiagnostics | None) -> str:
     if d is None:
         return "n/a"
-    return f"ESS {d.ess:.1f}/{d.n}, max weight {100 * d.max_weight_share:.1f}%, k {d.pareto_k:.2f}"
+    return f"ESS {d.ess:.1f}/{d.n}, max weight {100 * d.max_weight_share:.1f}%, k {format_k(d.pareto_k)}"
+
+
+def _pm(value: float, error: float, unit: str = "") -> str:
+    """``"1.234 +- 0.056 kT"``; ``"1.234 kT (no error bar)"`` where the error is undetermined (NaN, e.g.
+    ``n_bootstrap=0``); ``"undetermined"`` for a non-finite value. Never prints NaN as a number."""
+    unit = f" {unit}" if unit else ""
+    if not math.isfinite(value):
+        return f"undetermined{unit}"
+    if not math.isfinite(error):
+        return f"{value:.3f}{unit} (no error bar)"
+    return f"{value:.3f} +- {error:.3f}{unit}"
+
+
+def _check_temperature(system: MolecularSystem, what: str) -> None:
+    """Refuse a state whose temperature is not a positive, finite number of K (one line naming it)."""
+    temperature_kelvin(f"the temperature of {what} ({system.name!r})", system.temperature)
 
 
 def _jsonable(value):
@@ -115,6 +128,13 @@ def _as_sample_sets(samples) -> list[Samples]:
             raise TypeError(f"expected openmm_bg.Samples, got {type(s).__name__}")
         if len(s) == 0:
             raise ValueError("a Samples set is empty (0 samples)")
+    for g, s in enumerate(sets):  # a set whose every weight is zero: refused, never 0 +- 0
+        try:
+            s.require_weight("a free energy")
+        except InsufficientSamplesError as err:
+            if len(sets) == 1:
+                raise
+            raise InsufficientSamplesError(f"sample set {g + 1} of {len(sets)}: {err}") from None
     return sets
 
 

@@ -60,6 +60,7 @@ from ._common import (
     StateLike,
     _as_list,
     _as_sample_sets,
+    _check_temperature,
     _diag_from_log_w,
     _evaluate_state,
     _label,
@@ -224,16 +225,22 @@ def _solve_mbar(u_kn: np.ndarray, N_k: np.ndarray):
     return mbar
 
 
-def _exp(pymbar, w: np.ndarray) -> tuple[float, float]:
+def _exp(pymbar, w: np.ndarray, what: str = "the target state") -> tuple[float, float]:
     """pymbar EXP on works ``w`` (reduced); +inf works are samples of weight zero."""
     finite = np.isfinite(w)
     if not finite.any():
-        raise InsufficientSamplesError("no sample has a finite weight for the target state")
+        raise InsufficientSamplesError(f"no sample has a finite weight for {what} (all {w.size} works are "
+                                       "infinite: failed energies or configurations impossible there)")
     r = pymbar.other_estimators.exp(np.where(finite, w, 1e300))
     return float(r["Delta_f"]), float(r["dDelta_f"])
 
 
 def _bar(pymbar, w_f: np.ndarray, w_r: np.ndarray) -> tuple[float, float]:
+    """pymbar BAR on forward and reverse works (reduced); +inf works are samples of weight zero."""
+    for w, which in ((w_f, "forward"), (w_r, "reverse")):
+        if not np.isfinite(w).any():
+            raise InsufficientSamplesError(f"BAR: no {which} sample has a finite weight in the other state (all "
+                                           f"{w.size} works are infinite: failed energies or no overlap)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         r = pymbar.other_estimators.bar(np.where(np.isfinite(w_f), w_f, 1e300),
@@ -310,6 +317,7 @@ class MBARProblem:
             if not isinstance(system, MolecularSystem):
                 raise TypeError("a target must be a MolecularSystem or a (MolecularSystem, state) pair, got "
                                 f"{type(system).__name__}")
+            _check_temperature(system, f"target {len(self.targets) + 1}")
             self.targets.append(system)
             self._restrictions.append(state)
         md = list(md)
@@ -491,7 +499,14 @@ class MBARProblem:
         """The solved ``pymbar.MBAR`` (solved on first access)."""
         if self.N_k.sum() == 0:
             raise ValueError("no samples")
-        return _solve_mbar(self.u_kn, self.N_k)
+        u_kn = self.u_kn
+        for k in range(self.n_generators, self.n_states):
+            if not np.isfinite(u_kn[k]).any():  # MBAR would give it a meaningless f from the placeholder energy
+                raise InsufficientSamplesError(
+                    f"no configuration has weight > 0 in the state {self.labels[k]} (its reduced energy is "
+                    f"infinite on all {u_kn.shape[1]}: failed energies, configurations out of domain or outside "
+                    "the state); check that the samples and MD belong to this system, or give MD frames of it")
+        return _solve_mbar(u_kn, self.N_k)
 
     @cached_property
     def _free_energies(self) -> tuple[np.ndarray, np.ndarray]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from .. import reweighting
 from ..reweighting import WeightDiagnostics
 from ..samples import Samples
 from ._common import (
+    InsufficientSamplesError,
     _as_list,
     _as_sample_sets,
     _fmt_diag,
@@ -94,10 +96,11 @@ class FreeEnergyProfile:
     def __str__(self) -> str:
         finite = np.isfinite(self.free_energy_kT)
         top = np.nanmax(self.free_energy_kT) if finite.any() else math.nan
-        err = np.nanmax(self.error_kT) if np.isfinite(self.error_kT).any() else math.nan
+        err = (f"largest error {np.nanmax(self.error_kT):.2f} kT" if np.isfinite(self.error_kT).any()
+               else "no error bars")
         return (f"free-energy profile along {self.coordinate} ({self.unit}) at {self.temperature:g} K, "
                 f"{self.method}: {finite.sum()} of {finite.size} bins filled, range 0 to {top:.2f} kT, "
-                f"largest error {err:.2f} kT; weights: {_fmt_diag(self.diagnostics)}")
+                f"{err}; weights: {_fmt_diag(self.diagnostics)}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -168,19 +171,41 @@ def _pooled_log_weights(sets: list[Samples]) -> np.ndarray:
     return np.concatenate([s.log_weights - math.log(len(s)) for s in sets])
 
 
-def _edges(values: np.ndarray, bins, range_, bounds) -> np.ndarray:
-    if isinstance(bins, int | np.integer):
+def _edges(values: np.ndarray, bins, range_, bounds, name: str) -> np.ndarray:
+    """Bin edges from checked ``bins`` / ``range_`` (see `_check_bins`); a count without a range spans the
+    coordinate's bounds or else the finite ``values`` (those of samples with weight > 0)."""
+    if isinstance(bins, int):
         if range_ is None:
             if bounds is not None and all(np.isfinite(bounds)):
                 range_ = bounds
             else:
                 finite = values[np.isfinite(values)]
+                if finite.size == 0:
+                    raise InsufficientSamplesError(f"no sample with weight > 0 has a finite value of {name!r}; "
+                                                   "check the coordinate (or give range=(low, high))")
                 range_ = (float(finite.min()), float(finite.max()))
-        return np.linspace(range_[0], range_[1], int(bins) + 1)
-    edges = np.asarray(bins, dtype=np.float64)
-    if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
-        raise ValueError("bins must be a count or increasing edges")
-    return edges
+                if not range_[1] > range_[0]:  # all at one value: a bin around it
+                    range_ = (range_[0] - 0.5, range_[1] + 0.5)
+        return np.linspace(range_[0], range_[1], bins + 1)
+    return bins
+
+
+def _check_bins(bins, range_, name: str = "bins") -> tuple[int | np.ndarray, tuple[float, float] | None]:
+    """Profiles need at least 2 bins: a count >= 2 or >= 3 strictly increasing edges; range finite, low < high."""
+    return reweighting.check_bins(bins, min_bins=2, name=name), reweighting.check_range(range_)
+
+
+def _pair(value, name: str) -> tuple:
+    """``(x, y)`` of a two-coordinate argument (bins, range of a surface)."""
+    if isinstance(value, str | bytes) or not hasattr(value, "__len__") or len(value) != 2:
+        raise ValueError(f"{name} of a surface must be a pair (for x, for y), got {value!r}")
+    return tuple(value)
+
+
+def _require_filled(F: np.ndarray, name: str, edges_text: str) -> None:
+    if not np.isfinite(F).any():
+        raise InsufficientSamplesError(f"no sample with weight > 0 falls inside the bins of {name!r} ({edges_text}): "
+                                       "widen the range or the bins")
 
 
 def _profile_from_density(density, error_density) -> tuple[np.ndarray, np.ndarray]:
@@ -206,12 +231,14 @@ def free_energy_profile(samples: Samples | Sequence[Samples], coordinate, bins: 
     coordinate : str, ReactionCoordinate or callable
         A named coordinate of the system, or a function of positions ``[n, n_atoms, 3]`` (nm) -> ``[n]``.
     bins : int or array
-        Number of bins or edges.
+        Number of bins (>= 2) or strictly increasing edges.
     range : (float, float), optional
-        Default the coordinate's ``bounds`` (or the data range for functions).
+        ``(low, high)``, ``low < high``; default the coordinate's ``bounds`` (or the range of the
+        weighted samples' values for functions).
     n_bootstrap : int
-        Bootstrap replicas for the errors.
+        Bootstrap replicas for the errors: 0 (no error bars, NaN) or >= 2.
     seed : int, optional
+        Bootstrap seed (>= 0).
 
     Returns
     -------
@@ -224,6 +251,8 @@ def free_energy_profile(samples: Samples | Sequence[Samples], coordinate, bins: 
     >>> p.centers.shape, p.free_energy_kT.shape  # doctest: +SKIP
     ((36,), (36,))
     """
+    bins, range = _check_bins(bins, range)
+    n_bootstrap, seed = reweighting.check_n_bootstrap(n_bootstrap), reweighting.check_seed(seed)
     sets = _as_sample_sets(samples)
     system = sets[0].system
     for s in sets[1:]:
@@ -232,8 +261,10 @@ def free_energy_profile(samples: Samples | Sequence[Samples], coordinate, bins: 
     values = np.concatenate([_values(function, s.positions) for s in sets])
     log_w = _pooled_log_weights(sets)
     log_w = np.where(np.isfinite(values), log_w, -math.inf)
-    edges = _edges(values, bins, range, bounds)
+    edges = _edges(values[np.isfinite(log_w)], bins, range, bounds, name)
     v = np.where(np.isfinite(values), values, edges[0] - 1.0)  # weight zero anyway, out of range
+    if not np.isfinite(log_w).any():
+        raise InsufficientSamplesError(f"no sample with weight > 0 has a finite value of {name!r}")
     density, err, edges = reweighting.reweighted_histogram(v, log_w, bins=edges, n_bootstrap=n_bootstrap,
                                                            seed=seed)
     F, dF = _profile_from_density(density, err)
@@ -262,9 +293,10 @@ def free_energy_surface(samples: Samples | Sequence[Samples], coordinate_x="phi"
     samples : Samples or sequence of Samples
     coordinate_x, coordinate_y : str, ReactionCoordinate or callable
         Coordinates (default ``"phi"``, ``"psi"``).
-    bins : int or (int, int)
+    bins : int or (bins_x, bins_y)
+        Bins per coordinate (>= 2), or a pair, each a count or strictly increasing edges.
     range : ((float, float), (float, float)), optional
-        Default the coordinates' bounds.
+        ``((low_x, high_x), (low_y, high_y))``; default the coordinates' bounds.
 
     Returns
     -------
@@ -276,19 +308,30 @@ def free_energy_surface(samples: Samples | Sequence[Samples], coordinate_x="phi"
     >>> surface.free_energy_kT.shape  # doctest: +SKIP
     (60, 60)
     """
+    single = isinstance(bins, numbers.Integral) and not isinstance(bins, bool)
+    bins_x, bins_y = (reweighting.check_bins(b, min_bins=2, name=f"bins[{i}]")
+                      for i, b in enumerate((bins, bins) if single else _pair(bins, "bins")))
+    range_x, range_y = ((None, None) if range is None else
+                        (reweighting.check_range(r, f"range[{i}]") for i, r in enumerate(_pair(range, "range"))))
     sets = _as_sample_sets(samples)
     system = sets[0].system
+    for s in sets[1:]:
+        _require_same_topology(system, s.system, "sample sets")
     nx, fx, ux, _, bx = _coordinate(system, coordinate_x)
     ny, fy, uy, _, by = _coordinate(system, coordinate_y)
     vx = np.concatenate([_values(fx, s.positions) for s in sets])
     vy = np.concatenate([_values(fy, s.positions) for s in sets])
     log_w = _pooled_log_weights(sets)
     ok = np.isfinite(vx) & np.isfinite(vy) & np.isfinite(log_w)
+    if not ok.any():
+        raise InsufficientSamplesError(f"no sample with weight > 0 has finite values of {nx!r} and {ny!r}")
     log_w = np.where(ok, log_w, -math.inf)
     w = reweighting.normalized_weights(log_w)
-    bins_xy = (bins, bins) if isinstance(bins, int | np.integer) else bins
-    ex = _edges(vx[ok], bins_xy[0], None if range is None else range[0], bx)
-    ey = _edges(vy[ok], bins_xy[1], None if range is None else range[1], by)
+    ex = _edges(vx[ok], bins_x, range_x, bx, nx)
+    ey = _edges(vy[ok], bins_y, range_y, by, ny)
+    inside = ok & (vx >= ex[0]) & (vx <= ex[-1]) & (vy >= ey[0]) & (vy <= ey[-1])
+    if not (w[inside] > 0).any():
+        _require_filled(np.full(1, np.nan), f"{nx}, {ny}", f"{ex[0]:g} to {ex[-1]:g} by {ey[0]:g} to {ey[-1]:g}")
     hist, ex, ey = np.histogram2d(vx[ok], vy[ok], bins=[ex, ey], weights=w[ok], density=True)
     F, _ = _profile_from_density(hist, np.zeros_like(hist))
     return FreeEnergySurface(coordinates=(nx, ny), units=(ux, uy), edges_x=ex, edges_y=ey, free_energy_kT=F,
@@ -339,6 +382,7 @@ def mbar_profile(coordinate, target: MolecularSystem, samples: Samples | Sequenc
     >>> p = mbar_profile("x1", system, samples, generators=gen,
     ...                  trajectories=[(hot, md_hot)])  # doctest: +SKIP
     """
+    bins, range = _check_bins(bins, range)
     sets = _as_sample_sets(samples) if samples is not None else []
     _require_proposal_density(sets, "mbar_profile")
     gens = _as_list(generators)
@@ -350,6 +394,7 @@ def mbar_profile(coordinate, target: MolecularSystem, samples: Samples | Sequenc
             raise TypeError("trajectories must be (MolecularSystem, trajectory) pairs")
     if not sets and not pairs:
         raise ValueError("no data: give BG samples and/or MD trajectories")
+
     if (len(sets) > 1 or pairs) and sets and not gens:
         raise ValueError("with several sample sets or MD data, pass generators=[...] (one per sample set)")
     for s in sets:
@@ -369,12 +414,13 @@ def mbar_profile(coordinate, target: MolecularSystem, samples: Samples | Sequenc
     n_gen = len(sets)
     problem = MBARProblem(sets, gens, targets, md, decorrelate=[n_gen] if decorrelate else False)
     values = _values(function, problem.positions)
-    edges = _edges(values[np.isfinite(values)], bins, range, bounds)
+    edges = _edges(values[np.isfinite(values) & problem.support(n_gen)], bins, range, bounds, name)
     n_bins = edges.size - 1
     p, dp = problem.histogram(values, edges, state=n_gen)
     widths = np.diff(edges)
     density, derr = p / widths, dp / widths
     F, dF = _profile_from_density(np.where(p > 0, density, 0.0), derr)
+    _require_filled(F, name, f"{edges[0]:g} to {edges[-1]:g}")
     return FreeEnergyProfile(coordinate=name, unit=unit, edges=edges, free_energy_kT=F, error_kT=dF,
                              temperature=target.temperature, ess=np.full(n_bins, np.nan), method="mbar",
                              diagnostics=problem.weight_diagnostics(n_gen), periodic=periodic)

@@ -11,7 +11,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from .. import reweighting
-from ..reweighting import WeightDiagnostics
+from ..reweighting import WeightDiagnostics, format_k
 from ..samples import Samples
 from ._common import (
     DEFAULT_MIN_ESS,
@@ -24,6 +24,7 @@ from ._common import (
     _jsonable,
     _KcalUnits,
     _kT,
+    _pm,
     _require_proposal_density,
     _require_same_topology,
     _state_name,
@@ -43,6 +44,7 @@ class StateFreeEnergy(_KcalUnits):
         ``A_B - A_A`` in kT at ``temperature``.
     error_kT : float
         Bootstrap standard error (kT); over samples, and over generators when several sets were given.
+        NaN where there is no error bar (``n_bootstrap=0``); printed as "no error bar".
     temperature : float
         K.
     ess_a, ess_b : float
@@ -139,11 +141,17 @@ class StateFreeEnergy(_KcalUnits):
         gens += ", MBAR with MD" if self.method == "mbar" else ""
         if self.overlap:
             gens += f" (overlap {min(self.overlap):.3f})"
-        return (f"A({self.state_b}) - A({self.state_a}) = {self.delta_a_kT:.3f} +- {self.error_kT:.3f} kT "
-                f"({self.delta_a_kJ_mol:.3f} +- {self.error_kJ_mol:.3f} kJ/mol, {self.delta_a_kcal_mol:.3f} "
-                f"+- {self.error_kcal_mol:.3f} kcal/mol) at {self.temperature:g} K{gens}; ESS in "
-                f"{self.state_a} {self.ess_a:.1f} (n={self.n_a}, Pareto k {self.diagnostics_a.pareto_k:.2f}), "
-                f"in {self.state_b} {self.ess_b:.1f} (n={self.n_b}, Pareto k {self.diagnostics_b.pareto_k:.2f}); "
+        if math.isfinite(self.error_kT):
+            kj = _pm(self.delta_a_kJ_mol, self.error_kJ_mol, "kJ/mol")
+            kcal = _pm(self.delta_a_kcal_mol, self.error_kcal_mol, "kcal/mol")
+            values = f"{_pm(self.delta_a_kT, self.error_kT, 'kT')} ({kj}, {kcal})"
+        else:  # n_bootstrap=0 (or no finite bootstrap replica): say so, never "+- nan"
+            values = (f"{self.delta_a_kT:.3f} kT ({self.delta_a_kJ_mol:.3f} kJ/mol, {self.delta_a_kcal_mol:.3f} "
+                      "kcal/mol; no error bar)")
+        return (f"A({self.state_b}) - A({self.state_a}) = {values} at {self.temperature:g} K{gens}; "
+                f"ESS in {self.state_a} {self.ess_a:.1f} (n={self.n_a}, Pareto k "
+                f"{format_k(self.diagnostics_a.pareto_k)}), in {self.state_b} {self.ess_b:.1f} (n={self.n_b}, "
+                f"Pareto k {format_k(self.diagnostics_b.pareto_k)}); "
                 f"{'generator weights' if self.method == 'mbar' else 'all weights'}: "
                 f"{self.diagnostics}{flag}")
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..._validation import temperature_kelvin
 from ...systems import MolecularSystem
 from .. import reweighting
 from ..reweighting import WeightDiagnostics
@@ -16,12 +18,14 @@ from ..samples import Samples
 from ._common import (
     _as_list,
     _as_sample_sets,
+    _check_temperature,
     _diag_from_log_w,
     _fmt_diag,
     _jsonable,
     _KcalUnits,
     _kT,
     _label,
+    _pm,
     _require_proposal_density,
     _require_same_topology,
     pymbar_module,
@@ -74,9 +78,10 @@ class TwoGeneratorEstimate:
         return _jsonable({**asdict(self), "bias": self.bias})
 
     def __str__(self) -> str:
-        return (f"two-generator <J_KL^B> - <J_KL^A> = {self.delta_f:.3f} +- {self.error:.3f} (reduced; "
-                f"{self.delta_a_kJ_mol:.3f} kJ/mol), a difference of two upper bounds with bias KL_B - KL_A "
-                f"= {self.kl_b:.3f} - {self.kl_a:.3f} = {self.bias:.3f}")
+        bias = (f"bias KL_B - KL_A = {self.kl_b:.3f} - {self.kl_a:.3f} = {self.bias:.3f}" if math.isfinite(self.bias)
+                else "bias KL_B - KL_A unknown (no unbiased estimate given)")
+        return (f"two-generator <J_KL^B> - <J_KL^A> = {_pm(self.delta_f, self.error)} (reduced; "
+                f"{self.delta_a_kJ_mol:.3f} kJ/mol), a difference of two upper bounds with {bias}")
 
 
 @dataclass(frozen=True)
@@ -147,12 +152,11 @@ class ThermodynamicFreeEnergy(_KcalUnits):
         return _jsonable(out)
 
     def __str__(self) -> str:
-        kj = (f"{self.delta_a_kJ_mol:.3f} +- {self.error_kJ_mol:.3f} kJ/mol"
-              if math.isfinite(self.delta_a_kJ_mol)
+        kj = (_pm(self.delta_a_kJ_mol, self.error_kJ_mol, "kJ/mol") if math.isfinite(self.delta_a_kJ_mol)
               else "kJ/mol undetermined (different temperatures without a normalised reference)")
         flag = "" if self.reliable else (" [UNRELIABLE: Pareto k >= 0.7]" if math.isfinite(self.error_f)
                                          else " [UNRELIABLE: no finite error, no overlap]")
-        text = (f"f({self.label_b}) - f({self.label_a}) = {self.delta_f:.3f} +- {self.error_f:.3f} (reduced, "
+        text = (f"f({self.label_b}) - f({self.label_a}) = {_pm(self.delta_f, self.error_f)} (reduced, "
                 f"{self.method.upper()}); A_B - A_A = {kj}; weights A: {_fmt_diag(self.diagnostics_a)}; "
                 f"B: {_fmt_diag(self.diagnostics_b)}{flag}")
         if self.two_generator is not None:
@@ -168,11 +172,12 @@ def _resolve_states(state_a, state_b, sets: list[Samples]) -> tuple[MolecularSys
         raise ValueError("give at least one state as a MolecularSystem (or samples) so that temperatures "
                          "can be resolved to a system")
     out = []
-    for s in (state_a, state_b):
+    for name, s in (("state_a", state_a), ("state_b", state_b)):
         if isinstance(s, MolecularSystem):
+            _check_temperature(s, name)
             out.append(s)
-        elif isinstance(s, int | float):
-            out.append(base.with_temperature(float(s)))
+        elif isinstance(s, numbers.Real) and not isinstance(s, bool):
+            out.append(base.with_temperature(temperature_kelvin(name, s)))
         else:
             raise TypeError(f"a thermodynamic state must be a MolecularSystem or a temperature in K, got "
                             f"{type(s).__name__}")
@@ -226,6 +231,8 @@ def two_generator_estimate(samples_a: Samples, samples_b: Samples, state_a: Mole
     _require_proposal_density([samples_a, samples_b], "two_generator_estimate")
     state_a = state_a or samples_a.system.with_temperature(samples_a.temperature)
     state_b = state_b or samples_b.system.with_temperature(samples_b.temperature)
+    _check_temperature(state_a, "state_a")
+    _check_temperature(state_b, "state_b")
     _require_same_topology(state_a, state_b, "the two thermodynamic states")
     problem = MBARProblem([samples_a, samples_b], targets=[state_a, state_b])  # only two blocks are evaluated
     ja, ea, xa = _j_kl(problem, 0, 2, samples_a)
@@ -382,7 +389,7 @@ def _thermo_exp(problem: MBARProblem, a, b, notes: list) -> dict:
         works = [_works_from_generator(problem, k) for k in (ka, kb)]
         fs, cov = [], np.zeros((2, 2))
         for k, w in enumerate(works):
-            r = _exp(pymbar, w)
+            r = _exp(pymbar, w, _label((a, b)[k]))
             fs.append(r[0])
             cov[k, k] = r[1] ** 2
         # covariance of the two EXP estimates from the same samples (delta method)
@@ -400,7 +407,7 @@ def _thermo_exp(problem: MBARProblem, a, b, notes: list) -> dict:
     src = kb if reverse else ka
     w = problem.reduced_potential(kb, sampled_from=src) - problem.reduced_potential(ka, sampled_from=src)
     w = -w if reverse else w
-    df, ddf = _exp(pymbar, w)
+    df, ddf = _exp(pymbar, w, _label(a if reverse else b))
     delta_f = -df if reverse else df
     notes.append(f"EXP from MD of state {'B' if reverse else 'A'} only ({w.size} frames)")
     dkj, ekj = _kj(a, b, math.nan, math.nan, None, False, delta_f, ddf)
@@ -436,7 +443,7 @@ def _thermo_bar(problem: MBARProblem, a, b, notes: list) -> dict:
             f, df = _bar(pymbar, w_f, w_r)
             notes.append(f"BAR generator -> {_label(target)} ({len(w_f)} BG samples, {len(w_r)} MD frames)")
         else:
-            f, df = _exp(pymbar, w_f)
+            f, df = _exp(pymbar, w_f, _label(target))
             notes.append(f"EXP generator -> {_label(target)} ({len(w_f)} BG samples; no MD of this state)")
         fs.append(f)
         vs.append(df**2)

@@ -1,0 +1,190 @@
+"""Bad input to the analysis layer (issue 17): zero-weight sets and states, bad temperatures, bad sizes and
+counts, damaged samples files. Every case is one clear error naming the problem, never a number made of
+nothing (``0 +- 0``, NaN printed as a number) and never a hang."""
+
+import dataclasses
+import math
+
+import numpy as np
+import openmm
+import pytest
+
+from openmm_bg import BoltzmannGenerator, Samples
+from openmm_bg.analysis import reweighting as rw
+from openmm_bg.analysis.free_energy import (
+    InsufficientSamplesError,
+    MBARProblem,
+    free_energy_profile,
+    free_energy_surface,
+    mbar_profile,
+    state_free_energy,
+    state_free_energy_mbar,
+    thermodynamic_free_energy,
+    two_generator_estimate,
+)
+
+BAD_TEMPERATURES = [math.nan, 0.0, -5.0, math.inf, -math.inf]
+
+
+@pytest.fixture(scope="module")
+def gen(dw, dw_data):
+    return BoltzmannGenerator.build(dw, dw_data, n_blocks=2, hidden=(16,), seed=0)
+
+
+@pytest.fixture(scope="module")
+def samples(gen):
+    return gen.sample(300, seed=0)
+
+
+def _weightless(samples, cause: str) -> Samples:
+    """``samples`` with weight zero everywhere, for one reason."""
+    n = len(samples)
+    if cause == "failed energy":
+        return Samples(samples.system, samples.positions, np.full(n, np.inf), samples.log_prob)
+    if cause == "out of domain":
+        return Samples(samples.system, np.full_like(samples.positions, np.nan), samples.energies,
+                       np.full(n, -np.inf))
+    assert cause == "inverted chirality"
+    return Samples(samples.system, samples.positions, samples.energies, samples.log_prob, rejected=np.ones(n, bool))
+
+
+def _broken_target(dw):
+    """The double well with an extra force whose energy is NaN everywhere (every energy fails)."""
+    system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(dw.system))
+    force = openmm.CustomExternalForce("1/(x-x)")
+    force.addParticle(0, [])
+    system.addForce(force)
+    return dataclasses.replace(dw, system=system, name="double_well_broken")
+
+
+def _left(x):
+    return x[:, 0, 0] < -1.7
+
+
+# ---------------------------------------------------------------------------------- 1. zero weights
+CAUSES = ["failed energy", "out of domain", "inverted chirality"]
+
+
+@pytest.mark.parametrize("cause", CAUSES)
+@pytest.mark.parametrize("method", ["auto", "mbar", "bar", "exp"])
+def test_thermodynamic_free_energy_refuses_a_set_without_weight(samples, dw, cause, method):
+    """Was: ``0.000 +- 0.000`` with full ESS and no warning (MBAR)."""
+    broken = _weightless(samples, cause)
+    with pytest.raises(InsufficientSamplesError, match=rf"all 300 samples have weight zero \(.*300 {cause}"):
+        thermodynamic_free_energy(dw, 350.0, samples=broken, method=method)
+
+
+def test_one_weightless_set_among_several_is_named(samples, gen, dw):
+    broken = _weightless(samples, "failed energy")
+    with pytest.raises(InsufficientSamplesError, match="sample set 2 of 2: .*weight zero"):
+        thermodynamic_free_energy(dw, 350.0, samples=[samples, broken], generators=[gen, gen])
+    with pytest.raises(InsufficientSamplesError, match="sample set 2 of 2"):
+        state_free_energy([samples, broken], "left", _left)
+
+
+@pytest.mark.parametrize("method", ["mbar", "exp"])
+def test_a_target_state_where_every_energy_fails_is_refused(samples, dw, method):
+    """Every sample has weight zero *for the target*: was a meaningless MBAR number."""
+    with pytest.raises(InsufficientSamplesError, match="double_well_broken at 300 K"):
+        thermodynamic_free_energy(dw, _broken_target(dw), samples=samples, method=method)
+
+
+@pytest.mark.parametrize("cause", CAUSES)
+def test_state_free_energy_and_profiles_refuse_sets_without_weight(samples, cause):
+    broken = _weightless(samples, cause)
+    for call in (lambda: state_free_energy(broken, "left", _left),
+                 lambda: free_energy_profile(broken, "x1"),
+                 lambda: free_energy_surface(broken, "x1", "x2"),
+                 lambda: broken.diagnostics(),
+                 lambda: broken.expectation(np.zeros(len(broken))),
+                 lambda: broken.resample(10)):
+        with pytest.raises(InsufficientSamplesError, match=f"300 {cause}"):
+            call()
+    assert "EVERY SAMPLE HAS WEIGHT ZERO" in broken.summary() and broken.ess == 0.0
+
+
+def test_mbar_based_estimators_refuse_sets_without_weight(samples, gen, dw):
+    broken = _weightless(samples, "failed energy")
+    for call in (lambda: mbar_profile("x1", dw, broken, generators=gen),
+                 lambda: state_free_energy_mbar(broken, gen, "left", _left),
+                 lambda: two_generator_estimate(broken, samples),
+                 lambda: MBARProblem(broken, targets=[dw])):
+        with pytest.raises(InsufficientSamplesError, match="300 failed energy"):
+            call()
+
+
+def test_a_state_without_weighted_samples_is_refused(samples):
+    lp = np.where(_left(samples.positions), -np.inf, samples.log_prob)  # the left well: out of domain
+    partly = Samples(samples.system, samples.positions, samples.energies, lp)
+    with pytest.raises(InsufficientSamplesError, match="all have weight zero"):
+        state_free_energy(partly, "left", _left)
+
+
+def test_weight_functions_refuse_all_zero_weights_with_their_own_error():
+    for call in (rw.diagnose, rw.kish_ess, rw.normalized_weights, rw.resample,
+                 lambda lw: rw.reweighted_mean(np.ones(3), lw), lambda lw: rw.reweighted_histogram(np.ones(3), lw)):
+        with pytest.raises(InsufficientSamplesError, match="every sample has weight zero"):
+            call(np.full(3, -np.inf))
+
+
+def test_bins_without_weighted_samples_are_refused_not_nan(samples):
+    """Was: a histogram / profile of NaN (``0 of 50 bins filled, range 0 to nan kT``)."""
+    with pytest.raises(InsufficientSamplesError, match="no sample with weight > 0 falls inside the bins"):
+        rw.reweighted_histogram(np.array([0.0, 1.0]), np.zeros(2), bins=4, range=(5.0, 6.0))
+    with pytest.raises(InsufficientSamplesError, match="falls inside the bins"):
+        free_energy_profile(samples, "x1", range=(5.0, 6.0))
+    with pytest.raises(InsufficientSamplesError, match="falls inside the bins"):
+        free_energy_surface(samples, "x1", "x2", range=((5.0, 6.0), (-1.0, 1.0)))
+
+
+def test_zero_weight_samples_may_carry_nan_values(samples):
+    """A sample with weight zero (e.g. out of domain: NaN positions) does not turn a mean into NaN."""
+    mean, err = rw.reweighted_mean([1.0, 3.0, np.nan], [0.0, 0.0, -np.inf], n_bootstrap=50)
+    assert mean == pytest.approx(2.0) and np.isfinite(err)
+    density, _, _ = rw.reweighted_histogram([1.0, 3.0, np.nan], [0.0, 0.0, -np.inf], bins=2, n_bootstrap=0)
+    assert np.isfinite(density).all()
+    with pytest.raises(ValueError, match="1 values of samples with weight > 0 are NaN"):
+        rw.reweighted_mean([1.0, np.nan, 3.0], [0.0, 0.0, -np.inf])
+    x = samples.positions.copy()
+    x[:10] = np.nan  # ten samples out of domain
+    lp = samples.log_prob.copy()
+    lp[:10] = -np.inf
+    part = Samples(samples.system, x, samples.energies, lp)
+    mean, _ = part.expectation(lambda pos: pos[:, 0, 0])
+    assert np.isfinite(mean) and -2.5 < mean < -1.0
+
+
+def test_no_error_bar_is_said_not_printed_as_nan(samples):
+    """``n_bootstrap=0``: was ``+- nan``."""
+    r = state_free_energy(samples, "left", _left, n_bootstrap=0, min_ess=5)
+    text = str(r)
+    assert "no error bar" in text and "nan" not in text.lower() and math.isnan(r.error_kT)
+    assert r.as_dict()["error_kT"] is None
+    p = free_energy_profile(samples, "x1", n_bootstrap=0)
+    assert "no error bars" in str(p) and "nan" not in str(p).lower()
+    few = Samples(samples.system, samples.positions[:10], samples.energies[:10], samples.log_prob[:10])
+    assert "Pareto k n/a" in str(few.diagnostics(warn=False))
+
+
+# ---------------------------------------------------------------------------------- 1. temperatures
+@pytest.mark.parametrize("temperature", BAD_TEMPERATURES)
+def test_bad_temperatures_are_refused_in_one_line(samples, gen, dw, temperature):
+    """Was: ``f(double_well at nan K) = ...``, ``ZeroDivisionError`` for 0, inf accepted."""
+    with pytest.raises(ValueError, match="state_b must be a positive, finite temperature in K"):
+        thermodynamic_free_energy(dw, temperature, samples=samples)
+    with pytest.raises(ValueError, match="state_a must be a positive, finite temperature in K"):
+        thermodynamic_free_energy(temperature, dw, samples=samples)
+    with pytest.raises(ValueError, match="temperature must be a positive, finite temperature in K"):
+        dw.with_temperature(temperature)
+    with pytest.raises(ValueError, match="temperature must be a positive, finite temperature in K"):
+        Samples(dw, samples.positions, samples.energies, samples.log_prob, temperature=temperature)
+    with pytest.raises(ValueError, match="temperature must be a positive, finite temperature in K"):
+        Samples.unweighted(dw, samples.positions, temperature=temperature)
+    hot = dataclasses.replace(dw)
+    hot.temperature = temperature  # a state whose temperature was set by hand
+    for call in (lambda: thermodynamic_free_energy(dw, hot, samples=samples),
+                 lambda: two_generator_estimate(samples, samples, state_a=dw, state_b=hot),
+                 lambda: mbar_profile("x1", hot, samples, generators=gen),
+                 lambda: MBARProblem(samples, targets=[hot])):
+        with pytest.raises(ValueError, match="must be a positive, finite temperature in K"):
+            call()
