@@ -71,7 +71,8 @@ def _parse_options(pairs: list[str] | None) -> dict:
 def system_spec(args: argparse.Namespace) -> dict:
     """How to rebuild the system: stored in model files so later commands need no options."""
     name = args.system
-    spec = {"temperature": args.temperature} if getattr(args, "temperature", None) else {}
+    temperature = getattr(args, "temperature", None)  # None: the system's own (0 is refused, not "not given")
+    spec = {} if temperature is None else {"temperature": check.temperature_kelvin("--temperature", temperature)}
     if Path(name).suffix:
         spec.update(files={"structure": str(Path(name).resolve()),
                            "coordinates": str(Path(args.coordinates).resolve()) if args.coordinates else None,
@@ -83,18 +84,22 @@ def system_spec(args: argparse.Namespace) -> dict:
 
 
 def load_system(spec: dict):
-    """A `MolecularSystem` from a spec written by `system_spec`."""
+    """A `MolecularSystem` from a spec written by `system_spec`.
+
+    A ``"temperature"`` of None or no such key means the system's own; any other value must be a
+    positive, finite temperature in K.
+    """
     import openmm_bg.systems as bgs
 
     temperature = spec.get("temperature")
+    extra = {} if temperature is None else {"temperature": check.temperature_kelvin("temperature", temperature)}
     if "name" in spec:
-        options = dict(spec.get("options") or {})
-        if temperature:
-            options["temperature"] = temperature
+        options = {**(spec.get("options") or {}), **extra}
+        if options.get("temperature") is not None:  # also from --option temperature=...
+            options["temperature"] = check.temperature_kelvin("temperature", options["temperature"])
         return bgs.load(spec["name"], **options)
     files = spec["files"]
     path = Path(files["structure"])
-    extra = {"temperature": temperature} if temperature else {}
     if path.suffix.lower() == ".pdb":
         forcefield = files.get("forcefield") or ["amber14-all.xml"]
         return bgs.from_pdb(path, forcefield=forcefield, **extra)
@@ -262,11 +267,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in the format of every other error: one ``openmm-bg: error:`` line, exit 2.
+
+    Subcommand parsers are of the same class (argparse creates them with ``type(parent)``).
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"openmm-bg: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``openmm-bg``."""
-    parser = argparse.ArgumentParser(prog="openmm-bg", description="Boltzmann Generators for OpenMM systems.",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Units: positions nm, energies kT, temperatures K, times ps.")
+    parser = _Parser(prog="openmm-bg", description="Boltzmann Generators for OpenMM systems.",
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="Units: positions nm, energies kT, temperatures K, times ps.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: the flows are small, and it leaves cores to OpenMM)")
@@ -319,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw weighted samples from a trained model")
     p.add_argument("model", help="model file written by 'openmm-bg train'")
     p.add_argument("-n", type=int, default=10000, help="number of samples (default 10000)")
-    p.add_argument("--temperature", type=float, help="sample at this temperature in K (weights exact)")
+    p.add_argument("--temperature", type=_checked(check.temperature_kelvin),
+                   help="sample at this temperature in K (weights exact)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("-o", "--output", required=True, help="weighted samples (.npz: positions nm, energies kT, "
                                                          "log weights)")
@@ -333,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", help="reaction coordinate of the profile (default the system's first)")
     p.add_argument("--bins", type=int, default=50, help="bins of the profile")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicas for the error")
-    p.add_argument("--temperature", type=float, help="temperature in K (default the model's)")
+    p.add_argument("--temperature", type=_checked(check.temperature_kelvin),
+                   help="temperature in K (default the model's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("-o", "--output", default="free_energy", help="output folder (JSON numbers, PNG profile)")
     p.set_defaults(func=_cmd_free_energy)

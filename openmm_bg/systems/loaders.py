@@ -25,6 +25,7 @@ import openmm
 import openmm.app as app
 import openmm.unit as unit
 
+from .._validation import temperature_kelvin
 from .molecular_system import MolecularSystem
 
 __all__ = ["from_files", "from_pdb", "from_openmm"]
@@ -61,12 +62,13 @@ def from_openmm(system: openmm.System, topology: app.Topology, positions, temper
     topology : openmm.app.Topology
     positions : array-like or Quantity
         ``[n_atoms, 3]``, nm if unitless.
-    temperature : float
-        K.
+    temperature : float or openmm.unit.Quantity
+        K; positive and finite.
     name : str
     rotation_invariant : bool, optional
         Default: True unless the System has external (positional) forces or a periodic box.
     """
+    temperature = temperature_kelvin("temperature", temperature)
     if hasattr(positions, "value_in_unit"):
         positions = positions.value_in_unit(unit.nanometer)
     positions = np.asarray(positions, dtype=np.float64)
@@ -90,9 +92,10 @@ def from_pdb(pdb, forcefield: Sequence[str] | str = ("amber14-all.xml",), implic
         XML files for ``openmm.app.ForceField``, e.g. ``["amber14-all.xml", "implicit/obc2.xml"]``
         (the implicit-solvent XML decides the solvent model).
     constraints : None, app.HBonds, ...
-    temperature : float
-        K.
+    temperature : float or openmm.unit.Quantity
+        K; positive and finite.
     """
+    temperature = temperature_kelvin("temperature", temperature)
     path = _existing(pdb, "PDB")
     files = [forcefield] if isinstance(forcefield, str) else list(forcefield)
     if implicit_solvent is not None:
@@ -168,11 +171,12 @@ def from_files(topology, coordinates=None, parameters: Sequence[str] | str | Non
     implicit_solvent : None or str
         ``None`` (vacuum), ``"OBC1"``, ``"OBC2"``, ``"GBn"``, ``"GBn2"``, ``"HCT"``.
     constraints : None, app.HBonds, ...
-    temperature : float
-        K.
+    temperature : float or openmm.unit.Quantity
+        K; positive and finite.
     """
     import parmed
 
+    temperature = temperature_kelvin("temperature", temperature)
     top = _existing(topology, "topology")
     kind = _TOPOLOGY_SUFFIXES.get(top.suffix.lower())
     if kind is None:
