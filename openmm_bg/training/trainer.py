@@ -23,18 +23,57 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
+from .. import _validation as check
+from .._output import output_file
 from ..model.generator import BoltzmannGenerator
-from ..systems import ReactionCoordinate
+from ..systems import MolecularSystem, ReactionCoordinate
 from ..systems.trajectory import check_trajectory
 from .losses import kl_loss, ml_loss, rc_loss
 from .stages import Stage, default_stages
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "training_coordinate"]
+
+
+def training_coordinate(system: MolecularSystem, rc: str | ReactionCoordinate | None,
+                        stages: Sequence[Stage]) -> ReactionCoordinate | None:
+    """The coordinate of the RC loss: ``rc`` looked up in ``system``, checked against the ``stages``' needs.
+
+    Raises
+    ------
+    KeyError
+        ``rc`` is a name the system does not have (the message lists the names it has).
+    ValueError
+        ``rc`` is neither None, a name nor a `ReactionCoordinate`, or a stage has an RC weight and
+        ``rc`` is None.
+    """
+    if isinstance(rc, str):
+        if rc not in system.reaction_coordinates:
+            raise KeyError(f"system {system.name!r} has no reaction coordinate {rc!r}; it has "
+                           f"{sorted(system.reaction_coordinates)}")
+        rc = system.reaction_coordinates[rc]
+    elif rc is not None and not isinstance(rc, ReactionCoordinate):
+        raise ValueError(f"rc must be None, a name of the system's reaction coordinates "
+                         f"{sorted(system.reaction_coordinates)} or a ReactionCoordinate, got {type(rc).__name__}")
+    if rc is None and any(s.rc > 0 for s in stages):
+        raise ValueError("a stage has an RC weight but no reaction coordinate was given (rc=...)")
+    return rc
+
+
+def _checked_stages(stages) -> list[Stage]:
+    """Copies of ``stages``, each checked again (a field may have been changed after construction)."""
+    if isinstance(stages, Stage) or not isinstance(stages, Sequence):
+        raise ValueError(f"stages must be a list of Stage, got {type(stages).__name__}")
+    if not stages:
+        raise ValueError("give at least one Stage")
+    for k, stage in enumerate(stages):
+        if not isinstance(stage, Stage):
+            raise ValueError(f"stages[{k}] must be a Stage, got {type(stage).__name__}")
+    return [replace(s) for s in stages]
 
 
 class Trainer:
@@ -55,21 +94,35 @@ class Trainer:
     checkpoint : path, optional
         Checkpoint file, written atomically every ``checkpoint_every`` steps and at the end.
     checkpoint_every : int
-        Steps between checkpoints.
+        Steps between checkpoints (>= 1).
     metrics : path, optional
         CSV (or ``.json``) file of per-step metrics, rewritten at every checkpoint and at the end.
     progress : bool
         Show a progress bar.
+
+    Raises
+    ------
+    ValueError
+        Before any work, for an argument out of its range: not a generator, no stages or a
+        non-`Stage`, a seed that is not an integer >= 0, ``checkpoint_every < 1``, a checkpoint or
+        metrics file in a folder that does not exist or is not writable; then for training frames
+        that do not fit the system or the generator's domain.
+    KeyError
+        ``rc`` names a coordinate the system does not have.
     """
 
     def __init__(self, generator: BoltzmannGenerator, data, stages: Sequence[Stage] | None = None, seed: int = 0,
                  rc: str | ReactionCoordinate | None = None, checkpoint: str | os.PathLike | None = None,
                  checkpoint_every: int = 100, metrics: str | os.PathLike | None = None, progress: bool = True):
+        if not isinstance(generator, BoltzmannGenerator):
+            raise ValueError(f"generator must be a BoltzmannGenerator, got {type(generator).__name__}")
         self.gen = generator
-        self.stages = list(stages) if stages is not None else default_stages()
-        if not self.stages:
-            raise ValueError("give at least one Stage")
-        self.seed = int(seed)
+        self.stages = _checked_stages(stages) if stages is not None else default_stages()
+        self.seed = check.non_negative_int("seed", seed)
+        self.rc = training_coordinate(generator.system, rc, self.stages)
+        self.checkpoint = output_file("checkpoint", checkpoint) if checkpoint is not None else None
+        self.checkpoint_every = check.positive_int("checkpoint_every", checkpoint_every)
+        self.metrics = output_file("metrics", metrics) if metrics is not None else None
         traj = check_trajectory(generator.system, data)
         with torch.no_grad():
             z_data, _, ok = generator.inverse(traj.xyz)
@@ -79,17 +132,6 @@ class Trainer:
             raise ValueError(f"{int((~ok).sum())} training frames lie outside the generator's domain")
         self.v_data = v.to(generator.flow_dtype).to(generator.device)
         del z_data
-        if isinstance(rc, str):
-            if rc not in generator.system.reaction_coordinates:
-                raise KeyError(f"system {generator.system.name!r} has no reaction coordinate {rc!r}; it has "
-                               f"{sorted(generator.system.reaction_coordinates)}")
-            rc = generator.system.reaction_coordinates[rc]
-        self.rc = rc
-        if any(s.rc > 0 for s in self.stages) and rc is None:
-            raise ValueError("a stage has an RC weight but no reaction coordinate was given (rc=...)")
-        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
-        self.checkpoint_every = int(checkpoint_every)
-        self.metrics = Path(metrics) if metrics is not None else None
         self.progress = progress
         self.history: list[dict] = []
         self.step = 0

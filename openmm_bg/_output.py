@@ -1,0 +1,88 @@
+"""Checks of output paths before any work: the file or folder can be written, else one `ValueError`.
+
+A run that fails only when it writes its result, after minutes of work, loses that work. These
+checks run first: the folder exists (or, for an output folder, can be created), it accepts a new
+file (tested by creating and removing an empty temporary file, which also catches read-only
+file systems and, for root, folders whose permissions alone would not stop it), and the path is
+not a folder where a file is expected or a file where a folder is expected.
+
+Examples
+--------
+>>> import tempfile
+>>> folder = tempfile.mkdtemp()
+>>> output_file("output", f"{folder}/model.bg").name
+'model.bg'
+>>> output_file("output", folder)  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+ValueError: output ... is a folder; give a file name
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["output_file", "output_folder"]
+
+
+def _accepts_files(name: str, folder: Path) -> None:
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".openmm-bg-write-test-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"{name} folder {str(folder)!r} is not writable ({err.strerror or err}); "
+                         "choose another location") from None
+
+
+def output_file(name: str, path: str | os.PathLike) -> Path:
+    """``path`` as a `Path` after checking that a file can be written there (nothing is created).
+
+    Parameters
+    ----------
+    name : str
+        The argument's name for the message (``"output"``, ``"--checkpoint"``).
+    path : str or path-like
+        File to be written; an existing file is allowed (it will be replaced).
+
+    Raises
+    ------
+    ValueError
+        ``path`` is a folder, its folder does not exist, or the folder is not writable.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{name} {str(p)!r} is a folder; give a file name")
+    folder = p.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise ValueError(f"{name} folder {str(folder)!r} {what}; create it first")
+    _accepts_files(name, folder)
+    return p
+
+
+def output_folder(name: str, path: str | os.PathLike, create: bool = True) -> Path:
+    """``path`` as a `Path` after checking that files can be written in it; created if ``create``.
+
+    Raises
+    ------
+    ValueError
+        ``path`` (or a parent) exists and is not a folder, it cannot be created, or it is not
+        writable.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{name} {str(p)!r} exists and is not a folder; give a folder name (it is created "
+                         "if missing)")
+    if not create:
+        if not p.is_dir():
+            raise ValueError(f"{name} folder {str(p)!r} does not exist; create it first")
+    else:
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"{name} folder {str(p)!r} cannot be created ({err.strerror or err}); choose "
+                             "another location") from None
+    _accepts_files(name, p)
+    return p
