@@ -35,14 +35,18 @@ def files(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("bad_cli")
     data, model = root / "md.h5", root / "model.bg"
-    openmm_bg.simulate(load("double_well"), n_frames=60, stride=10, seed=0, platform="Reference",
-                       progress=False).save(str(data))
+    for path, seed in ((data, 0), (root / "md2.h5", 1)):
+        openmm_bg.simulate(load("double_well"), n_frames=60, stride=10, seed=seed, platform="Reference",
+                           progress=False).save(str(path))
     config = root / "stages.toml"
     config.write_text("[[stage]]\nsteps = 2\nbatch_size = 16\n")
     assert main(["train", "double_well", "--data", str(data), "--config", str(config), "--n-blocks", "1",
                  "--hidden", "8", "-o", str(model)]) == 0
-    return {"root": root, "data": data, "model": model, "config": config}
+    return {"root": root, "data": data, "data2": root / "md2.h5", "model": model, "config": config,
+            "model_bytes": model.read_bytes()}
 
+
+TRAIN = ["train", "double_well", "--config", "{config}", "--n-blocks", "1"]
 
 # (id, argv with {data} {model} {config} {out} placeholders, words the error line must contain,
 #  paths under {out} that must not exist afterwards)
@@ -64,6 +68,17 @@ CASES = [
      ["--temperature", "got inf"], ["s.npz"]),
     ("free-energy-T0", ["free-energy", "{model}", "--states", "left,right", "-n", "10", "--temperature", "0",
                         "-o", "{out}/fe"], ["--temperature", "got 0"], ["fe"]),
+    # 3. rerunning train with other settings refuses the other run's checkpoint (and leaves its model alone)
+    ("train-other-data", [*TRAIN, "--data", "{data2}", "--hidden", "8", "-o", "{model}"],
+     ["cannot resume from", "different training data", "--restart"], []),
+    ("train-other-hidden", [*TRAIN, "--data", "{data}", "--hidden", "16", "-o", "{model}"],
+     ["cannot resume from", "different hidden", "--restart"], []),
+    ("train-other-seed", [*TRAIN, "--data", "{data}", "--hidden", "8", "--seed", "3", "-o", "{model}"],
+     ["cannot resume from", "build seed", "--restart"], []),
+    ("train-other-temperature", [*TRAIN, "--data", "{data}", "--hidden", "8", "--temperature", "250", "-o",
+                                 "{model}"], ["cannot resume from", "different", "temperature", "--restart"], []),
+    ("train-other-stages", [*TRAIN[:2], "--steps-scale", "0.001", "--n-blocks", "1", "--data", "{data}",
+                            "--hidden", "8", "-o", "{model}"], ["cannot resume from", "different stages"], []),
 ]
 
 
@@ -73,7 +88,7 @@ def results(files):
         name, argv, _, _ = case
         out = files["root"] / name
         out.mkdir()
-        subs = {k: str(v) for k, v in files.items()} | {"out": str(out)}
+        subs = {k: str(v) for k, v in files.items() if isinstance(v, Path)} | {"out": str(out)}
         argv = [a.format(**subs) for a in argv]
         proc = subprocess.run([*_entry_point(), *argv], capture_output=True, text=True, env=_env(),
                               cwd=out, timeout=300)
@@ -95,3 +110,7 @@ def test_bad_command_line_is_one_error_line(results, name, words, absent):
         assert word in lines[0], (word, lines[0])
     for path in absent:
         assert not (out / path).exists(), f"{path} was written although the command failed"
+
+
+def test_refused_runs_leave_the_trained_model_alone(results, files):
+    assert files["model"].read_bytes() == files["model_bytes"]

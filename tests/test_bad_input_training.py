@@ -162,3 +162,58 @@ def test_generator_build_refuses_architecture_out_of_range(tiny, kwargs, message
     system, data, _ = tiny
     with pytest.raises(ValueError, match=message):
         BoltzmannGenerator.build(system, data, **kwargs)
+
+
+# ---------------------------------------------------------------------- 3. a checkpoint resumes only its own run
+@pytest.fixture(scope="module")
+def checkpointed(tiny, tmp_path_factory):
+    """A finished 2-step run with its checkpoint."""
+    system, data, _ = tiny
+    ckpt = tmp_path_factory.mktemp("ckpt") / "run.ckpt"
+    gen = BoltzmannGenerator.build(system, data, n_blocks=1, hidden=(8,), seed=0)
+    Trainer(gen, data, [Stage("ml", 2, batch_size=16)], checkpoint=ckpt, progress=False).fit()
+    return ckpt
+
+
+def _resume(tiny, ckpt, data=None, stages=None, seed=0, **build):
+    system, tiny_data, _ = tiny
+    data = tiny_data if data is None else data
+    gen = BoltzmannGenerator.build(system, data, **{"n_blocks": 1, "hidden": (8,), "seed": 0, **build})
+    trainer = Trainer(gen, data, stages or [Stage("ml", 2, batch_size=16)], seed=seed, checkpoint=ckpt,
+                      progress=False)
+    return trainer.fit(resume=True)
+
+
+@pytest.mark.parametrize(("change", "what"), [
+    ({"data": "other"}, "training data"),
+    ({"hidden": (16,)}, "hidden"),
+    ({"n_blocks": 2}, "n_blocks"),
+    ({"flow": "spline"}, "flow"),
+    ({"seed": 1}, "seed"),
+    ({"stages": [Stage("ml", 3, batch_size=16)]}, "stages"),
+])
+def test_resuming_another_run_is_one_clear_error(tiny, checkpointed, change, what):
+    from openmm_bg.training.trainer import CheckpointMismatchError
+
+    system, data, _ = tiny
+    if change.get("data") == "other":
+        change = {"data": openmm_bg.simulate(system, n_frames=60, stride=10, seed=1, platform="Reference",
+                                             progress=False)}
+    before = checkpointed.read_bytes()
+    with pytest.raises(CheckpointMismatchError, match=r"^cannot resume from .*run.ckpt: it was written by another "
+                       r"training run \(different .*" + what + r".*\); start over with --restart") as info:
+        _resume(tiny, checkpointed, **change)
+    assert "\n" not in str(info.value) and what in " ".join(info.value.differences)
+    assert checkpointed.read_bytes() == before  # the other run's checkpoint is kept
+
+
+def test_the_same_run_resumes_and_an_old_checkpoint_is_refused(tiny, checkpointed, tmp_path):
+    history = _resume(tiny, checkpointed)
+    assert len(history) == 2 and history[-1]["step"] == 2  # restored, no step trained twice
+    state = torch.load(checkpointed, weights_only=False)
+    del state["run"]  # as written before checkpoints recorded their run
+    old = tmp_path / "old.ckpt"
+    torch.save(state, old)
+    with pytest.raises(ValueError, match=r"^cannot resume from .*old.ckpt: it was written by an older openmm-bg "
+                       r"that did not record what the run was made from; start over with --restart"):
+        _resume(tiny, old)

@@ -186,7 +186,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     trainer = Trainer(gen, args.data, stages, seed=args.seed, rc=args.rc, checkpoint=checkpoint,
                       checkpoint_every=args.checkpoint_every, metrics=metrics)
     if checkpoint.exists() and not args.restart:
-        print(f"resuming from {checkpoint} (use --restart to start over)")
+        step = trainer.read_checkpoint(checkpoint)["step"]  # refuses a checkpoint of another run
+        print(f"resuming from {checkpoint} at step {step} of {trainer.total_steps} (use --restart to start over)")
     elif checkpoint.exists():
         checkpoint.unlink()
     history = trainer.fit(resume=not args.restart)
