@@ -62,27 +62,44 @@ def output_file(name: str, path: str | os.PathLike) -> Path:
     return p
 
 
-def output_folder(name: str, path: str | os.PathLike, create: bool = True) -> Path:
-    """``path`` as a `Path` after checking that files can be written in it; created if ``create``.
+def output_folder(name: str, path: str | os.PathLike, create: bool = False) -> Path:
+    """``path`` as a `Path` after checking that it is, or can be made, a folder that accepts files.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name for the message (``"--output"``).
+    path : str or path-like
+        Output folder; missing folders (and parents) are allowed.
+    create : bool
+        Create it now (default: only check, so that a command failing later leaves nothing behind).
 
     Raises
     ------
     ValueError
-        ``path`` (or a parent) exists and is not a folder, it cannot be created, or it is not
-        writable.
+        ``path`` or a parent exists and is not a folder, or the nearest existing folder does not
+        accept files (or ``path`` cannot be created).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> output_folder("--output", f"{folder}/results/run1").exists()
+    False
     """
     p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"{name} {str(p)!r} exists and is not a folder; give a folder name (it is created "
+    existing = p
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == p else f" (its parent {str(existing)!r} is a file)"
+        raise ValueError(f"{name} {str(p)!r} is not a folder{where}; give a folder name (it is created "
                          "if missing)")
-    if not create:
-        if not p.is_dir():
-            raise ValueError(f"{name} folder {str(p)!r} does not exist; create it first")
-    else:
+    _accepts_files(name, existing)
+    if create:
         try:
             p.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ValueError(f"{name} folder {str(p)!r} cannot be created ({err.strerror or err}); choose "
                              "another location") from None
-    _accepts_files(name, p)
     return p

@@ -1,7 +1,8 @@
 """Bad command lines: one ``openmm-bg: error:`` line on stderr, exit code 2, no traceback, nothing written.
 
-Every case runs the installed ``openmm-bg`` console script in a subprocess (with this tree first on
-``PYTHONPATH``); the cases run a few at a time in one module-scoped fixture so the file stays fast.
+Every case runs through ``main`` in-process (fast); a representative subset (one or more per
+command and per kind of check) also runs the installed ``openmm-bg`` console script in a
+subprocess, with this tree first on ``PYTHONPATH``, a few at a time in one module-scoped fixture.
 """
 
 import os
@@ -40,9 +41,12 @@ def files(tmp_path_factory):
                            progress=False).save(str(path))
     config = root / "stages.toml"
     config.write_text("[[stage]]\nsteps = 2\nbatch_size = 16\n")
+    (root / "negative_steps.toml").write_text('[[stage]]\nsteps = 2\n\n[[stage]]\nname = "kl"\nsteps = -5\nkl = 1.0\n')
+    (root / "rc_stage.toml").write_text("[[stage]]\nsteps = 2\nrc = 1.0\n")
     assert main(["train", "double_well", "--data", str(data), "--config", str(config), "--n-blocks", "1",
                  "--hidden", "8", "-o", str(model)]) == 0
     return {"root": root, "data": data, "data2": root / "md2.h5", "model": model, "config": config,
+            "negative_steps": root / "negative_steps.toml", "rc_stage": root / "rc_stage.toml",
             "model_bytes": model.read_bytes()}
 
 
@@ -77,39 +81,122 @@ CASES = [
      ["cannot resume from", "build seed", "--restart"], []),
     ("train-other-temperature", [*TRAIN, "--data", "{data}", "--hidden", "8", "--temperature", "250", "-o",
                                  "{model}"], ["cannot resume from", "different", "temperature", "--restart"], []),
+    # 4. sizes, counts and locations are checked before any work (at parse time where argparse can)
+    ("threads-0", ["--threads", "0", "systems"], ["argument --threads: must be an integer >= 1, got 0"], []),
+    ("threads-negative", ["--threads", "-2", "systems"], ["argument --threads: must be an integer >= 1, got -2"],
+     []),
+    ("train-n-blocks-0", [*TRAIN, "--data", "{data}", "--n-blocks", "0", "-o", "m.bg"],
+     ["argument --n-blocks: must be an integer >= 1, got 0"], ["m.bg"]),
+    ("train-hidden-0", [*TRAIN, "--data", "{data}", "--hidden", "64", "0", "-o", "m.bg"],
+     ["argument --hidden: must be an integer >= 1, got 0"], ["m.bg"]),
+    ("train-checkpoint-every-0", [*TRAIN, "--data", "{data}", "--checkpoint-every", "0", "-o", "m.bg"],
+     ["argument --checkpoint-every: must be an integer >= 1, got 0"], ["m.bg"]),
+    ("train-steps-scale-0", ["train", "double_well", "--data", "{data}", "--steps-scale", "0", "-o", "m.bg"],
+     ["argument --steps-scale: must be positive and finite, got 0"], ["m.bg"]),
+    ("train-seed-negative", [*TRAIN, "--data", "{data}", "--seed", "-1", "-o", "m.bg"],
+     ["argument --seed: must be an integer >= 0, got -1"], ["m.bg"]),
+    ("train-toml-negative-steps", ["train", "double_well", "--data", "{data}", "--config", "{negative_steps}",
+                                   "-o", "m.bg"], ["stage 2 ('kl'): steps must be an integer >= 1, got -5"],
+     ["m.bg", "m.bg.ckpt", "m_training.csv"]),
+    ("train-rc-unknown", [*TRAIN, "--data", "{data}", "--rc", "phi", "-o", "m.bg"],
+     ["has no reaction coordinate 'phi'", "x1"], ["m.bg", "m.bg.ckpt"]),
+    ("train-rc-stage-without-rc", ["train", "double_well", "--data", "{data}", "--config", "{rc_stage}", "-o",
+                                   "m.bg"], ["RC weight but no reaction coordinate"], ["m.bg", "m.bg.ckpt"]),
+    ("train-output-is-a-folder", [*TRAIN, "--data", "{data}", "-o", "{out}"], ["is a folder; give a file name"],
+     []),
+    ("train-output-folder-missing", [*TRAIN, "--data", "{data}", "-o", "{out}/nope/m.bg"],
+     ["/nope' does not exist; create it first"], ["nope"]),
+    ("train-output-not-writable", [*TRAIN, "--data", "{data}", "-o", "/sys/m.bg"],
+     ["folder '/sys' is not writable"], []),
+    ("train-checkpoint-not-writable", [*TRAIN, "--data", "{data}", "--checkpoint", "/sys/m.ckpt", "-o", "m.bg"],
+     ["--checkpoint folder '/sys' is not writable"], ["m.bg"]),
+    ("simulate-output-not-writable", ["simulate", "double_well", "-n", "2", "-o", "/sys/md.h5"],
+     ["folder '/sys' is not writable"], []),
+    ("sample-n-0", ["sample", "{model}", "-n", "0", "-o", "s.npz"], ["argument -n: must be an integer >= 1, got 0"],
+     ["s.npz"]),
+    ("sample-seed-negative", ["sample", "{model}", "--seed", "-4", "-o", "s.npz"],
+     ["argument --seed: must be an integer >= 0, got -4"], ["s.npz"]),
+    ("free-energy-n-0", ["free-energy", "{model}", "--states", "left,right", "-n", "0", "-o", "fe"],
+     ["argument -n: must be an integer >= 1, got 0"], ["fe"]),
+    ("free-energy-bins-1", ["free-energy", "{model}", "--states", "left,right", "--bins", "1", "-o", "fe"],
+     ["argument --bins: must be an integer >= 2, got 1"], ["fe"]),
+    ("free-energy-bootstrap-0", ["free-energy", "{model}", "--states", "left,right", "--bootstrap", "0", "-o",
+                                 "fe"], ["argument --bootstrap: must be an integer >= 2, got 0"], ["fe"]),
+    ("free-energy-output-is-a-file", ["free-energy", "{model}", "--states", "left,right", "-n", "10", "-o",
+                                      "{config}"], ["is not a folder; give a folder name"], []),
+    ("free-energy-output-under-a-file", ["free-energy", "{model}", "--states", "left,right", "-n", "10", "-o",
+                                         "{config}/fe"], ["is not a folder (its parent", "is a file)"], []),
+    ("free-energy-output-not-writable", ["free-energy", "{model}", "--states", "left,right", "-n", "10", "-o",
+                                         "/sys/fe"], ["folder '/sys' is not writable"], []),
+    ("free-energy-unknown-profile", ["free-energy", "{model}", "--states", "left,right", "-n", "10", "--profile",
+                                     "phi", "-o", "fe"], ["--profile", "no reaction coordinate 'phi'"], ["fe"]),
+    ("free-energy-unknown-state", ["free-energy", "{model}", "--states", "left,C7ax", "-n", "10", "-o", "fe"],
+     ["has no state 'C7ax'"], ["fe"]),
+    ("demo-samples-0", ["demo", "--quick", "--samples", "0", "-o", "demo"],
+     ["argument --samples: must be an integer >= 1, got 0"], ["demo"]),
+    ("demo-output-is-a-file", ["demo", "--quick", "-o", "{config}"], ["is not a folder"], []),
     ("train-other-stages", [*TRAIN[:2], "--steps-scale", "0.001", "--n-blocks", "1", "--data", "{data}",
                             "--hidden", "8", "-o", "{model}"], ["cannot resume from", "different stages"], []),
 ]
 
 
-@pytest.fixture(scope="module")
-def results(files):
-    def run(case):
-        name, argv, _, _ = case
-        out = files["root"] / name
-        out.mkdir()
-        subs = {k: str(v) for k, v in files.items() if isinstance(v, Path)} | {"out": str(out)}
-        argv = [a.format(**subs) for a in argv]
-        proc = subprocess.run([*_entry_point(), *argv], capture_output=True, text=True, env=_env(),
-                              cwd=out, timeout=300)
-        return name, (proc, out)
-
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        return dict(pool.map(run, CASES))
+#: cases also run through the console script in a subprocess
+SUBPROCESS = {"simulate-T0", "sample-Tinf", "threads-0", "train-toml-negative-steps", "train-output-not-writable",
+              "train-other-data", "train-other-hidden", "sample-n-0", "free-energy-bootstrap-0",
+              "free-energy-output-is-a-file", "free-energy-unknown-profile", "demo-output-is-a-file"}
+BY_NAME = {case[0]: case for case in CASES}
 
 
-@pytest.mark.parametrize(("name", "words", "absent"), [(c[0], c[2], c[3]) for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_command_line_is_one_error_line(results, name, words, absent):
-    proc, out = results[name]
-    err = proc.stderr
-    assert proc.returncode == 2, (proc.returncode, err[-2000:])
+def _argv(name, files, out):
+    subs = {k: str(v) for k, v in files.items() if isinstance(v, Path)} | {"out": str(out)}
+    return [a.format(**subs) for a in BY_NAME[name][1]]
+
+
+def _check(name, returncode, err, out):
+    _, _, words, absent = BY_NAME[name]
+    assert returncode == 2, (returncode, err[-2000:])
     assert "Traceback" not in err
+    assert "%|" not in err, "a progress bar ran: the error came after work had started"
     lines = [line for line in err.splitlines() if line.startswith("openmm-bg: error: ")]
     assert len(lines) == 1, err
     for word in words:
         assert word in lines[0], (word, lines[0])
     for path in absent:
         assert not (out / path).exists(), f"{path} was written although the command failed"
+
+
+@pytest.fixture(scope="module")
+def results(files):
+    def run(name):
+        out = files["root"] / f"sub-{name}"
+        out.mkdir()
+        proc = subprocess.run([*_entry_point(), *_argv(name, files, out)], capture_output=True, text=True,
+                              env=_env(), cwd=out, timeout=300)
+        return name, (proc, out)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(pool.map(run, sorted(SUBPROCESS)))
+
+
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_bad_command_line_is_one_error_line(files, name, capsys, monkeypatch):
+    from openmm_bg.apps.cli import main
+
+    out = files["root"] / name
+    out.mkdir()
+    monkeypatch.chdir(out)
+    capsys.readouterr()
+    try:
+        returncode = main(_argv(name, files, out))
+    except SystemExit as stop:  # argparse
+        returncode = stop.code
+    _check(name, returncode, capsys.readouterr().err, out)
+
+
+@pytest.mark.parametrize("name", sorted(SUBPROCESS))
+def test_bad_command_line_of_the_console_script(results, name):
+    proc, out = results[name]
+    _check(name, proc.returncode, proc.stderr, out)
 
 
 def test_refused_runs_leave_the_trained_model_alone(results, files):
