@@ -281,13 +281,13 @@ class Trainer:
 
         Keys: ``"training data"`` (SHA-256 of the frames, float32 nm), the generator's build options
         (``flow``, ``n_blocks``, ``hidden``, ``build seed``, ``dtype``, ``flow options``), ``"system"`` (its
-        fingerprint: atoms, masses, constraints, forces) and ``"temperature"`` (K), ``"stages"``,
-        ``"seed"`` (the trainer's) and ``"rc"`` (the RC loss coordinate's name).
+        fingerprint: atoms, masses, constraints, forces), ``"temperature"`` (the training temperature, K),
+        ``"stages"``, ``"seed"`` (the trainer's) and ``"rc"`` (the RC loss coordinate's name).
         """
         config = self.gen.config
         record = {"training data": self._data_hash}
         record.update({label: config.get(key) for key, label in _GENERATOR_KEYS.items()})
-        record.update({"system": self._system_fingerprint, "temperature": float(self.gen.temperature),
+        record.update({"system": self._system_fingerprint, "temperature": float(self.gen.training_temperature),
                        "stages": [asdict(s) for s in self.stages], "seed": self.seed,
                        "rc": None if self.rc is None else self.rc.name})
         return record
