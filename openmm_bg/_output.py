@@ -24,7 +24,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["output_file", "output_folder"]
+__all__ = ["output_file", "output_folder", "write_text_atomic"]
 
 
 def _accepts_files(name: str, folder: Path) -> None:
@@ -102,4 +102,28 @@ def output_folder(name: str, path: str | os.PathLike, create: bool = False) -> P
         except OSError as err:
             raise ValueError(f"{name} folder {str(p)!r} cannot be created ({err.strerror or err}); choose "
                              "another location") from None
+    return p
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically: a temporary file beside it, then a rename.
+
+    A reader (or a run killed mid-write) sees the old file or the new one, never half of one.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = write_text_atomic(f"{tempfile.mkdtemp()}/numbers.json", "{}\\n")
+    >>> p.read_text()
+    '{}\\n'
+    """
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return p

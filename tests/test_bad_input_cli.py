@@ -205,3 +205,18 @@ def test_bad_command_line_of_the_console_script(results, name):
 
 def test_refused_runs_leave_the_trained_model_alone(results, files):
     assert files["model"].read_bytes() == files["model_bytes"]
+
+
+def test_results_are_written_atomically(tmp_path):
+    """JSON results go through a temporary file and a rename: no temporary file is left, and an
+    existing file is replaced whole."""
+    from openmm_bg._output import write_text_atomic
+
+    target = tmp_path / "free_energy.json"
+    target.write_text("old")
+    write_text_atomic(target, '{"new": 1}\n')
+    assert target.read_text() == '{"new": 1}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["free_energy.json"]
+    with pytest.raises(TypeError):
+        write_text_atomic(target, None)  # a failed write keeps the old file and leaves no temporary file
+    assert target.read_text() == '{"new": 1}\n' and len(list(tmp_path.iterdir())) == 1

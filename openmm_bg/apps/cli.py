@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from .. import _validation as check
-from .._output import output_file, output_folder
+from .._output import output_file, output_folder, write_text_atomic
 
 __all__ = ["main", "build_parser"]
 
@@ -263,7 +263,7 @@ def _cmd_free_energy(args: argparse.Namespace) -> int:
         path = plot_profile(profile, out / f"profile_{coordinate}.png", title=f"{gen.system.name}: {coordinate}")
         report["profile"] = profile.as_dict()
         print(f"profile along {coordinate}: {path}")
-    (out / "free_energy.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_text_atomic(out / "free_energy.json", json.dumps(report, indent=1) + "\n")
     print(f"numbers: {out / 'free_energy.json'}")
     return 0
 
