@@ -36,3 +36,14 @@ def test_unknown_attribute_still_raises():
         openmm_bg.energy.no_such_name  # noqa: B018
     with pytest.raises(AttributeError):
         openmm_bg.training.no_such_name  # noqa: B018
+
+
+def test_importing_the_mcmc_moves_prints_nothing():
+    """openmmtools imports pymbar, whose import prints a JAX banner: users must not see it."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import openmm_bg.mcmc"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "JAX" not in out.stdout + out.stderr and "timeseries" not in out.stdout + out.stderr

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from .. import _validation as check
+from .._output import output_file, output_folder, write_text_atomic
 
 __all__ = ["main", "build_parser"]
 
@@ -71,7 +72,8 @@ def _parse_options(pairs: list[str] | None) -> dict:
 def system_spec(args: argparse.Namespace) -> dict:
     """How to rebuild the system: stored in model files so later commands need no options."""
     name = args.system
-    spec = {"temperature": args.temperature} if getattr(args, "temperature", None) else {}
+    temperature = getattr(args, "temperature", None)  # None: the system's own (0 is refused, not "not given")
+    spec = {} if temperature is None else {"temperature": check.temperature_kelvin("--temperature", temperature)}
     if Path(name).suffix:
         spec.update(files={"structure": str(Path(name).resolve()),
                            "coordinates": str(Path(args.coordinates).resolve()) if args.coordinates else None,
@@ -83,18 +85,22 @@ def system_spec(args: argparse.Namespace) -> dict:
 
 
 def load_system(spec: dict):
-    """A `MolecularSystem` from a spec written by `system_spec`."""
+    """A `MolecularSystem` from a spec written by `system_spec`.
+
+    A ``"temperature"`` of None or no such key means the system's own; any other value must be a
+    positive, finite temperature in K.
+    """
     import openmm_bg.systems as bgs
 
     temperature = spec.get("temperature")
+    extra = {} if temperature is None else {"temperature": check.temperature_kelvin("temperature", temperature)}
     if "name" in spec:
-        options = dict(spec.get("options") or {})
-        if temperature:
-            options["temperature"] = temperature
+        options = {**(spec.get("options") or {}), **extra}
+        if options.get("temperature") is not None:  # also from --option temperature=...
+            options["temperature"] = check.temperature_kelvin("temperature", options["temperature"])
         return bgs.load(spec["name"], **options)
     files = spec["files"]
     path = Path(files["structure"])
-    extra = {"temperature": temperature} if temperature else {}
     if path.suffix.lower() == ".pdb":
         forcefield = files.get("forcefield") or ["amber14-all.xml"]
         return bgs.from_pdb(path, forcefield=forcefield, **extra)
@@ -158,30 +164,35 @@ def _check_output(path, suffixes) -> None:
     p = Path(path)
     if p.suffix.lower() not in suffixes:
         raise CLIError(f"output {str(p)!r}: use one of the suffixes {', '.join(suffixes)}")
-    if not p.parent.exists():
-        raise CLIError(f"output folder {str(p.parent)!r} does not exist; create it first")
+    output_file("output", p)  # a folder that exists and accepts files; not a folder itself
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import openmm_bg
     from openmm_bg.apps.plots import plot_history
+    from openmm_bg.flows.builder import check_flow_arguments
     from openmm_bg.training import Trainer, default_stages, load_stages
+    from openmm_bg.training.trainer import training_coordinate
 
+    # everything that can be checked is checked before the model is built or trained
+    stages = load_stages(args.config) if args.config else default_stages(args.steps_scale)
+    output = output_file("-o/--output", args.output)
+    checkpoint = output_file("--checkpoint", args.checkpoint or output.with_name(output.name + ".ckpt"))
+    check_flow_arguments(kind=args.flow, n_blocks=args.n_blocks, hidden=args.hidden, seed=args.seed)
+    if not Path(args.data).is_file():
+        raise CLIError(f"training data not found: {args.data!r}; make some with 'openmm-bg simulate'")
     spec = system_spec(args)
     system = load_system(spec)
     system.require_nonperiodic("openmm-bg train")
-    if not Path(args.data).is_file():
-        raise CLIError(f"training data not found: {args.data!r}; make some with 'openmm-bg simulate'")
-    stages = load_stages(args.config) if args.config else default_stages(args.steps_scale)
-    output = Path(args.output)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else output.with_name(output.name + ".ckpt")
+    training_coordinate(system, args.rc, stages)
     gen = openmm_bg.BoltzmannGenerator.build(system, args.data, flow=args.flow, n_blocks=args.n_blocks,
                                              hidden=tuple(args.hidden), seed=args.seed)
     metrics = output.with_name(output.stem + "_training.csv")
     trainer = Trainer(gen, args.data, stages, seed=args.seed, rc=args.rc, checkpoint=checkpoint,
                       checkpoint_every=args.checkpoint_every, metrics=metrics)
     if checkpoint.exists() and not args.restart:
-        print(f"resuming from {checkpoint} (use --restart to start over)")
+        step = trainer.read_checkpoint(checkpoint)["step"]  # refuses a checkpoint of another run
+        print(f"resuming from {checkpoint} at step {step} of {trainer.total_steps} (use --restart to start over)")
     elif checkpoint.exists():
         checkpoint.unlink()
     history = trainer.fit(resume=not args.restart)
@@ -229,6 +240,7 @@ def _cmd_free_energy(args: argparse.Namespace) -> int:
     from openmm_bg.analysis.free_energy import free_energy_profile, state_free_energy
     from openmm_bg.apps.plots import plot_profile
 
+    out = output_folder("-o/--output", args.output)
     gen = _load_model(args.model)
     states = [s.strip() for s in args.states.split(",")]
     if len(states) != 2:
@@ -236,19 +248,22 @@ def _cmd_free_energy(args: argparse.Namespace) -> int:
     for s in states:
         if s not in gen.system.states:
             raise CLIError(f"system {gen.system.name!r} has no state {s!r}; it has {sorted(gen.system.states)}")
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    coordinates = gen.system.reaction_coordinates
+    if args.profile is not None and args.profile not in coordinates:
+        raise CLIError(f"--profile: system {gen.system.name!r} has no reaction coordinate {args.profile!r}; "
+                       f"it has {sorted(coordinates)}")
     samples = gen.sample(args.n, temperature=args.temperature, seed=args.seed, progress=True)
     result = state_free_energy(samples, states[0], states[1], n_bootstrap=args.bootstrap, seed=args.seed)
     print(result)
     report = {"free_energy": result.as_dict(), "diagnostics": samples.diagnostics(warn=False).as_dict()}
-    coordinate = args.profile or next(iter(gen.system.reaction_coordinates), None)
+    coordinate = args.profile if args.profile is not None else next(iter(coordinates), None)
+    out.mkdir(parents=True, exist_ok=True)
     if coordinate is not None:
         profile = free_energy_profile(samples, coordinate, bins=args.bins, seed=args.seed)
         path = plot_profile(profile, out / f"profile_{coordinate}.png", title=f"{gen.system.name}: {coordinate}")
         report["profile"] = profile.as_dict()
         print(f"profile along {coordinate}: {path}")
-    (out / "free_energy.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_text_atomic(out / "free_energy.json", json.dumps(report, indent=1) + "\n")
     print(f"numbers: {out / 'free_energy.json'}")
     return 0
 
@@ -256,19 +271,29 @@ def _cmd_free_energy(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.output), quick=args.quick, from_scratch=args.from_scratch, seed=args.seed,
-             n_samples=args.samples)
+    run_demo(output_folder("-o/--output", args.output), quick=args.quick, from_scratch=args.from_scratch,
+             seed=args.seed, n_samples=args.samples)
     return 0
 
 
 # ---------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in the format of every other error: one ``openmm-bg: error:`` line, exit 2.
+
+    Subcommand parsers are of the same class (argparse creates them with ``type(parent)``).
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"openmm-bg: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``openmm-bg``."""
-    parser = argparse.ArgumentParser(prog="openmm-bg", description="Boltzmann Generators for OpenMM systems.",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Units: positions nm, energies kT, temperatures K, times ps.")
+    parser = _Parser(prog="openmm-bg", description="Boltzmann Generators for OpenMM systems.",
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="Units: positions nm, energies kT, temperatures K, times ps.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=_checked(check.positive_int), default=1,
                         help="torch CPU threads (default 1: the flows are small, and it leaves cores to OpenMM)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -304,23 +329,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML file of training stages ([[stage]] tables with steps, ml, kl, kl_end, "
                                     "rc, lr, lr_end, batch_size, ...); default: 1500 ML steps, then 3000 steps of "
                                     "KL + 0.1 ML")
-    p.add_argument("--steps-scale", type=float, default=1.0, help="scale the default stages' step counts")
+    p.add_argument("--steps-scale", type=_checked(check.positive), default=1.0,
+                   help="scale the default stages' step counts (> 0)")
     p.add_argument("--flow", choices=["realnvp", "spline"], default="realnvp", help="flow architecture")
-    p.add_argument("--n-blocks", type=int, default=4, help="coupling blocks (default 4)")
-    p.add_argument("--hidden", type=int, nargs="+", default=[128, 128], help="hidden layer widths")
+    p.add_argument("--n-blocks", type=_checked(check.positive_int), default=4, help="coupling blocks (default 4)")
+    p.add_argument("--hidden", type=_checked(check.positive_int), nargs="+", default=[128, 128],
+                   help="hidden layer widths (each >= 1)")
     p.add_argument("--rc", help="reaction coordinate for the RC loss (a name of the system's coordinates)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_checked(check.non_negative_int), default=0, help="random seed (default 0)")
     p.add_argument("--checkpoint", help="checkpoint file (default OUTPUT.ckpt)")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    p.add_argument("--checkpoint-every", type=_checked(check.positive_int), default=100,
+                   help="steps between checkpoints (default 100)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.bg)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("sample", help="draw weighted samples from a trained model")
     p.add_argument("model", help="model file written by 'openmm-bg train'")
-    p.add_argument("-n", type=int, default=10000, help="number of samples (default 10000)")
-    p.add_argument("--temperature", type=float, help="sample at this temperature in K (weights exact)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("-n", type=_checked(check.positive_int), default=10000, help="number of samples (default 10000)")
+    p.add_argument("--temperature", type=_checked(check.temperature_kelvin),
+                   help="sample at this temperature in K (weights exact)")
+    p.add_argument("--seed", type=_checked(check.non_negative_int), default=0, help="random seed (default 0)")
     p.add_argument("-o", "--output", required=True, help="weighted samples (.npz: positions nm, energies kT, "
                                                          "log weights)")
     p.add_argument("--trajectory", help="also write an unweighted (resampled) trajectory, e.g. samples.h5")
@@ -329,12 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("free-energy", help="free-energy difference between two states, with a profile plot")
     p.add_argument("model", help="model file written by 'openmm-bg train'")
     p.add_argument("--states", required=True, help="two state names, e.g. C7eq,C7ax (A,B gives A(B) - A(A))")
-    p.add_argument("-n", type=int, default=50000, help="number of samples (default 50000)")
+    p.add_argument("-n", type=_checked(check.positive_int), default=50000, help="number of samples (default 50000)")
     p.add_argument("--profile", help="reaction coordinate of the profile (default the system's first)")
-    p.add_argument("--bins", type=int, default=50, help="bins of the profile")
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicas for the error")
-    p.add_argument("--temperature", type=float, help="temperature in K (default the model's)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--bins", type=_checked(check.integer, 2), default=50, help="bins of the profile (>= 2)")
+    p.add_argument("--bootstrap", type=_checked(check.integer, 2), default=200,
+                   help="bootstrap replicas for the error bar, their spread (>= 2; default 200)")
+    p.add_argument("--temperature", type=_checked(check.temperature_kelvin),
+                   help="temperature in K (default the model's)")
+    p.add_argument("--seed", type=_checked(check.non_negative_int), default=0, help="random seed (default 0)")
     p.add_argument("-o", "--output", default="free_energy", help="output folder (JSON numbers, PNG profile)")
     p.set_defaults(func=_cmd_free_energy)
 
@@ -342,8 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke mode: tiny MD and training (about a minute)")
     p.add_argument("--from-scratch", action="store_true", help="run MD and training instead of using the "
                                                                 "shipped pretrained model (under 15 minutes)")
-    p.add_argument("--samples", type=int, help="number of generator samples (default 100000; 5000 with --quick)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--samples", type=_checked(check.positive_int),
+                   help="number of generator samples (default 100000; 5000 with --quick)")
+    p.add_argument("--seed", type=_checked(check.non_negative_int), default=0, help="random seed (default 0)")
     p.add_argument("-o", "--output", default="openmm-bg-demo", help="output folder (default openmm-bg-demo)")
     p.set_defaults(func=_cmd_demo)
     return parser
@@ -358,9 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "systems":
             import torch
 
-            torch.set_num_threads(max(1, args.threads))
+            torch.set_num_threads(args.threads)
         return args.func(args)
-    except (CLIError, KeyError, ValueError, FileNotFoundError, TypeError, RuntimeError) as err:
+    except (CLIError, KeyError, ValueError, OSError, TypeError, RuntimeError) as err:
         if args.debug:
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err

@@ -24,6 +24,7 @@ from pathlib import Path
 import mdtraj
 import numpy as np
 
+from .._output import write_text_atomic
 from ..analysis.samples import Samples
 from ..data import structure_path
 from ..systems import MolecularSystem, load
@@ -160,7 +161,7 @@ def run_demo(output: Path, quick: bool = False, from_scratch: bool = False, seed
                                             title="alanine dipeptide (vacuum, 300 K): free energy along phi"))
     summary["plots"] = plots
     summary["timings_s"]["total"] = time.perf_counter() - t0
-    (output / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
+    write_text_atomic(output / "summary.json", json.dumps(summary, indent=1, default=_json_default) + "\n")
     width = 34
     print("\n" + "=" * 72)
     print(f"{'system':<{width}}alanine dipeptide, AMBER ff96, vacuum, 300 K")

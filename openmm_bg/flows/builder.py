@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from .. import _validation as check
 from .base import Sequential, Transform
 from .coupling import AffineCoupling
 from .domain import CIRCULAR, INTERVAL, REAL, Domain
@@ -46,7 +47,7 @@ from .flow import Flow
 from .priors import Prior
 from .spline_coupling import SplineCoupling
 
-__all__ = ["build_flow", "block_masks"]
+__all__ = ["build_flow", "block_masks", "check_flow_arguments"]
 
 
 def _split(idx: list[int], block: int, seed: int) -> tuple[list[int], list[int]]:
@@ -104,6 +105,56 @@ def _couplings(mask: torch.Tensor, domain: Domain, kind: str, hidden, bins, tail
         out.append(SplineCoupling(mask & ~real, domain, bins=bins,
                                   hidden=hidden, tail_bound=tail_bound, activation=activation))
     return out
+
+
+def check_flow_arguments(kind: str = "realnvp", n_blocks: int = 4, hidden: Sequence[int] = (64, 64), bins: int = 8,
+                         tail_bound: float = 5.0, scale_bound: float = 2.0, circular_mode: str = "spline",
+                         bounded_mode: str = "spline", seed: int = 0, dtype: torch.dtype = torch.float32,
+                         activation: type[nn.Module] = nn.SiLU) -> dict:
+    """Check the architecture arguments of `build_flow` (cheap: call it before any expensive work).
+
+    Returns them converted (``n_blocks``, ``bins``, ``seed`` as int, ``hidden`` as a tuple of int,
+    bounds as float), as a dict of `build_flow`'s keyword arguments.
+
+    Raises
+    ------
+    ValueError
+        One message naming the argument and its allowed range: ``kind`` ``"realnvp"`` or
+        ``"spline"``; ``n_blocks`` an integer >= 1; ``hidden`` a non-empty sequence of integers >= 1;
+        ``bins`` an integer >= 2; ``tail_bound`` and ``scale_bound`` positive and finite; the modes
+        ``"spline"`` or ``"unbounded"``; ``seed`` an integer; ``dtype`` float32 or float64;
+        ``activation`` a `torch.nn.Module` subclass.
+
+    Examples
+    --------
+    >>> check_flow_arguments(n_blocks=2, hidden=[32.0])["hidden"]
+    (32,)
+    >>> check_flow_arguments(hidden=())
+    Traceback (most recent call last):
+    ...
+    ValueError: hidden must be a non-empty sequence of layer widths (integers >= 1), got ()
+    """
+    if kind not in ("realnvp", "spline"):
+        raise ValueError(f"kind must be 'realnvp' or 'spline', got {kind!r}")
+    for name, mode in (("circular_mode", circular_mode), ("bounded_mode", bounded_mode)):
+        if mode not in ("spline", "unbounded"):
+            raise ValueError(f"{name} must be 'spline' or 'unbounded', got {mode!r}")
+    try:
+        widths = () if isinstance(hidden, str | bytes) else tuple(hidden)
+    except TypeError:
+        widths = ()
+    if not widths:
+        raise ValueError(f"hidden must be a non-empty sequence of layer widths (integers >= 1), got {hidden!r}")
+    widths = tuple(check.positive_int(f"hidden[{k}]", h) for k, h in enumerate(widths))
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    if not (isinstance(activation, type) and issubclass(activation, nn.Module)):
+        raise ValueError(f"activation must be a torch.nn.Module class (e.g. torch.nn.SiLU), got {activation!r}")
+    return {"kind": kind, "n_blocks": check.positive_int("n_blocks", n_blocks), "hidden": widths,
+            "bins": check.integer("bins", bins, low=2), "tail_bound": check.positive("tail_bound", tail_bound),
+            "scale_bound": check.positive("scale_bound", scale_bound), "circular_mode": circular_mode,
+            "bounded_mode": bounded_mode, "seed": check.integer("seed", seed), "dtype": dtype,
+            "activation": activation}
 
 
 def build_flow(
@@ -165,12 +216,18 @@ def build_flow(
     -------
     Flow
         With ``flow.domain`` the true output domain and ``flow.prior.domain`` the latent one.
+
+    Raises
+    ------
+    ValueError
+        ``n_dof`` not an integer >= 1, a ``domain`` of another size, or an architecture argument
+        out of its range (see `check_flow_arguments`).
     """
-    if kind not in ("realnvp", "spline"):
-        raise ValueError(f"kind must be 'realnvp' or 'spline', got {kind!r}")
-    for name, mode in (("circular_mode", circular_mode), ("bounded_mode", bounded_mode)):
-        if mode not in ("spline", "unbounded"):
-            raise ValueError(f"{name} must be 'spline' or 'unbounded', got {mode!r}")
+    n_dof = check.positive_int("n_dof", n_dof)
+    args = check_flow_arguments(kind, n_blocks, hidden, bins, tail_bound, scale_bound, circular_mode, bounded_mode,
+                                seed, dtype, activation)
+    n_blocks, hidden, bins, tail_bound, scale_bound, seed = (args[k] for k in ("n_blocks", "hidden", "bins",
+                                                                               "tail_bound", "scale_bound", "seed"))
     if domain is None:
         domain = Domain.from_spec(n_dof, circular_mask, bounded, circular_interval)
     elif domain.n_dof != n_dof:

@@ -33,13 +33,13 @@ import numpy as np
 import openmm
 import openmm.unit as unit
 import torch
-from openmmtools import cache as ommt_cache
-from openmmtools.mcmc import MCMCMove
 
 from ..model.fingerprint import ModelMismatchError, check_fingerprint, system_fingerprint
 from ..model.generator import BoltzmannGenerator
 from ..systems import MolecularSystem, require_nonperiodic
 from . import serialization
+from ._openmmtools import MCMCMove
+from ._openmmtools import cache as ommt_cache
 from .fixman import FixmanFactor
 
 __all__ = ["GeneratorMove", "MoveProposal"]

@@ -25,6 +25,7 @@ import openmm
 import openmm.app as app
 import openmm.unit as unit
 
+from .._validation import temperature_kelvin
 from .molecular_system import MolecularSystem
 
 __all__ = ["from_files", "from_pdb", "from_openmm"]
@@ -32,6 +33,8 @@ __all__ = ["from_files", "from_pdb", "from_openmm"]
 _IMPLICIT = {None: None, "vacuum": None, "obc1": app.OBC1, "obc2": app.OBC2, "gbn": app.GBn,
              "gbn2": app.GBn2, "hct": app.HCT}
 _SOLVENT_RESIDUES = {"HOH", "WAT", "SOL", "TIP3", "TIP3P", "T3P", "SPC", "TIP4", "TP4"}
+_ION_RESIDUES = {"NA", "CL", "K", "MG", "CA", "ZN", "NA+", "CL-", "K+", "SOD", "CLA", "POT", "LI", "RB", "CS", "F",
+                 "BR", "I"}
 _TOPOLOGY_SUFFIXES = {".prmtop": "amber", ".parm7": "amber", ".top": "gromacs",
                       ".psf": "charmm"}
 
@@ -61,12 +64,13 @@ def from_openmm(system: openmm.System, topology: app.Topology, positions, temper
     topology : openmm.app.Topology
     positions : array-like or Quantity
         ``[n_atoms, 3]``, nm if unitless.
-    temperature : float
-        K.
+    temperature : float or openmm.unit.Quantity
+        K; positive and finite.
     name : str
     rotation_invariant : bool, optional
         Default: True unless the System has external (positional) forces or a periodic box.
     """
+    temperature = temperature_kelvin("temperature", temperature)
     if hasattr(positions, "value_in_unit"):
         positions = positions.value_in_unit(unit.nanometer)
     positions = np.asarray(positions, dtype=np.float64)
@@ -90,9 +94,10 @@ def from_pdb(pdb, forcefield: Sequence[str] | str = ("amber14-all.xml",), implic
         XML files for ``openmm.app.ForceField``, e.g. ``["amber14-all.xml", "implicit/obc2.xml"]``
         (the implicit-solvent XML decides the solvent model).
     constraints : None, app.HBonds, ...
-    temperature : float
-        K.
+    temperature : float or openmm.unit.Quantity
+        K; positive and finite.
     """
+    temperature = temperature_kelvin("temperature", temperature)
     path = _existing(pdb, "PDB")
     files = [forcefield] if isinstance(forcefield, str) else list(forcefield)
     if implicit_solvent is not None:
@@ -103,6 +108,7 @@ def from_pdb(pdb, forcefield: Sequence[str] | str = ("amber14-all.xml",), implic
         ff = app.ForceField(*files)
     except (ValueError, OSError) as err:
         raise ValueError(f"could not read force-field files {files}: {err}") from err
+    _check_templates(ff, structure.topology, path.name, files)
     periodic = structure.topology.getPeriodicBoxVectors() is not None and _has_water(structure.topology)
     method = app.PME if periodic else app.NoCutoff
     try:
@@ -116,6 +122,38 @@ def from_pdb(pdb, forcefield: Sequence[str] | str = ("amber14-all.xml",), implic
     return MolecularSystem(name=name or path.stem, system=system, topology=structure.topology,
                            positions=structure.getPositions(asNumpy=True).value_in_unit(unit.nanometer),
                            temperature=temperature, description=f"{path.name} with {', '.join(files)}")
+
+
+def _residue_list(residues) -> str:
+    """E.g. ``"HOH (3 residues, the first HOH 1 in chain B)"``."""
+    names = ", ".join(sorted({r.name for r in residues}))
+    first = residues[0]
+    count = f"{len(residues)} residues, the first" if len(residues) > 1 else "residue"
+    return f"{names} ({count} {first.name} {first.id} in chain {first.chain.id})"
+
+
+def _check_templates(ff: app.ForceField, topology: app.Topology, label: str, files: list[str]) -> None:
+    """Name the residues the force field has no template for, and the fix, before OpenMM's generic error."""
+    unmatched = ff.getUnmatchedResidues(topology)
+    if not unmatched:
+        return
+    solvent = [r for r in unmatched if r.name.upper() in _SOLVENT_RESIDUES]
+    ions = [r for r in unmatched if r.name.upper() in _ION_RESIDUES]
+    if solvent:
+        raise ValueError(
+            f"could not parameterise {label}: no template for the water {_residue_list(solvent)}: the force "
+            f"field {files} has no water model. Strip the water (openmm.app.Modeller.deleteWater; a Boltzmann "
+            "Generator needs a non-periodic system: use implicit solvent, e.g. add 'implicit/obc2.xml'), "
+            "or add a water model such as 'amber14/tip3p.xml' to the force field")
+    if ions:
+        raise ValueError(
+            f"could not parameterise {label}: no template for the ions {_residue_list(ions)}; add the force "
+            f"field's ion parameters (for amber14: 'amber14/tip3p.xml', which holds its ions) to {files}, or "
+            "remove the ions")
+    raise ValueError(
+        f"could not parameterise {label}: the force field {files} has no template for {_residue_list(unmatched)}. "
+        "Add missing hydrogens (openmm.app.Modeller.addHydrogens or pdbfixer), use standard residue names, "
+        "or add the XML file with the missing residue templates to `forcefield`")
 
 
 def _has_water(topology: app.Topology) -> bool:
@@ -168,11 +206,12 @@ def from_files(topology, coordinates=None, parameters: Sequence[str] | str | Non
     implicit_solvent : None or str
         ``None`` (vacuum), ``"OBC1"``, ``"OBC2"``, ``"GBn"``, ``"GBn2"``, ``"HCT"``.
     constraints : None, app.HBonds, ...
-    temperature : float
-        K.
+    temperature : float or openmm.unit.Quantity
+        K; positive and finite.
     """
     import parmed
 
+    temperature = temperature_kelvin("temperature", temperature)
     top = _existing(topology, "topology")
     kind = _TOPOLOGY_SUFFIXES.get(top.suffix.lower())
     if kind is None:

@@ -10,8 +10,11 @@ Examples
 from __future__ import annotations
 
 import math
+import numbers
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+from .. import _validation as check
 
 __all__ = ["Stage", "default_stages", "load_stages"]
 
@@ -46,7 +49,23 @@ class Stage:
     chirality_weight : float
         Weight of the penalty on inverted stereocentres in the KL term.
     clip_grad : float
-        Maximal gradient norm.
+        Maximal gradient norm (``math.inf``: no clipping).
+
+    Raises
+    ------
+    ValueError
+        A field out of its range, named with the range: ``steps``, ``batch_size`` and
+        ``kl_batch_size`` integers >= 1; ``ml``, ``kl``, ``kl_end``, ``rc``, ``lr_end`` and
+        ``chirality_weight`` >= 0 and finite; ``lr`` > 0; ``temperature`` positive and finite (K);
+        ``energy_high`` finite and ``energy_max >= energy_high``; ``clip_grad`` > 0; and a stage
+        whose loss weights are all 0 (it would train nothing).
+
+    Examples
+    --------
+    >>> Stage("ml", steps=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: Stage 'ml': steps must be an integer >= 1, got 0
     """
 
     name: str
@@ -65,6 +84,40 @@ class Stage:
     chirality_weight: float = 10.0
     clip_grad: float = 100.0
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"Stage name must be a non-empty string, got {self.name!r}")
+        try:
+            self._check_fields()
+        except ValueError as err:
+            raise ValueError(f"Stage {self.name!r}: {err}") from None
+
+    def _check_fields(self) -> None:
+        """Check and convert every field (ints stay ints: ``steps=1e3`` becomes 1000)."""
+        self.steps = check.positive_int("steps", self.steps)
+        self.batch_size = check.positive_int("batch_size", self.batch_size)
+        if self.kl_batch_size is not None:
+            self.kl_batch_size = check.positive_int("kl_batch_size", self.kl_batch_size)
+        for name in ("ml", "kl", "rc", "chirality_weight"):
+            setattr(self, name, check.non_negative(name, getattr(self, name)))
+        if self.kl_end is not None:
+            self.kl_end = check.non_negative("kl_end", self.kl_end)
+        self.lr = check.positive("lr", self.lr)
+        if self.lr_end is not None:
+            self.lr_end = check.non_negative("lr_end", self.lr_end)
+        if self.temperature is not None:
+            self.temperature = check.temperature_kelvin("temperature", self.temperature)
+        self.energy_high = check.number("energy_high", self.energy_high, "kT")
+        if not (_real(self.energy_max) and self.energy_max >= self.energy_high):
+            raise ValueError(f"energy_max must be a number >= energy_high ({self.energy_high:g}) or math.inf "
+                             f"(kT), got {self.energy_max!r}")
+        self.energy_max = float(self.energy_max)
+        if not (_real(self.clip_grad) and self.clip_grad > 0):
+            raise ValueError(f"clip_grad must be positive (math.inf: no clipping), got {self.clip_grad!r}")
+        self.clip_grad = float(self.clip_grad)
+        if self.ml == 0 and self.kl == 0 and not self.kl_end and self.rc == 0:
+            raise ValueError("all loss weights (ml, kl, kl_end, rc) are 0: the stage would train nothing")
+
     def kl_weight(self, step_in_stage: int) -> float:
         """KL weight at a step of this stage (linear ramp if ``kl_end`` is set)."""
         if self.kl_end is None or self.steps <= 1:
@@ -77,6 +130,11 @@ class Stage:
             return self.lr
         progress = step_in_stage / (self.steps - 1)
         return self.lr_end + 0.5 * (self.lr - self.lr_end) * (1.0 + math.cos(math.pi * progress))
+
+
+def _real(value) -> bool:
+    """A real number, not a bool, not NaN (infinity allowed)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def default_stages(scale: float = 1.0, kl_scale: float | None = None) -> list[Stage]:
@@ -95,15 +153,30 @@ def default_stages(scale: float = 1.0, kl_scale: float | None = None) -> list[St
         Multiplies the KL stage's step count instead (default ``scale``). Longer is not always
         better: KL seeks modes, and on alanine dipeptide 6000 KL steps drained the rare C7ax basin
         that 3000 kept.
+
+    Raises
+    ------
+    ValueError
+        ``scale`` or ``kl_scale`` not positive and finite.
     """
-    kl_scale = scale if kl_scale is None else kl_scale
+    scale = check.positive("scale", scale)
+    kl_scale = scale if kl_scale is None else check.positive("kl_scale", kl_scale)
     return [Stage("ml", steps=max(1, int(1500 * scale)), lr=5e-4, lr_end=5e-5),
             Stage("kl", steps=max(1, int(3000 * kl_scale)), ml=0.1, kl=1.0, lr=3e-4, lr_end=1e-5,
                   kl_batch_size=256)]
 
 
 def load_stages(path: str | os.PathLike) -> list[Stage]:
-    """Read stages from a TOML file with ``[[stage]]`` tables (keys as `Stage`'s fields)."""
+    """Read stages from a TOML file with ``[[stage]]`` tables (keys as `Stage`'s fields).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        Not TOML, no ``[[stage]]`` table, an unknown key, or a field of the wrong type or out of
+        its range (the message names the file, the stage number and the field).
+    """
     import tomllib
 
     try:
@@ -116,11 +189,20 @@ def load_stages(path: str | os.PathLike) -> list[Stage]:
     stages = config.get("stage")
     if not stages:
         raise ValueError(f"{path}: no [[stage]] tables found")
-    fields = set(Stage.__dataclass_fields__)
+    if not isinstance(stages, list):
+        raise ValueError(f"{path}: 'stage' must be an array of tables ([[stage]], two brackets)")
+    allowed = {f.name for f in fields(Stage)}
     out = []
     for k, table in enumerate(stages):
-        unknown = set(table) - fields
+        unknown = set(table) - allowed
         if unknown:
-            raise ValueError(f"{path}: stage {k + 1} has unknown keys {sorted(unknown)}; allowed: {sorted(fields)}")
-        out.append(Stage(**{"name": f"stage{k + 1}", **table}))
+            raise ValueError(f"{path}: stage {k + 1} has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+        if "steps" not in table:
+            raise ValueError(f"{path}: stage {k + 1} has no 'steps' (an integer >= 1)")
+        table = {"name": f"stage{k + 1}", **table}
+        try:
+            out.append(Stage(**table))
+        except ValueError as err:
+            message = str(err).removeprefix(f"Stage {table['name']!r}: ")
+            raise ValueError(f"{path}: stage {k + 1} ({table['name']!r}): {message}") from None
     return out

@@ -3,7 +3,11 @@
 A run is a list of `Stage`s (e.g. ML, then ML + KL with a rising KL weight). Steps whose loss is
 not finite are skipped (not applied) and counted. Checkpoints are written atomically every
 ``checkpoint_every`` steps; `Trainer.fit` with ``resume=True`` continues a killed run from its last
-checkpoint and ends where an uninterrupted run with the same seed ends.
+checkpoint and ends where an uninterrupted run with the same seed ends. A checkpoint records what its
+run was made from (`Trainer.run_record`: a hash of the training frames, the generator's build
+configuration, the system's fingerprint and temperature, the stages, seed and RC); resuming from a
+checkpoint of another run, or of an older version that kept no record, raises
+`CheckpointMismatchError` instead of silently continuing the other run.
 
 Examples
 --------
@@ -18,23 +22,79 @@ Examples
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from ..model.generator import BoltzmannGenerator
-from ..systems import ReactionCoordinate
+from .. import _validation as check
+from .._output import output_file
+from ..model.generator import BoltzmannGenerator, system_fingerprint
+from ..systems import MolecularSystem, ReactionCoordinate
 from ..systems.trajectory import check_trajectory
 from .losses import kl_loss, ml_loss, rc_loss
 from .stages import Stage, default_stages
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "training_coordinate", "CheckpointMismatchError"]
+
+#: Build options of the generator that a resumed run must share: ``BoltzmannGenerator.config`` key -> label.
+_GENERATOR_KEYS = {"flow": "flow", "n_blocks": "n_blocks", "hidden": "hidden", "seed": "build seed",
+                   "dtype": "dtype", "flow_options": "flow options"}
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was written by another training run (other data, generator, system, stages or seed).
+
+    ``differences`` names what differs (e.g. ``["training data", "hidden"]``).
+    """
+
+    def __init__(self, message: str, differences: Sequence[str] = ()):
+        super().__init__(message)
+        self.differences = list(differences)
+
+
+def training_coordinate(system: MolecularSystem, rc: str | ReactionCoordinate | None,
+                        stages: Sequence[Stage]) -> ReactionCoordinate | None:
+    """The coordinate of the RC loss: ``rc`` looked up in ``system``, checked against the ``stages``' needs.
+
+    Raises
+    ------
+    KeyError
+        ``rc`` is a name the system does not have (the message lists the names it has).
+    ValueError
+        ``rc`` is neither None, a name nor a `ReactionCoordinate`, or a stage has an RC weight and
+        ``rc`` is None.
+    """
+    if isinstance(rc, str):
+        if rc not in system.reaction_coordinates:
+            raise KeyError(f"system {system.name!r} has no reaction coordinate {rc!r}; it has "
+                           f"{sorted(system.reaction_coordinates)}")
+        rc = system.reaction_coordinates[rc]
+    elif rc is not None and not isinstance(rc, ReactionCoordinate):
+        raise ValueError(f"rc must be None, a name of the system's reaction coordinates "
+                         f"{sorted(system.reaction_coordinates)} or a ReactionCoordinate, got {type(rc).__name__}")
+    if rc is None and any(s.rc > 0 for s in stages):
+        raise ValueError("a stage has an RC weight but no reaction coordinate was given (rc=...)")
+    return rc
+
+
+def _checked_stages(stages) -> list[Stage]:
+    """Copies of ``stages``, each checked again (a field may have been changed after construction)."""
+    if isinstance(stages, Stage) or not isinstance(stages, Sequence):
+        raise ValueError(f"stages must be a list of Stage, got {type(stages).__name__}")
+    if not stages:
+        raise ValueError("give at least one Stage")
+    for k, stage in enumerate(stages):
+        if not isinstance(stage, Stage):
+            raise ValueError(f"stages[{k}] must be a Stage, got {type(stage).__name__}")
+    return [replace(s) for s in stages]
 
 
 class Trainer:
@@ -55,21 +115,35 @@ class Trainer:
     checkpoint : path, optional
         Checkpoint file, written atomically every ``checkpoint_every`` steps and at the end.
     checkpoint_every : int
-        Steps between checkpoints.
+        Steps between checkpoints (>= 1).
     metrics : path, optional
         CSV (or ``.json``) file of per-step metrics, rewritten at every checkpoint and at the end.
     progress : bool
         Show a progress bar.
+
+    Raises
+    ------
+    ValueError
+        Before any work, for an argument out of its range: not a generator, no stages or a
+        non-`Stage`, a seed that is not an integer >= 0, ``checkpoint_every < 1``, a checkpoint or
+        metrics file in a folder that does not exist or is not writable; then for training frames
+        that do not fit the system or the generator's domain.
+    KeyError
+        ``rc`` names a coordinate the system does not have.
     """
 
     def __init__(self, generator: BoltzmannGenerator, data, stages: Sequence[Stage] | None = None, seed: int = 0,
                  rc: str | ReactionCoordinate | None = None, checkpoint: str | os.PathLike | None = None,
                  checkpoint_every: int = 100, metrics: str | os.PathLike | None = None, progress: bool = True):
+        if not isinstance(generator, BoltzmannGenerator):
+            raise ValueError(f"generator must be a BoltzmannGenerator, got {type(generator).__name__}")
         self.gen = generator
-        self.stages = list(stages) if stages is not None else default_stages()
-        if not self.stages:
-            raise ValueError("give at least one Stage")
-        self.seed = int(seed)
+        self.stages = _checked_stages(stages) if stages is not None else default_stages()
+        self.seed = check.non_negative_int("seed", seed)
+        self.rc = training_coordinate(generator.system, rc, self.stages)
+        self.checkpoint = output_file("checkpoint", checkpoint) if checkpoint is not None else None
+        self.checkpoint_every = check.positive_int("checkpoint_every", checkpoint_every)
+        self.metrics = output_file("metrics", metrics) if metrics is not None else None
         traj = check_trajectory(generator.system, data)
         with torch.no_grad():
             z_data, _, ok = generator.inverse(traj.xyz)
@@ -77,19 +151,10 @@ class Trainer:
             v, _ = generator.standardize.inverse(y)
         if not ok.all():
             raise ValueError(f"{int((~ok).sum())} training frames lie outside the generator's domain")
+        self._data_hash = hashlib.sha256(np.ascontiguousarray(traj.xyz, dtype=np.float32).tobytes()).hexdigest()
+        self._system_fingerprint = system_fingerprint(generator.system)
         self.v_data = v.to(generator.flow_dtype).to(generator.device)
         del z_data
-        if isinstance(rc, str):
-            if rc not in generator.system.reaction_coordinates:
-                raise KeyError(f"system {generator.system.name!r} has no reaction coordinate {rc!r}; it has "
-                               f"{sorted(generator.system.reaction_coordinates)}")
-            rc = generator.system.reaction_coordinates[rc]
-        self.rc = rc
-        if any(s.rc > 0 for s in self.stages) and rc is None:
-            raise ValueError("a stage has an RC weight but no reaction coordinate was given (rc=...)")
-        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
-        self.checkpoint_every = int(checkpoint_every)
-        self.metrics = Path(metrics) if metrics is not None else None
         self.progress = progress
         self.history: list[dict] = []
         self.step = 0
@@ -211,14 +276,30 @@ class Trainer:
         return self.history
 
     # ------------------------------------------------------------------ persistence
+    def run_record(self) -> dict:
+        """What this run is made from; a checkpoint is resumed only by a run with the same record.
+
+        Keys: ``"training data"`` (SHA-256 of the frames, float32 nm), the generator's build options
+        (``flow``, ``n_blocks``, ``hidden``, ``build seed``, ``dtype``, ``flow options``), ``"system"`` (its
+        fingerprint: atoms, masses, constraints, forces), ``"temperature"`` (the training temperature, K),
+        ``"stages"``, ``"seed"`` (the trainer's) and ``"rc"`` (the RC loss coordinate's name).
+        """
+        config = self.gen.config
+        record = {"training data": self._data_hash}
+        record.update({label: config.get(key) for key, label in _GENERATOR_KEYS.items()})
+        record.update({"system": self._system_fingerprint, "temperature": float(self.gen.training_temperature),
+                       "stages": [asdict(s) for s in self.stages], "seed": self.seed,
+                       "rc": None if self.rc is None else self.rc.name})
+        return record
+
     def state(self) -> dict:
-        """Everything needed to continue: weights, optimiser, RNG, counters, history, stages."""
+        """Everything needed to continue: weights, optimiser, RNG, counters, history, stages, run record."""
         return {"step": self.step, "n_skipped": self.n_skipped, "energy_evaluations": self.energy_evaluations,
                 "flow_state": {k: v.detach().cpu().clone() for k, v in self.gen.flow.state_dict().items()},
                 "optimizer_state": None if self._optimizer is None else self._optimizer.state_dict(),
                 "optimizer_stage": self._optimizer_stage, "rng_state": self._rng.get_state(),
                 "history": list(self.history), "stages": [asdict(s) for s in self.stages], "seed": self.seed,
-                "reference_energy": self._reference_energy}
+                "reference_energy": self._reference_energy, "run": self.run_record()}
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Write the training state atomically (temporary file, then rename), plus the metrics."""
@@ -231,17 +312,45 @@ class Trainer:
         if self.metrics is not None:
             self.write_metrics(self.metrics)
 
-    def load_checkpoint(self, path: str | os.PathLike) -> None:
-        """Restore a state written by `save_checkpoint` (same generator architecture and stages)."""
+    def read_checkpoint(self, path: str | os.PathLike) -> dict:
+        """The state stored in a checkpoint of this run (see `run_record`), without applying it.
+
+        Raises
+        ------
+        ValueError
+            Not a readable checkpoint.
+        CheckpointMismatchError
+            Written by another run (the message names what differs) or by an older version that
+            kept no record of its run.
+        """
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
-            stages = state["stages"]
+            state["stages"], state["flow_state"]  # noqa: B018 -- the keys every checkpoint has
         except Exception as err:  # corrupt or foreign file
             raise ValueError(f"{path}: not a readable openmm-bg training checkpoint ({err})") from err
-        if stages != [asdict(s) for s in self.stages] or state["seed"] != self.seed:
-            raise ValueError(f"{path} belongs to another schedule or seed; start a new checkpoint file or "
-                             "resume with the same stages and seed")
-        self.gen.flow.load_state_dict(state["flow_state"])
+        restart = ("start over with --restart (in Python: Trainer.fit(resume=False)) or use another "
+                   "checkpoint file")
+        saved = state.get("run")
+        if not isinstance(saved, dict):
+            raise CheckpointMismatchError(f"cannot resume from {path}: it was written by an older openmm-bg "
+                                          f"that did not record what the run was made from; {restart}",
+                                          ["run record"])
+        current = self.run_record()
+        differences = [key for key in current if saved.get(key) != current[key]]
+        if differences:
+            raise CheckpointMismatchError(f"cannot resume from {path}: it was written by another training run "
+                                          f"(different {', '.join(differences)}); {restart}", differences)
+        return state
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restore a state written by `save_checkpoint` by this run (see `read_checkpoint`)."""
+        state = self.read_checkpoint(path)
+        try:
+            self.gen.flow.load_state_dict(state["flow_state"])
+        except RuntimeError as err:  # torch lists every mismatched tensor: keep it to one line
+            first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+            raise ValueError(f"{path}: the stored weights do not fit this generator ({first}); start over "
+                             "with --restart (in Python: Trainer.fit(resume=False))") from None
         self.step, self.n_skipped = state["step"], state["n_skipped"]
         self.energy_evaluations = state["energy_evaluations"]
         self.history = list(state["history"])
