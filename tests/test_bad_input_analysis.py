@@ -188,3 +188,89 @@ def test_bad_temperatures_are_refused_in_one_line(samples, gen, dw, temperature)
                  lambda: MBARProblem(samples, targets=[hot])):
         with pytest.raises(ValueError, match="must be a positive, finite temperature in K"):
             call()
+
+
+# ---------------------------------------------------------------------------------- 2. sizes and counts
+@pytest.mark.parametrize("n_bootstrap", [-1, 1, 2.5, "200", None, True])
+def test_bad_n_bootstrap_is_refused(samples, n_bootstrap):
+    """Was: -1 silently meant "no error bar" (``+- nan``), 1 gave NaN with a numpy warning."""
+    values, log_w = np.zeros(len(samples)), samples.log_weights
+    for call in (lambda: state_free_energy(samples, "left", _left, n_bootstrap=n_bootstrap),
+                 lambda: free_energy_profile(samples, "x1", n_bootstrap=n_bootstrap),
+                 lambda: rw.reweighted_mean(values, log_w, n_bootstrap=n_bootstrap),
+                 lambda: rw.reweighted_histogram(values, log_w, n_bootstrap=n_bootstrap),
+                 lambda: samples.expectation(values, n_bootstrap=n_bootstrap)):
+        with pytest.raises(ValueError, match=r"n_bootstrap must be 0 \(no error bar\) or an integer >= 2"):
+            call()
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0"])
+def test_bad_bootstrap_seed_is_refused(samples, seed):
+    values, log_w = np.zeros(len(samples)), samples.log_weights
+    for call in (lambda: state_free_energy(samples, "left", _left, seed=seed),
+                 lambda: free_energy_profile(samples, "x1", seed=seed),
+                 lambda: rw.reweighted_mean(values, log_w, seed=seed),
+                 lambda: rw.resample(log_w, seed=seed)):
+        with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+            call()
+
+
+BAD_BINS = [0, 1, -5, 2.5, "auto", None, True, [0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 0.5, 0.0], [[0.0, 1.0, 2.0]],
+            [0.0, np.nan, 1.0], [0.0, 1.0, np.inf]]
+
+
+@pytest.mark.parametrize("bins", BAD_BINS)
+def test_bad_bins_of_a_profile_are_refused(samples, gen, dw, bins):
+    for call in (lambda: free_energy_profile(samples, "x1", bins=bins),
+                 lambda: mbar_profile("x1", dw, samples, bins=bins),
+                 lambda: free_energy_surface(samples, "x1", "x2", bins=bins),
+                 lambda: free_energy_surface(samples, "x1", "x2", bins=(10, bins))):
+        with pytest.raises(ValueError, match=r"bins(\[\d\]| of a surface)? must be a number of bins >= 2 or"):
+            call()
+
+
+@pytest.mark.parametrize("bins", [0, -1, 1.5, "auto", [0.0], [2.0, 1.0]])
+def test_bad_bins_of_a_histogram_are_refused(bins):
+    with pytest.raises(ValueError, match="bins must be a number of bins >= 1 or strictly increasing"):
+        rw.reweighted_histogram(np.arange(5.0), np.zeros(5), bins=bins)
+
+
+BAD_RANGES = [(1.0, 0.0), (0.0, 0.0), (np.nan, 1.0), (0.0, np.inf), (0.0,), (0.0, 1.0, 2.0), "ab", 5.0]
+
+
+@pytest.mark.parametrize("range_", BAD_RANGES)
+def test_bad_ranges_are_refused(samples, dw, range_):
+    for call in (lambda: free_energy_profile(samples, "x1", range=range_),
+                 lambda: mbar_profile("x1", dw, samples, range=range_),
+                 lambda: rw.reweighted_histogram(np.arange(5.0), np.zeros(5), range=range_),
+                 lambda: free_energy_surface(samples, "x1", "x2", range=((-2.0, 2.0), range_))):
+        with pytest.raises(ValueError, match=r"range(\[1\])? must be \(low, high\) with finite low < high"):
+            call()
+
+
+@pytest.mark.parametrize("min_ess", [0, -1.0, np.nan, np.inf, "30"])
+def test_bad_min_ess_is_refused(samples, gen, min_ess):
+    for call in (lambda: state_free_energy(samples, "left", _left, min_ess=min_ess),
+                 lambda: state_free_energy_mbar(samples, gen, "left", _left, min_ess=min_ess)):
+        with pytest.raises(ValueError, match="min_ess must be positive and finite"):
+            call()
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.5, "10"])
+def test_bad_resample_count_is_refused(samples, n):
+    """Was: ``n=0`` gave an empty trajectory, a negative ``n`` a numpy error."""
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
+        rw.resample(samples.log_weights, n=n)
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
+        samples.resample(n)
+
+
+def test_bad_method_is_refused_before_any_work(samples, dw):
+    with pytest.raises(ValueError, match="method must be 'auto', 'mbar', 'bar' or 'exp'"):
+        thermodynamic_free_energy(dw, 350.0, samples=_weightless(samples, "failed energy"), method="tsallis")
+
+
+def test_good_counts_still_work(samples):
+    assert rw.reweighted_histogram(np.arange(5.0), np.zeros(5), bins=1.0, n_bootstrap=0)[0].shape == (1,)
+    p = free_energy_profile(samples, "x1", bins=np.linspace(-2.5, -1.0, 6), n_bootstrap=2, seed=None)
+    assert p.free_energy_kT.shape == (5,) and len(samples.resample(3.0)) == 3

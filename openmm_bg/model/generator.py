@@ -34,10 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import temperature_kelvin
+from .._validation import non_negative_int, positive_int, temperature_kelvin
 from ..analysis.samples import Samples
 from ..energy import OpenMMEnergy, energy_for
 from ..flows import Domain, Flow, Standardize, build_flow
+from ..flows.builder import check_flow_arguments
 from ..geometry import as_tensor
 from ..systems import MolecularSystem
 from ..systems.trajectory import check_trajectory
@@ -49,6 +50,20 @@ from .fingerprint import ModelMismatchError, check_fingerprint, system_fingerpri
 __all__ = ["BoltzmannGenerator", "Proposal", "FORMAT_VERSION", "ModelMismatchError", "check_fingerprint",
            "read_model_file", "system_fingerprint"]
 
+
+
+#: Options of `build_flow` that `BoltzmannGenerator.build` passes on (``**flow_options``).
+_FLOW_OPTIONS = frozenset({"bins", "tail_bound", "scale_bound", "circular_mode", "bounded_mode", "activation"})
+
+
+def _check_seed(seed) -> int | None:
+    """A sampling seed: None (fresh randomness) or an integer in [0, 2**63)."""
+    if seed is None:
+        return None
+    seed = non_negative_int("seed", seed)
+    if seed >= 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed}")
+    return seed
 
 
 class Proposal(NamedTuple):
@@ -178,6 +193,13 @@ class BoltzmannGenerator(nn.Module):
             Passed to `openmm_bg.flows.build_flow` (``bins``, ``scale_bound``, ...).
         """
         system.require_nonperiodic("a Boltzmann Generator")
+        unknown = sorted(set(flow_options) - _FLOW_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown flow option(s) {unknown}: BoltzmannGenerator.build passes only "
+                             f"{sorted(_FLOW_OPTIONS)} on to build_flow")
+        if flow not in ("realnvp", "spline"):
+            raise ValueError(f"flow must be 'realnvp' or 'spline', got {flow!r}")
+        check_flow_arguments(flow, n_blocks, hidden, seed=seed, dtype=dtype, **flow_options)  # before any work
         traj = check_trajectory(system, data)
         x = torch.as_tensor(traj.xyz, dtype=torch.float64)
         if system.rotation_invariant:
@@ -334,7 +356,8 @@ class BoltzmannGenerator(nn.Module):
     # ------------------------------------------------------------------ sampling
     def sample_latent(self, n: int, generator: torch.Generator | None = None,
                       temperature: float | None = None) -> torch.Tensor:
-        """Latent samples ``[n, n_dof]`` from the (temperature-scaled) prior."""
+        """Latent samples ``[n, n_dof]`` (``n >= 0``) from the (temperature-scaled) prior."""
+        n = non_negative_int("n", n)
         return self.flow.prior.sample(n, generator=generator, temperature_scale=self._temperature_scale(temperature),
                                       dtype=self.flow_dtype, device=self.device)
 
@@ -381,16 +404,14 @@ class BoltzmannGenerator(nn.Module):
         if z is None:
             if n is None:
                 raise ValueError("propose needs the number of samples n or latent points z=...")
-            if int(n) < 0:
-                raise ValueError(f"n must be >= 0, got {n}")
-            z = self.sample_latent(int(n), generator, temperature)
+            z = self.sample_latent(non_negative_int("n", n), generator, temperature)
         else:
             if generator is not None:
                 raise ValueError("generator draws latent points; it cannot be combined with z=...")
             z = torch.as_tensor(z)
             if z.dim() != 2 or z.shape[1] != self.n_dof:
                 raise ValueError(f"z must have shape [batch, {self.n_dof}], got {tuple(z.shape)}")
-            if n is not None and int(n) != z.shape[0]:
+            if n is not None and non_negative_int("n", n) != z.shape[0]:
                 raise ValueError(f"n={n} disagrees with the {z.shape[0]} latent points given")
             z = z.to(device=self.device, dtype=self.flow_dtype)
         x, log_det, ok = self.forward(z)
@@ -447,15 +468,15 @@ class BoltzmannGenerator(nn.Module):
         Parameters
         ----------
         n : int
-            Number of samples.
+            Number of samples (>= 1).
         temperature : float, optional
             K (default `temperature`, the system's). At another temperature than the training one
             the prior is scaled by ``T / training_temperature`` (approximate proposals), but energies
             and weights are exact for that temperature.
         seed : int, optional
-            Same seed, same samples.
+            Same seed, same samples (an integer >= 0; None: fresh randomness).
         batch_size : int
-            Samples per flow/energy batch (memory).
+            Samples per flow/energy batch (memory), >= 1.
         progress : bool
             Show a progress bar.
 
@@ -468,6 +489,7 @@ class BoltzmannGenerator(nn.Module):
         """
         from tqdm.auto import tqdm
 
+        n, batch_size, seed = positive_int("n", n), positive_int("batch_size", batch_size), _check_seed(seed)
         t = self._temperature(temperature)
         gen = torch.Generator(device=self.device)
         if seed is not None:

@@ -343,7 +343,7 @@ class MBARProblem:
         self.subsampling: list[MDSubsampling] = []
         observables = self._observables(decorrelate)
         for k, traj in md:
-            if not (isinstance(k, int | np.integer) and 0 <= k < len(self.targets)):
+            if not (isinstance(k, int | np.integer) and not isinstance(k, bool) and 0 <= k < len(self.targets)):
                 raise ValueError(f"md entries are (target index, trajectory) with 0 <= index < {len(self.targets)}, "
                                  f"got index {k!r}")
             state = self._restrictions[k]

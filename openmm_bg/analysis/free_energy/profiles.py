@@ -196,9 +196,11 @@ def _check_bins(bins, range_, name: str = "bins") -> tuple[int | np.ndarray, tup
 
 
 def _pair(value, name: str) -> tuple:
-    """``(x, y)`` of a two-coordinate argument (bins, range of a surface)."""
+    """``(x, y)`` of a two-coordinate argument of a surface (bins, range)."""
     if isinstance(value, str | bytes) or not hasattr(value, "__len__") or len(value) != 2:
-        raise ValueError(f"{name} of a surface must be a pair (for x, for y), got {value!r}")
+        allowed = ("a number of bins >= 2 or a pair (bins_x, bins_y) of counts or strictly increasing edges"
+                   if name == "bins" else "a pair ((low_x, high_x), (low_y, high_y))")
+        raise ValueError(f"{name} of a surface must be {allowed}, got {value!r}")
     return tuple(value)
 
 

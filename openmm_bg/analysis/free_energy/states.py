@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.special import logsumexp
 
+from ..._validation import positive
 from .. import reweighting
 from ..reweighting import WeightDiagnostics, format_k
 from ..samples import Samples
@@ -175,11 +176,12 @@ def state_free_energy(samples: Samples | Sequence[Samples], state_a: StateLike, 
         positions ``[n, n_atoms, 3]`` (nm, numpy float64) returning a boolean array ``[n]``; a
         function written for an ``mdtraj.Trajectory`` gets one when positions fail.
     min_ess : float
-        Minimum Kish effective sample size inside each state; below it `InsufficientSamplesError`.
+        Minimum Kish effective sample size inside each state (> 0); below it `InsufficientSamplesError`.
     n_bootstrap : int
-        Bootstrap replicas for the error (0: error NaN).
+        Bootstrap replicas for the error: 0 (no error bar: ``error_kT`` NaN, printed as "no error bar")
+        or >= 2.
     seed : int, optional
-        Bootstrap seed.
+        Bootstrap seed (>= 0).
     warn : bool
         Warn (RuntimeWarning) when Pareto k >= 0.7 overall or inside a state.
 
@@ -201,6 +203,8 @@ def state_free_energy(samples: Samples | Sequence[Samples], state_a: StateLike, 
     >>> print(r)  # doctest: +SKIP
     A(C7ax) - A(C7eq) = 2.71 +- 0.05 kT (...)
     """
+    min_ess = positive("min_ess", min_ess)
+    n_bootstrap, seed = reweighting.check_n_bootstrap(n_bootstrap), reweighting.check_seed(seed)
     sets = _as_sample_sets(samples)
     system, temperature = sets[0].system, float(sets[0].temperature)
     for s in sets[1:]:
@@ -309,7 +313,7 @@ def state_free_energy_mbar(samples: Samples, generator, state_a: StateLike, stat
     decorrelate : bool
         Subsample MD by the statistical inefficiency of its reduced energy and generator log density.
     min_ess : float
-        Minimum Kish ESS of MBAR's weights inside each state.
+        Minimum Kish ESS of MBAR's weights inside each state (> 0).
     warn : bool
         Warn when MBAR's weights for a state have Pareto k >= 0.7.
 
@@ -323,6 +327,7 @@ def state_free_energy_mbar(samples: Samples, generator, state_a: StateLike, stat
     --------
     >>> r = state_free_energy_mbar(samples, gen, "C7eq", "C7ax", md_a=md_eq, md_b=md_ax)  # doctest: +SKIP
     """
+    min_ess = positive("min_ess", min_ess)
     sets = _as_sample_sets(samples)
     _require_proposal_density(sets, "state_free_energy_mbar")
     if len(sets) != 1:

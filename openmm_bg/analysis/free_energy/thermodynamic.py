@@ -288,6 +288,8 @@ def thermodynamic_free_energy(state_a: MolecularSystem | float, state_b: Molecul
     >>> r = thermodynamic_free_energy(system, hot, samples=[gen.sample(10000), gen.sample(10000, 350.0)],
     ...                               generators=[gen, gen])  # doctest: +SKIP
     """
+    if method not in ("auto", "mbar", "bar", "exp"):
+        raise ValueError(f"method must be 'auto', 'mbar', 'bar' or 'exp', got {method!r}")
     sets = _as_sample_sets(samples) if samples is not None else []
     _require_proposal_density(sets, "thermodynamic_free_energy")
     gens = _as_list(generators)
@@ -299,8 +301,6 @@ def thermodynamic_free_energy(state_a: MolecularSystem | float, state_b: Molecul
         raise ValueError("no data: give BG samples and/or MD frames of the states")
     if method == "auto":
         method = "mbar" if sets else ("bar" if md_a and md_b else "exp")
-    if method not in ("mbar", "bar", "exp"):
-        raise ValueError(f"method must be 'auto', 'mbar', 'bar' or 'exp', got {method!r}")
     if method in ("mbar", "bar") and sets and (len(sets) > 1 or md_a or md_b) and not gens:
         raise ValueError("with several sample sets or MD data, pass generators=[...] (one per sample set): "
                          "the generator density must be evaluated on configurations it did not draw")
