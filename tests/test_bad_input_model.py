@@ -4,14 +4,21 @@ argument (or the file) and what is allowed, raised before any work; never a hang
 inside, or garbage samples."""
 
 import contextlib
+import hashlib
+import io
+import logging
 import math
 import signal
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from openmm_bg import BoltzmannGenerator
+from openmm_bg.model import FORMAT_VERSION, read_model_file
+from openmm_bg.model.fileformat import write_model_file
 
 BAD_TEMPERATURES = [math.nan, 0.0, -5.0, math.inf, -math.inf, "300", True]
 
@@ -109,3 +116,211 @@ def test_build_checks_its_arguments_before_reading_the_data(dw, options, message
     """The data path does not exist: the argument error comes first (no work before the checks)."""
     with pytest.raises(ValueError, match=message):
         BoltzmannGenerator.build(dw, "/nonexistent/frames.dcd", **options)
+
+
+# ---------------------------------------------------------------------------------- 3. model file integrity
+def _envelope(path):
+    return torch.load(path, weights_only=False)
+
+
+def _payload_bytes(envelope) -> bytes:
+    return envelope["payload"].numpy().tobytes()
+
+
+def _payload_of(envelope) -> dict:
+    return torch.load(io.BytesIO(_payload_bytes(envelope)), weights_only=False)
+
+
+def _refused(path, system, *detail):
+    """Loading ``path`` is the one-line "corrupt or truncated" ValueError (with ``detail`` in it)."""
+    with pytest.raises(ValueError, match="corrupt or truncated") as info:
+        BoltzmannGenerator.load(path, system)
+    text = str(info.value)
+    assert "\n" not in text and str(path) in text, text
+    for part in detail:
+        assert part in text, text
+    return text
+
+
+def test_saved_files_are_format_3_with_a_checksum(dw_gen, tmp_path):
+    path = dw_gen.save(tmp_path / "dw.bg")
+    envelope = _envelope(path)
+    assert envelope["format_version"] == FORMAT_VERSION == 3
+    assert envelope["sha256"] == hashlib.sha256(_payload_bytes(envelope)).hexdigest()
+    assert read_model_file(path)["format_version"] == 3
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+@pytest.mark.parametrize("where", [0.0, 0.5, 1.0])
+def test_damaged_weight_bytes_are_refused(dw_gen, dw, tmp_path, where):
+    """Was: a file with damaged bytes inside the weights loaded and sampled garbage."""
+    path = dw_gen.save(tmp_path / "dw.bg")
+    raw = bytearray(path.read_bytes())
+    weight = max(dw_gen.flow.state_dict().values(), key=lambda t: t.numel())
+    data = weight.detach().cpu().numpy().tobytes()
+    start = raw.find(data)
+    assert start >= 0, "the weights are stored verbatim in the file"
+    offset = start + int(where * (len(data) - 1))
+    raw[offset] ^= 0x40  # one bit of one weight
+    path.write_bytes(bytes(raw))
+    _refused(path, dw, "checksum mismatch")
+
+
+@pytest.mark.parametrize("where", [0.001, 0.25, 0.5, 0.75, 0.999])
+def test_damage_anywhere_in_the_payload_is_refused(dw_gen, dw, tmp_path, where):
+    path = dw_gen.save(tmp_path / "dw.bg")
+    raw = bytearray(path.read_bytes())
+    payload = _payload_bytes(_envelope(path))
+    start = raw.find(payload)
+    assert start >= 0
+    raw[start + int(where * len(payload))] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    _refused(path, dw, "checksum mismatch")
+
+
+def test_a_changed_weight_under_the_old_checksum_is_refused(dw_gen, dw, tmp_path):
+    path = dw_gen.save(tmp_path / "dw.bg")
+    envelope = _envelope(path)
+    payload = _payload_of(envelope)
+    name = next(iter(payload["flow_state"]))
+    payload["flow_state"][name] = payload["flow_state"][name] + 1e-3
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    envelope["payload"] = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)  # the old sha256
+    torch.save(envelope, path)
+    _refused(path, dw, "checksum mismatch")
+
+
+@pytest.mark.parametrize("cut", [0.2, 0.6, 0.95])
+def test_truncated_files_are_refused(dw_gen, dw, tmp_path, cut):
+    path = dw_gen.save(tmp_path / "dw.bg")
+    raw = path.read_bytes()
+    path.write_bytes(raw[:int(cut * len(raw))])
+    _refused(path, dw)
+
+
+def _config_without_flow(p):
+    del p["config"]["flow"]
+
+
+def _drop(key):
+    def change(p):
+        del p[key]
+    return change
+
+
+def _set(key, value):
+    def change(p):
+        p[key] = value
+    return change
+
+
+def _set_in(key, inner, value):
+    def change(p):
+        p[key][inner] = value
+    return change
+
+
+MALFORMED = [
+    ("config-without-flow", _config_without_flow, "config has no 'flow'"),
+    ("config-not-a-dict", _set("config", ["realnvp", 2]), "config must be a dict"),
+    ("n_blocks-a-string", _set_in("config", "n_blocks", "2"), "config: n_blocks must be an integer >= 1"),
+    ("hidden-empty", _set_in("config", "hidden", []), "config: hidden must be a non-empty sequence"),
+    ("flow-unknown", _set_in("config", "flow", "glow"), "config: kind must be 'realnvp' or 'spline'"),
+    ("dtype-unknown", _set_in("config", "dtype", "float16"), "config['dtype'] must be 'float32' or 'float64'"),
+    ("flow-options-not-a-dict", _set_in("config", "flow_options", [1]), "config['flow_options'] must be a dict"),
+    ("flow-option-unknown", _set_in("config", "flow_options", {"n_bins": 3}), "config: "),
+    ("fingerprint-not-a-dict", _set("fingerprint", "8fe2b1d3"), "fingerprint must be a dict"),
+    ("fingerprint-without-atoms", lambda p: p["fingerprint"].pop("atoms"), "fingerprint['atoms'] must be str"),
+    ("n_atoms-a-string", _set_in("fingerprint", "n_atoms", "1"), "fingerprint['n_atoms'] must be int"),
+    ("no-transform", _drop("transform"), "missing entries ['transform']"),
+    ("transform-not-a-module", _set("transform", {"n_dof": 2}), "transform must be a coordinate transform"),
+    ("standardize-wrong", _set("standardize", None), "standardize must be a Standardize module"),
+    ("domain-wrong", _set("flow_domain", "real"), "flow_domain must be a Domain"),
+    ("weights-not-tensors", _set("flow_state", {"w": [1.0, 2.0]}), "flow_state must map parameter names to tensors"),
+    ("weights-missing", _drop("flow_state"), "missing entries ['flow_state']"),
+    ("temperature-a-string", _set("training_temperature", "300"), "training_temperature must be a positive number"),
+    ("temperature-negative", _set("training_temperature", -300.0), "training_temperature must be a positive number"),
+    ("system-name-a-number", _set("system_name", 5), "system_name must be a string"),
+    ("extra-a-list", _set("extra", ["note"]), "extra must be a dict"),
+]
+
+
+@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("name, change, detail", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_metadata_is_one_corrupt_line(dw_gen, dw, tmp_path, version, name, change, detail):
+    """Was: KeyError / TypeError / AttributeError tracebacks from inside `load`."""
+    source = dw_gen.save(tmp_path / "good.bg")
+    payload = _payload_of(_envelope(source))
+    change(payload)
+    path = tmp_path / f"{name}.bg"
+    if version == 3:
+        write_model_file(path, payload)  # a correct checksum of malformed contents
+    else:
+        payload["format_version"] = 2
+        torch.save(payload, path)
+    _refused(path, dw, detail)
+
+
+@pytest.mark.parametrize("bad", ["3", 3.0, True, 0, -1, None])
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_bad_format_version_is_one_corrupt_line(dw_gen, dw, tmp_path, bad, version):
+    source = dw_gen.save(tmp_path / "good.bg")
+    envelope = _envelope(source)
+    if version == 3:
+        envelope["format_version"] = bad
+        torch.save(envelope, tmp_path / "bad.bg")
+    else:
+        payload = _payload_of(envelope)
+        payload["format_version"] = bad
+        torch.save(payload, tmp_path / "bad.bg")
+    _refused(tmp_path / "bad.bg", dw, "format_version must be an integer >= 1")
+
+
+def test_an_envelope_without_its_payload_is_refused(dw_gen, dw, tmp_path):
+    envelope = _envelope(dw_gen.save(tmp_path / "good.bg"))
+    del envelope["payload"]
+    torch.save(envelope, tmp_path / "bad.bg")
+    _refused(tmp_path / "bad.bg", dw, "no payload bytes")
+
+
+def test_files_of_formats_1_and_2_load_with_a_quiet_note(dw_gen, dw, tmp_path, caplog):
+    payload = _payload_of(_envelope(dw_gen.save(tmp_path / "good.bg")))
+    payload["format_version"] = 2
+    torch.save(payload, tmp_path / "v2.bg")
+    del payload["training_temperature"]
+    payload["format_version"] = 1
+    torch.save(payload, tmp_path / "v1.bg")
+    for version in (1, 2):
+        caplog.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning: a note in the log only
+            with caplog.at_level(logging.INFO, logger="openmm_bg.model.fileformat"):
+                gen = BoltzmannGenerator.load(tmp_path / f"v{version}.bg", dw)
+        assert f"format {version} carries no checksum" in caplog.text
+        assert all(r.levelno == logging.INFO for r in caplog.records)
+        a, b = gen.sample(50, seed=1), dw_gen.sample(50, seed=1)
+        np.testing.assert_array_equal(a.positions, b.positions)
+
+
+def test_the_shipped_demo_model_of_format_1_loads_with_a_note(caplog):
+    from openmm_bg.systems import load
+
+    path = Path(__file__).resolve().parents[1] / "systems" / "models" / "alanine_dipeptide_vacuum.bg"
+    with caplog.at_level(logging.INFO, logger="openmm_bg.model.fileformat"):
+        payload = read_model_file(path)
+    assert payload["format_version"] == 1 and "format 1 carries no checksum" in caplog.text
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gen = BoltzmannGenerator.load(path, load("alanine_dipeptide"))
+    assert gen.training_temperature == 300.0
+
+
+def test_a_failed_save_leaves_the_old_file_and_the_metadata(dw_gen, dw, tmp_path):
+    path = dw_gen.save(tmp_path / "dw.bg", extra={"note": "first"})
+    before = path.read_bytes()
+    with pytest.raises(Exception):  # noqa: B017 - pickling a lambda fails with an error pickle chooses
+        dw_gen.save(path, extra={"callback": lambda: 0})
+    assert path.read_bytes() == before and dw_gen.extra == {"note": "first"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dw.bg"]
+    assert BoltzmannGenerator.load(path, dw).extra == {"note": "first"}

@@ -1,6 +1,6 @@
 """The model file format: what `BoltzmannGenerator.save` writes and `read_model_file` checks.
 
-A model file is a torch pickle (load only files you trust) of a dictionary with
+A model file is a torch pickle (load only files you trust). The **payload**, a dictionary, holds
 
 - ``magic`` (``"openmm-bg generator"``), ``format_version``, ``package_version``;
 - ``system_name``, ``fingerprint`` (`openmm_bg.model.fingerprint.system_fingerprint`);
@@ -8,32 +8,57 @@ A model file is a torch pickle (load only files you trust) of a dictionary with
 - ``config`` (build options), ``transform``, ``standardize``, ``flow_domain``, ``flow_state`` (weights);
 - ``extra`` (free-form metadata, e.g. the command line's ``system_spec``).
 
+From format 3 on, the file is an **envelope** ``{"magic", "format_version", "package_version",
+"sha256", "payload"}`` whose ``payload`` is the payload serialised by ``torch.save`` (its bytes, as a
+1-D ``uint8`` tensor, stored verbatim) and ``sha256`` the hex SHA-256 digest of those bytes;
+`read_model_file` verifies the digest before it unpickles the payload, so damaged bytes anywhere in
+it (weights included) are refused instead of loading a generator that samples garbage.
+
 Versions: 1 (first), 2 (adds ``training_temperature``; version-1 files take it from the system they
-are loaded with). Files are written atomically (temporary file, then rename).
+are loaded with), 3 (the checksummed envelope). Files of versions 1 and 2 (the shipped demo model
+is version 1) still load; they carry no checksum, which is logged at INFO level. Files are written
+atomically (temporary file, then rename). Every damaged or malformed file (unreadable, checksum
+mismatch, missing or ill-typed entries) is one ``ValueError`` line saying "corrupt or truncated".
 
 Examples
 --------
 >>> FORMAT_VERSION, MAGIC
-(2, 'openmm-bg generator')
+(3, 'openmm-bg generator')
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import logging
+import math
+import numbers
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .._version import __version__
+from ..flows import Domain, Standardize
+from ..flows.builder import check_flow_arguments
 from ..systems import MolecularSystem
 from .fingerprint import system_fingerprint
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "model_payload", "write_model_file", "read_model_file"]
 
+logger = logging.getLogger(__name__)
+
 #: Version of the file format written by `BoltzmannGenerator.save`.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: First entry of every model file.
 MAGIC = "openmm-bg generator"
+#: First version whose files carry a checksum of their payload.
+CHECKSUM_VERSION = 3
+
+_FINGERPRINT_TYPES = {"n_atoms": int, "atoms": str, "masses": str, "constraints": str, "n_constraints": int,
+                      "forces": str}
 
 
 def model_payload(system: MolecularSystem, config: dict, transform: torch.nn.Module, standardize: torch.nn.Module,
@@ -52,36 +77,158 @@ def model_payload(system: MolecularSystem, config: dict, transform: torch.nn.Mod
 
 
 def write_model_file(path: str | os.PathLike, payload: dict) -> Path:
-    """Write ``payload`` (from `model_payload`) to ``path`` atomically; returns the path."""
+    """Write ``payload`` (from `model_payload`) to ``path`` atomically, in the checksummed envelope of
+    format 3; returns the path. A failed write leaves any earlier file at ``path`` untouched."""
     path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    envelope = {"magic": MAGIC, "format_version": FORMAT_VERSION, "package_version": __version__,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "payload": torch.frombuffer(bytearray(data), dtype=torch.uint8)}
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(envelope, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+class _Corrupt(ValueError):
+    """Internal: what is wrong with a file's content (turned into the one-line "corrupt" error)."""
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _version(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
+        raise _Corrupt(f"format_version must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _unpack(outer: dict, version: int, path: Path) -> dict:
+    """The payload of an envelope (format >= 3), its checksum verified; older files are their payload."""
+    if version < CHECKSUM_VERSION:
+        logger.info("%s: model file format %d carries no checksum of its contents; re-save it "
+                    "(BoltzmannGenerator.save) to add one", path, version)
+        return outer
+    data, digest = outer.get("payload"), outer.get("sha256")
+    if not (isinstance(data, torch.Tensor) and data.dtype == torch.uint8 and data.dim() == 1) \
+            or not isinstance(digest, str):
+        raise _Corrupt("the envelope has no payload bytes or no sha256 checksum")
+    data = data.numpy().tobytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != digest:
+        raise _Corrupt(f"checksum mismatch (sha256 stored {digest[:12]}..., computed {actual[:12]}...): the "
+                       "contents were damaged after saving")
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception as err:  # the checksum matched, so this is a file written wrongly
+        raise _Corrupt(f"the payload does not unpickle ({_one_line(err)})") from err
+    if not isinstance(payload, dict) or payload.get("magic") != MAGIC:
+        raise _Corrupt("the payload is not a generator")
+    if payload.get("format_version") != version:
+        raise _Corrupt(f"the payload says format {payload.get('format_version')!r}, the envelope {version}")
+    return payload
+
+
+def _check_payload(payload: dict, version: int) -> None:
+    """Types and presence of every entry `BoltzmannGenerator.load` uses; `_Corrupt` naming the first bad one."""
+    required = ["system_name", "fingerprint", "config", "transform", "standardize", "flow_domain", "flow_state"]
+    missing = [k for k in required if k not in payload]
+    if missing:
+        raise _Corrupt(f"missing entries {missing}")
+    if not isinstance(payload["system_name"], str):
+        raise _Corrupt(f"system_name must be a string, got {type(payload['system_name']).__name__}")
+    fp = payload["fingerprint"]
+    if not isinstance(fp, dict):
+        raise _Corrupt(f"fingerprint must be a dict, got {type(fp).__name__}")
+    for key, kind in _FINGERPRINT_TYPES.items():
+        if not isinstance(fp.get(key), kind) or isinstance(fp.get(key), bool):
+            raise _Corrupt(f"fingerprint[{key!r}] must be {kind.__name__}, got {fp.get(key)!r}")
+    t0 = payload.get("training_temperature")
+    if version >= 2 or t0 is not None:
+        if (isinstance(t0, bool) or not isinstance(t0, numbers.Real) or not math.isfinite(t0) or not t0 > 0):
+            raise _Corrupt(f"training_temperature must be a positive number of K, got {t0!r}")
+    cfg = payload["config"]
+    if not isinstance(cfg, dict):
+        raise _Corrupt(f"config must be a dict, got {type(cfg).__name__}")
+    for key in ("flow", "n_blocks", "hidden", "seed"):
+        if key not in cfg:
+            raise _Corrupt(f"config has no {key!r}")
+    dtype = cfg.get("dtype", "float32")
+    if dtype not in ("float32", "float64"):
+        raise _Corrupt(f"config['dtype'] must be 'float32' or 'float64', got {dtype!r}")
+    options = cfg.get("flow_options", {})
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise _Corrupt(f"config['flow_options'] must be a dict of keyword arguments, got {options!r}")
+    try:
+        check_flow_arguments(cfg["flow"], cfg["n_blocks"], cfg["hidden"], seed=cfg["seed"],
+                             dtype=getattr(torch, dtype), **options)
+    except (TypeError, ValueError) as err:
+        raise _Corrupt(f"config: {_one_line(err)}") from err
+    transform = payload["transform"]
+    if not isinstance(transform, nn.Module) or not isinstance(getattr(transform, "n_dof", None), int):
+        raise _Corrupt(f"transform must be a coordinate transform module, got {type(transform).__name__}")
+    if not isinstance(payload["standardize"], Standardize):
+        raise _Corrupt(f"standardize must be a Standardize module, got {type(payload['standardize']).__name__}")
+    domain = payload["flow_domain"]
+    if not isinstance(domain, Domain) or domain.n_dof != transform.n_dof:
+        raise _Corrupt(f"flow_domain must be a Domain of {transform.n_dof} dimensions, got {domain!r}")
+    state = payload["flow_state"]
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in state.items()):
+        raise _Corrupt("flow_state must map parameter names to tensors")
+    if not isinstance(payload.get("extra", {}), dict):
+        raise _Corrupt(f"extra must be a dict, got {type(payload['extra']).__name__}")
 
 
 def read_model_file(path: str | os.PathLike) -> dict:
     """Load and validate the payload of a saved generator (see `BoltzmannGenerator.load`).
+
+    From format 3 on the payload's SHA-256 checksum is verified; files of formats 1 and 2 carry
+    none (logged at INFO level). Every entry `BoltzmannGenerator.load` uses is checked for presence
+    and type.
+
+    Returns
+    -------
+    dict
+        The payload (see the module docstring); ``training_temperature`` is None for format 1.
 
     Raises
     ------
     FileNotFoundError
         No such file.
     ValueError
-        Not a model file, corrupt or truncated, or written by a newer file format.
+        Not a model file; corrupt or truncated (unreadable, checksum mismatch, missing or ill-typed
+        entries), in one line naming the file; or written by a newer file format.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {str(path)!r}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated or foreign files raise many different errors
-        raise ValueError(f"{path}: not a readable openmm-bg model file (corrupt or truncated?): {err}") from err
-    if not isinstance(payload, dict) or payload.get("magic") != MAGIC:
+    try:  # the envelope of format 3 holds plain data only: no code runs before the checksum is verified
+        outer = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # formats 1 and 2 pickle modules
+        try:
+            outer = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # truncated or foreign files raise many different errors
+            raise ValueError(f"{path}: not a readable openmm-bg model file (corrupt or truncated?): "
+                             f"{_one_line(err)}") from err
+    if not isinstance(outer, dict) or outer.get("magic") != MAGIC:
         raise ValueError(f"{path}: not an openmm-bg generator file")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path}: written by a newer openmm-bg (file format {payload['format_version']}, this "
-                         f"version reads {FORMAT_VERSION}); upgrade openmm-bg")
+    try:
+        version = _version(outer.get("format_version"))
+        if version > FORMAT_VERSION:
+            raise ValueError(f"{path}: written by a newer openmm-bg (file format {version}, this "
+                             f"version reads {FORMAT_VERSION}); upgrade openmm-bg")
+        payload = _unpack(outer, version, path)
+        _check_payload(payload, version)
+    except _Corrupt as err:
+        raise ValueError(f"{path}: not a readable openmm-bg model file (corrupt or truncated?): {err}") from None
     payload.setdefault("training_temperature", None)  # format 1: the system's
     payload.setdefault("extra", {})
     return payload

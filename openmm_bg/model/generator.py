@@ -530,13 +530,17 @@ class BoltzmannGenerator(nn.Module):
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> Path:
         """Write the generator (weights, transform, training config and temperature, fingerprint) atomically.
 
-        ``extra`` (picklable metadata) is added to `extra`, which is stored. The file is a torch
-        pickle: load only files you trust.
+        ``extra`` (picklable metadata) is added to `extra`, which is stored. The file (format 3,
+        `openmm_bg.model.fileformat`) carries a SHA-256 checksum of its contents, verified by `load`. It
+        is a torch pickle: load only files you trust. A failed save leaves an earlier file at ``path``
+        and `extra` as they were.
         """
-        self.extra.update(extra or {})
+        merged = {**self.extra, **(extra or {})}
         payload = model_payload(self.system, self.config, self.transform, self.standardize, self.flow,
-                                self.training_temperature, self.extra)
-        return write_model_file(path, payload)
+                                self.training_temperature, merged)
+        out = write_model_file(path, payload)
+        self.extra.update(extra or {})  # only once written: a failed save (e.g. unpicklable extra) changes nothing
+        return out
 
     @classmethod
     def load(cls, path: str | os.PathLike, system: MolecularSystem, device: str | torch.device | None = None,
@@ -551,11 +555,12 @@ class BoltzmannGenerator(nn.Module):
         FileNotFoundError
             No such file.
         ValueError
-            Not a generator file, corrupt, or written by a newer file format.
+            Not a generator file; corrupt or truncated (unreadable, checksum mismatch, missing or
+            ill-typed entries); or written by a newer file format. One line naming the file.
         ModelMismatchError
             Trained for another topology, masses or constraints (other force parameters warn).
         """
-        payload = read_model_file(path)
+        payload = read_model_file(path)  # checksum, presence and types of every entry used here
         check_fingerprint(payload["fingerprint"], system)
         cfg = payload["config"]
         dtype = getattr(torch, cfg.get("dtype", "float32"))
@@ -565,7 +570,9 @@ class BoltzmannGenerator(nn.Module):
         try:
             net.load_state_dict(payload["flow_state"])
         except RuntimeError as err:
-            raise ValueError(f"{path}: the stored weights do not fit the stored architecture ({err})") from err
+            detail = " ".join(str(err).split())
+            raise ValueError(f"{path}: the stored weights do not fit the stored architecture (corrupt or "
+                             f"truncated?): {detail[:300]}") from err
         gen = cls(system, payload["transform"], payload["standardize"], net, config=cfg, energy=energy,
                   training_temperature=payload.get("training_temperature"))
         gen.extra = dict(payload.get("extra") or {})
