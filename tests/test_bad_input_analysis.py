@@ -3,7 +3,9 @@ counts, damaged samples files. Every case is one clear error naming the problem,
 nothing (``0 +- 0``, NaN printed as a number) and never a hang."""
 
 import dataclasses
+import json
 import math
+import zipfile
 
 import numpy as np
 import openmm
@@ -274,3 +276,110 @@ def test_good_counts_still_work(samples):
     assert rw.reweighted_histogram(np.arange(5.0), np.zeros(5), bins=1.0, n_bootstrap=0)[0].shape == (1,)
     p = free_energy_profile(samples, "x1", bins=np.linspace(-2.5, -1.0, 6), n_bootstrap=2, seed=None)
     assert p.free_energy_kT.shape == (5,) and len(samples.resample(3.0)) == 3
+
+
+# ---------------------------------------------------------------------------------- 4. samples files
+def _saved(samples, tmp_path):
+    return samples.save(tmp_path / "samples.npz")
+
+
+def _load_refused(path, system, *parts):
+    with pytest.raises(ValueError) as info:
+        Samples.load(path, system)
+    text = str(info.value)
+    assert "\n" not in text and str(path) in text, text
+    for part in parts:
+        assert part in text, text
+    return text
+
+
+def test_a_missing_samples_file_is_file_not_found(dw, tmp_path):
+    with pytest.raises(FileNotFoundError, match="samples file not found"):
+        Samples.load(tmp_path / "missing.npz", dw)
+
+
+@pytest.mark.parametrize("cut", [0.1, 0.5, 0.9, 0.99])
+def test_a_truncated_samples_file_is_one_line(samples, dw, tmp_path, cut):
+    """Was: zipfile.BadZipFile / EOFError tracebacks."""
+    path = _saved(samples, tmp_path)
+    raw = path.read_bytes()
+    path.write_bytes(raw[:int(cut * len(raw))])
+    _load_refused(path, dw, "corrupt or truncated", "Samples.save")
+
+
+@pytest.mark.parametrize("where", [0.2, 0.5, 0.8])
+def test_damaged_bytes_in_a_samples_file_are_one_line(samples, dw, tmp_path, where):
+    path = _saved(samples, tmp_path)
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:  # damage the compressed data of the positions, not the zip's index
+        info = z.getinfo("positions.npy")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    raw[start + int(where * info.compress_size)] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    _load_refused(path, dw, "corrupt or truncated", "Samples.save")
+
+
+def _rewrite(samples, path, **changes):
+    arrays = {"positions": samples.positions, "energies": samples.energies, "log_prob": samples.log_prob,
+              "log_weights": samples.log_weights, "rejected": samples.rejected,
+              "temperature": np.float64(samples.temperature),
+              "meta": json.dumps({"system": samples.system.name, "counts": samples.counts,
+                                  "provenance": samples.provenance})}
+    arrays.update(changes)
+    np.savez_compressed(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+FOREIGN = [
+    ("other-arrays", {"positions": None, "energies": None, "weights": np.zeros(3)},
+     "no positions, energies arrays"),
+    ("positions-2d", {"positions": np.zeros((300, 3))}, "positions must be floats of shape [n, n_atoms, 3]"),
+    ("positions-strings", {"positions": np.array([["a"]])}, "positions must be floats"),
+    ("energies-short", {"energies": np.zeros(299)}, "energies must be numbers of shape [300]"),
+    ("rejected-long", {"rejected": np.zeros(301, bool)}, "rejected must be numbers of shape [300]"),
+    ("temperature-array", {"temperature": np.zeros(2)}, "temperature must be one number (K)"),
+    ("temperature-zero", {"temperature": np.float64(0.0)}, "temperature must be a positive, finite temperature"),
+    ("meta-not-json", {"meta": "{system: dw"}, "its metadata is not JSON"),
+    ("meta-a-list", {"meta": "[1, 2]"}, "its metadata must be a JSON object"),
+    ("counts-a-list", {"meta": json.dumps({"counts": [1]})}, "metadata 'counts' must be a JSON object"),
+    ("normalizer-a-string", {"meta": json.dumps({"log_normalizer": "x", "provenance": {"kind": "annealed"}})},
+     "metadata 'log_normalizer' must be a number or null"),
+    ("weights-nan", {"log_weights": np.full(300, np.nan), "meta": json.dumps({"provenance": {"kind": "annealed"}})},
+     "inconsistent samples file (log_weights contain NaN"),
+]
+
+
+@pytest.mark.parametrize("name, changes, message", FOREIGN, ids=[f[0] for f in FOREIGN])
+def test_foreign_or_malformed_samples_files_are_one_line(samples, dw, tmp_path, name, changes, message):
+    """Was: KeyError, IndexError, AttributeError or a Samples error without the file's name."""
+    path = _rewrite(samples, tmp_path / f"{name}.npz", **changes)
+    _load_refused(path, dw, message, "Samples.save")
+
+
+def test_files_that_are_not_npz_archives_are_one_line(samples, dw, tmp_path):
+    text = tmp_path / "text.npz"
+    text.write_text("positions,energies\n1,2\n")
+    _load_refused(text, dw, "corrupt or truncated")
+    single = tmp_path / "single.npz"
+    with open(single, "wb") as f:
+        np.save(f, samples.positions)
+    _load_refused(single, dw, "a single ndarray, not an .npz archive")
+    pickled = tmp_path / "objects.npz"
+    np.savez(pickled, positions=np.array([{"x": 1}], dtype=object))
+    _load_refused(pickled, dw, "corrupt or truncated")
+
+
+def test_samples_of_another_system_are_refused_with_the_fix(samples, tmp_path):
+    from openmm_bg.systems import load
+
+    path = _saved(samples, tmp_path)
+    _load_refused(path, load("alanine_dipeptide"), "holds samples of 1 atoms (system 'double_well')",
+                  "system 'alanine_dipeptide' has 22", "load it with the system it was sampled for")
+    with pytest.warns(UserWarning, match="written for system 'double_well' and is loaded for 'mueller_brown'"):
+        Samples.load(path, load("mueller_brown"))
+
+
+def test_good_samples_files_still_load(samples, dw, tmp_path):
+    back = Samples.load(_saved(samples, tmp_path), dw)
+    np.testing.assert_array_equal(back.log_weights, samples.log_weights)
+    assert back.temperature == samples.temperature and back.counts == samples.counts

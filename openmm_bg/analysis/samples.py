@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +105,8 @@ class Samples:
         if self.rejected is None:
             self.rejected = np.zeros(n, dtype=bool)
         self.rejected = np.asarray(self.rejected, dtype=bool)
+        if self.rejected.shape != (n,):
+            raise ValueError(f"rejected must have shape [{n}], got {self.rejected.shape}")
         if np.isnan(self.energies).any() or np.isnan(self.log_prob).any():
             raise ValueError("NaN energies or log densities: mark failed samples with +inf energy or "
                              "-inf log density instead")
@@ -300,22 +303,98 @@ class Samples:
 
     @classmethod
     def load(cls, path: str | os.PathLike, system: MolecularSystem) -> Samples:
-        """Read a set written by `save` for ``system`` (files of earlier versions are plain samples)."""
-        try:
-            with np.load(path) as data:
-                positions = data["positions"]
-                energies, log_prob, rejected = data["energies"], data["log_prob"], data["rejected"]
-                temperature = float(data["temperature"])
-                meta = json.loads(str(data["meta"]))
-                log_weights = data["log_weights"] if "log_weights" in data else None
-                ancestors = data["ancestors"] if "ancestors" in data else None
-        except (OSError, KeyError, ValueError) as err:
-            raise ValueError(f"{path}: not a samples file written by Samples.save ({err})") from err
+        """Read a set written by `save` for ``system`` (files of earlier versions are plain samples).
+
+        Raises
+        ------
+        FileNotFoundError
+            No such file.
+        ValueError
+            One line naming the file: not a readable ``.npz`` (damaged, truncated, foreign), arrays
+            missing or of the wrong shape, or samples of another system (another atom count).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"samples file not found: {str(path)!r}")
+        arrays, meta = _read_samples_file(path)
+        positions = arrays["positions"]
+        saved_for = meta.get("system")
         if positions.shape[1] != system.n_atoms:
-            raise ValueError(f"{path} holds samples of {positions.shape[1]} atoms, system {system.name!r} "
-                             f"has {system.n_atoms}")
+            raise ValueError(f"{path} holds samples of {positions.shape[1]} atoms (system {saved_for!r}), system "
+                             f"{system.name!r} has {system.n_atoms}: load it with the system it was sampled for")
+        if isinstance(saved_for, str) and saved_for != system.name:
+            warnings.warn(f"{path} was written for system {saved_for!r} and is loaded for {system.name!r} (same "
+                          "number of atoms): its energies and weights are those of the system it was sampled for",
+                          UserWarning, stacklevel=2)
         provenance = meta.get("provenance") or {"kind": "plain"}
         plain = provenance.get("kind") == "plain"
-        return cls(system, positions, energies, log_prob, temperature, rejected, meta.get("counts", {}),
-                   log_weights=None if plain else log_weights, log_normalizer=meta.get("log_normalizer"),
-                   ancestors=ancestors, provenance=provenance)
+        try:
+            return cls(system, positions, arrays["energies"], arrays["log_prob"], arrays["temperature"],
+                       arrays["rejected"], meta.get("counts") or {},
+                       log_weights=None if plain else arrays["log_weights"],
+                       log_normalizer=meta.get("log_normalizer"), ancestors=arrays["ancestors"],
+                       provenance=provenance)
+        except ValueError as err:
+            raise ValueError(f"{path}: inconsistent samples file ({_one_line(err)}); {_REWRITE}") from None
+
+
+#: How to make a good samples file (the fix named by `Samples.load`'s errors).
+_REWRITE = "give a file written by Samples.save or `openmm-bg sample`"
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _read_samples_file(path: Path) -> tuple[dict, dict]:
+    """The arrays and metadata of a samples file, each checked for presence, type and shape."""
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{path}: not a samples file written by Samples.save ({why}); {_REWRITE}")
+
+    def unreadable(err: BaseException) -> ValueError:
+        return ValueError(f"{path}: not a readable samples file (corrupt or truncated?): {_one_line(err)}; "
+                          f"{_REWRITE}")
+
+    required = ("positions", "energies", "log_prob", "rejected", "temperature", "meta")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as err:  # damaged, truncated or foreign files raise many different errors
+        raise unreadable(err) from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise bad(f"a single {type(data).__name__}, not an .npz archive of arrays")
+    try:
+        with data:  # damaged entries fail only when read (zlib, zip CRC, EOF, pickled objects)
+            arrays = {k: data[k] for k in (*required, "log_weights", "ancestors") if k in data.files}
+    except Exception as err:
+        raise unreadable(err) from None
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        raise bad(f"no {', '.join(missing)} array{'s' if len(missing) > 1 else ''}")
+    x = arrays["positions"]
+    if x.ndim != 3 or x.shape[2] != 3 or not np.issubdtype(x.dtype, np.floating):
+        raise bad(f"positions must be floats of shape [n, n_atoms, 3], got {x.dtype} {x.shape}")
+    n = x.shape[0]
+    for key in ("energies", "log_prob", "rejected", "log_weights"):
+        a = arrays.get(key)
+        if a is not None and (a.shape != (n,) or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool)):
+            raise bad(f"{key} must be numbers of shape [{n}], got {a.dtype} {a.shape}")
+    t = arrays["temperature"]
+    if t.shape != () or not np.issubdtype(t.dtype, np.number):
+        raise bad(f"temperature must be one number (K), got {t.dtype} {t.shape}")
+    arrays["temperature"] = float(t)
+    arrays.setdefault("log_weights", None)
+    arrays.setdefault("ancestors", None)
+    try:
+        meta = json.loads(str(arrays["meta"]))
+    except ValueError as err:
+        raise bad(f"its metadata is not JSON: {_one_line(err)}") from None
+    if not isinstance(meta, dict):
+        raise bad(f"its metadata must be a JSON object, got {type(meta).__name__}")
+    for key, kind in (("counts", dict), ("provenance", dict)):
+        if meta.get(key) is not None and not isinstance(meta[key], kind):
+            raise bad(f"metadata {key!r} must be a JSON object, got {meta[key]!r}")
+    normalizer = meta.get("log_normalizer")
+    if normalizer is not None and (isinstance(normalizer, bool) or not isinstance(normalizer, int | float)):
+        raise bad(f"metadata 'log_normalizer' must be a number or null, got {normalizer!r}")
+    return arrays, meta
