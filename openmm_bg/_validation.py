@@ -179,3 +179,16 @@ def temperature_kelvin(name: str, value) -> float:
     if not out > 0:
         raise ValueError(f"{name} must be a positive, finite temperature in K, got {_describe(value)}")
     return out
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """The message of ``err`` on one line (whitespace runs, newlines included, become one space), at most
+    ``limit`` characters: for errors that quote another library's (often multi-line) message.
+
+    Examples
+    --------
+    >>> one_line(ValueError("invalid load key,\\n  'x'."))
+    "invalid load key, 'x'."
+    """
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -10,6 +10,7 @@ import zipfile
 import numpy as np
 import openmm
 import pytest
+from test_bad_input_model import assert_one_line_error
 
 from openmm_bg import BoltzmannGenerator, Samples
 from openmm_bg.analysis import reweighting as rw
@@ -284,13 +285,8 @@ def _saved(samples, tmp_path):
 
 
 def _load_refused(path, system, *parts):
-    with pytest.raises(ValueError) as info:
-        Samples.load(path, system)
-    text = str(info.value)
-    assert "\n" not in text and str(path) in text, text
-    for part in parts:
-        assert part in text, text
-    return text
+    """Loading ``path`` is one ValueError line naming the file (and ``parts``)."""
+    return assert_one_line_error(lambda: Samples.load(path, system), path, *parts)
 
 
 def test_a_missing_samples_file_is_file_not_found(dw, tmp_path):

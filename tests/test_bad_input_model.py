@@ -3,18 +3,17 @@
 argument (or the file) and what is allowed, raised before any work; never a hang, a traceback from deep
 inside, or garbage samples."""
 
-import contextlib
 import hashlib
 import io
 import logging
 import math
-import signal
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from test_energy_workers import time_limit  # fail instead of hanging (SIGALRM)
 
 from openmm_bg import BoltzmannGenerator
 from openmm_bg.model import FORMAT_VERSION, read_model_file
@@ -53,32 +52,16 @@ def test_good_temperatures_still_work(dw_gen, dw_data):
 
 
 # ---------------------------------------------------------------------------------- 2. sizes, counts, seeds
-@contextlib.contextmanager
-def _time_limit(seconds: float):
-    """Fail (instead of hanging) when the block takes longer than ``seconds``."""
-
-    def expired(signum, frame):
-        raise TimeoutError(f"did not return within {seconds} s (a hang)")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 @pytest.mark.parametrize("batch_size", [0, -3, 1.5, "64", None, True])
 def test_sample_refuses_a_bad_batch_size_at_once(dw_gen, batch_size):
     """Was: ``gen.sample(10, batch_size=0)`` looped forever."""
-    with _time_limit(20), pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+    with time_limit(20), pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
         dw_gen.sample(10, batch_size=batch_size)
 
 
 @pytest.mark.parametrize("n", [0, -1, 2.5, "10", None, True])
 def test_sample_refuses_a_bad_count(dw_gen, n):
-    with _time_limit(20), pytest.raises(ValueError, match="n must be an integer >= 1"):
+    with time_limit(20), pytest.raises(ValueError, match="n must be an integer >= 1"):
         dw_gen.sample(n)
 
 
@@ -131,15 +114,20 @@ def _payload_of(envelope) -> dict:
     return torch.load(io.BytesIO(_payload_bytes(envelope)), weights_only=False)
 
 
-def _refused(path, system, *detail):
-    """Loading ``path`` is the one-line "corrupt or truncated" ValueError (with ``detail`` in it)."""
-    with pytest.raises(ValueError, match="corrupt or truncated") as info:
-        BoltzmannGenerator.load(path, system)
+def assert_one_line_error(call, *parts, error=ValueError):
+    """``call()`` raises ``error`` with a one-line message that holds every one of ``parts``."""
+    with pytest.raises(error) as info:
+        call()
     text = str(info.value)
-    assert "\n" not in text and str(path) in text, text
-    for part in detail:
-        assert part in text, text
+    assert "\n" not in text, text
+    for part in parts:
+        assert str(part) in text, text
     return text
+
+
+def _refused(path, system, *detail):
+    """Loading ``path`` is the one-line "corrupt or truncated" ValueError naming the file (and ``detail``)."""
+    return assert_one_line_error(lambda: BoltzmannGenerator.load(path, system), path, "corrupt or truncated", *detail)
 
 
 def test_saved_files_are_format_3_with_a_checksum(dw_gen, tmp_path):

@@ -25,7 +25,7 @@ from pathlib import Path
 import mdtraj
 import numpy as np
 
-from .._validation import temperature_kelvin
+from .._validation import one_line, temperature_kelvin
 from ..systems import MolecularSystem
 from . import reweighting
 from .reweighting import InsufficientSamplesError
@@ -335,16 +335,11 @@ class Samples:
                        log_normalizer=meta.get("log_normalizer"), ancestors=arrays["ancestors"],
                        provenance=provenance)
         except ValueError as err:
-            raise ValueError(f"{path}: inconsistent samples file ({_one_line(err)}); {_REWRITE}") from None
+            raise ValueError(f"{path}: inconsistent samples file ({one_line(err)}); {_REWRITE}") from None
 
 
 #: How to make a good samples file (the fix named by `Samples.load`'s errors).
 _REWRITE = "give a file written by Samples.save or `openmm-bg sample`"
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _read_samples_file(path: Path) -> tuple[dict, dict]:
@@ -353,7 +348,7 @@ def _read_samples_file(path: Path) -> tuple[dict, dict]:
         return ValueError(f"{path}: not a samples file written by Samples.save ({why}); {_REWRITE}")
 
     def unreadable(err: BaseException) -> ValueError:
-        return ValueError(f"{path}: not a readable samples file (corrupt or truncated?): {_one_line(err)}; "
+        return ValueError(f"{path}: not a readable samples file (corrupt or truncated?): {one_line(err)}; "
                           f"{_REWRITE}")
 
     required = ("positions", "energies", "log_prob", "rejected", "temperature", "meta")
@@ -388,7 +383,7 @@ def _read_samples_file(path: Path) -> tuple[dict, dict]:
     try:
         meta = json.loads(str(arrays["meta"]))
     except ValueError as err:
-        raise bad(f"its metadata is not JSON: {_one_line(err)}") from None
+        raise bad(f"its metadata is not JSON: {one_line(err)}") from None
     if not isinstance(meta, dict):
         raise bad(f"its metadata must be a JSON object, got {type(meta).__name__}")
     for key, kind in (("counts", dict), ("provenance", dict)):

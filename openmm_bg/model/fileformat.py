@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._validation import one_line
 from .._version import __version__
 from ..flows import Domain, Standardize
 from ..flows.builder import check_flow_arguments
@@ -99,11 +100,6 @@ class _Corrupt(ValueError):
     """Internal: what is wrong with a file's content (turned into the one-line "corrupt" error)."""
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
 def _version(value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
         raise _Corrupt(f"format_version must be an integer >= 1, got {value!r}")
@@ -128,7 +124,7 @@ def _unpack(outer: dict, version: int, path: Path) -> dict:
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as err:  # the checksum matched, so this is a file written wrongly
-        raise _Corrupt(f"the payload does not unpickle ({_one_line(err)})") from err
+        raise _Corrupt(f"the payload does not unpickle ({one_line(err)})") from err
     if not isinstance(payload, dict) or payload.get("magic") != MAGIC:
         raise _Corrupt("the payload is not a generator")
     if payload.get("format_version") != version:
@@ -170,7 +166,7 @@ def _check_payload(payload: dict, version: int) -> None:
         check_flow_arguments(cfg["flow"], cfg["n_blocks"], cfg["hidden"], seed=cfg["seed"],
                              dtype=getattr(torch, dtype), **options)
     except (TypeError, ValueError) as err:
-        raise _Corrupt(f"config: {_one_line(err)}") from err
+        raise _Corrupt(f"config: {one_line(err)}") from err
     transform = payload["transform"]
     if not isinstance(transform, nn.Module) or not isinstance(getattr(transform, "n_dof", None), int):
         raise _Corrupt(f"transform must be a coordinate transform module, got {type(transform).__name__}")
@@ -217,7 +213,7 @@ def read_model_file(path: str | os.PathLike) -> dict:
             outer = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as err:  # truncated or foreign files raise many different errors
             raise ValueError(f"{path}: not a readable openmm-bg model file (corrupt or truncated?): "
-                             f"{_one_line(err)}") from err
+                             f"{one_line(err)}") from err
     if not isinstance(outer, dict) or outer.get("magic") != MAGIC:
         raise ValueError(f"{path}: not an openmm-bg generator file")
     try:

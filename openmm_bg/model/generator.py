@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import non_negative_int, positive_int, temperature_kelvin
+from .._validation import non_negative_int, one_line, positive_int, temperature_kelvin
 from ..analysis.samples import Samples
 from ..energy import OpenMMEnergy, energy_for
 from ..flows import Domain, Flow, Standardize, build_flow
@@ -570,9 +570,8 @@ class BoltzmannGenerator(nn.Module):
         try:
             net.load_state_dict(payload["flow_state"])
         except RuntimeError as err:
-            detail = " ".join(str(err).split())
             raise ValueError(f"{path}: the stored weights do not fit the stored architecture (corrupt or "
-                             f"truncated?): {detail[:300]}") from err
+                             f"truncated?): {one_line(err)}") from err
         gen = cls(system, payload["transform"], payload["standardize"], net, config=cfg, energy=energy,
                   training_temperature=payload.get("training_temperature"))
         gen.extra = dict(payload.get("extra") or {})
