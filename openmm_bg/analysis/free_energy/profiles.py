@@ -168,6 +168,19 @@ def _pooled_log_weights(sets: list[Samples]) -> np.ndarray:
     return np.concatenate([s.log_weights - math.log(len(s)) for s in sets])
 
 
+def _pooled_groups(sets: list[Samples]) -> np.ndarray | None:
+    """Bootstrap groups of pooled sets: ancestral lineages where a set has ancestors (each plain
+    sample its own group); None when no set has any (the plain bootstrap)."""
+    if all(s.ancestors is None for s in sets):
+        return None
+    groups, offset = [], 0
+    for s in sets:
+        labels = np.arange(len(s)) if s.ancestors is None else reweighting.group_labels(s.ancestors, len(s))[0]
+        groups.append(labels + offset)
+        offset += len(s)
+    return np.concatenate(groups)
+
+
 def _edges(values: np.ndarray, bins, range_, bounds) -> np.ndarray:
     if isinstance(bins, int | np.integer):
         if range_ is None:
@@ -210,7 +223,8 @@ def free_energy_profile(samples: Samples | Sequence[Samples], coordinate, bins: 
     range : (float, float), optional
         Default the coordinate's ``bounds`` (or the data range for functions).
     n_bootstrap : int
-        Bootstrap replicas for the errors.
+        Bootstrap replicas for the errors (over samples; over whole ancestral lineages for sets
+        with ``ancestors``, e.g. annealed samples).
     seed : int, optional
 
     Returns
@@ -235,7 +249,7 @@ def free_energy_profile(samples: Samples | Sequence[Samples], coordinate, bins: 
     edges = _edges(values, bins, range, bounds)
     v = np.where(np.isfinite(values), values, edges[0] - 1.0)  # weight zero anyway, out of range
     density, err, edges = reweighting.reweighted_histogram(v, log_w, bins=edges, n_bootstrap=n_bootstrap,
-                                                           seed=seed)
+                                                           seed=seed, groups=_pooled_groups(sets))
     F, dF = _profile_from_density(density, err)
     idx = np.digitize(v, edges) - 1
     ess = np.full(edges.size - 1, 0.0)
