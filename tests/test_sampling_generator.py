@@ -111,6 +111,12 @@ def test_seeds_streams_and_temperature(poor):
     np.testing.assert_array_equal(a.log_weights, b.log_weights)
     c = poor.sample(200, seed=6, anneal=config)
     assert not np.array_equal(a.positions, c.positions)
+    # the initial particles are the plain draws of the same seed, and ancestors index them: with a
+    # vanishing step size every particle stays (near) where its ancestor started
+    still = poor.sample(300, seed=7, anneal=AnnealConfig(adaptive=False, n_levels=3, step_size=1e-9))
+    plain = poor.sample(300, seed=7)
+    assert still.provenance["n_resampling"] >= 1 and still.provenance["n_distinct_ancestors"] < 300
+    np.testing.assert_allclose(still.positions, plain.positions[still.ancestors], atol=1e-6)
     with pytest.raises(ValueError, match="leave AnnealConfig.seed as None"):
         poor.sample(10, anneal=AnnealConfig(seed=1))
     with pytest.raises(ValueError, match="anneal must be an openmm_bg.sampling.AnnealConfig"):

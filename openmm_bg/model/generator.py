@@ -45,6 +45,7 @@ from ..sampling import AnnealConfig
 from ..systems import MolecularSystem
 from ..systems.trajectory import check_trajectory
 from ..transforms import CartesianTransform, MixedTransform, stereocentres
+from .annealed import sample_annealed
 from .batches import ordered_map, resolve_threads, torch_threads
 from .fileformat import FORMAT_VERSION, model_payload, read_model_file, write_model_file
 from .fingerprint import ModelMismatchError, check_fingerprint, system_fingerprint
@@ -506,8 +507,6 @@ class BoltzmannGenerator(nn.Module):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if anneal is not None and anneal is not False:
-            from .annealed import sample_annealed
-
             return sample_annealed(self, n, anneal, temperature=t, seed=seed, batch_size=int(batch_size),
                                    progress=progress, threads=threads)
         n = int(n)
