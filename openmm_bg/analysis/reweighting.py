@@ -26,7 +26,8 @@ import numpy as np
 from .._validation import non_negative_int, number, positive_int
 
 __all__ = ["InsufficientSamplesError", "normalized_weights", "kish_ess", "largest_weight_share", "pareto_k",
-           "WeightDiagnostics", "diagnose", "format_k", "reweighted_mean", "reweighted_histogram", "resample"]
+           "WeightDiagnostics", "diagnose", "format_k", "reweighted_mean", "reweighted_histogram", "resample",
+           "group_labels", "bootstrap_sums"]
 
 #: Above this Pareto-k the weights' tail is too heavy for reliable estimates (Vehtari et al.).
 PARETO_K_THRESHOLD = 0.7
@@ -281,7 +282,84 @@ def _weighted_values(values, log_w: np.ndarray, what: str = "values") -> np.ndar
     return np.where(weighted, values, 0.0)
 
 
-def reweighted_mean(values, log_w, n_bootstrap: int = 200, seed: int | None = 0) -> tuple[float, float]:
+def group_labels(groups, n: int) -> tuple[np.ndarray, int]:
+    """Labels ``0 .. G-1`` ``[n]`` of the distinct values of ``groups [n]`` and their number ``G``.
+
+    Raises ValueError unless ``groups`` is one integer per sample.
+    """
+    groups = np.asarray(groups)
+    if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer):
+        raise ValueError(f"groups must be one integer label per sample, shape ({n},), got {groups.dtype} "
+                         f"{groups.shape}")
+    distinct, labels = np.unique(groups, return_inverse=True)
+    return labels.reshape(n), int(distinct.size)
+
+
+def bootstrap_sums(contributions, n_bootstrap: int, seed: int | np.random.Generator | None = 0,
+                   groups=None) -> np.ndarray:
+    """Bootstrap replicas of the column sums of per-sample ``contributions [n, m]``.
+
+    Without ``groups``, each replica resamples the ``n`` samples with replacement. With
+    ``groups [n]`` (integer labels) it resamples whole groups instead: ``G`` draws with
+    replacement from the ``G`` distinct labels, each drawn group adding all its samples. That is
+    the bootstrap for samples that are not independent but fall into independent groups, e.g.
+    the particles of sequential Monte Carlo grouped by the initial particle they descend from
+    (their "Eve" index, the grouping of the Chan & Lai 2013 variance estimator): resampling
+    copies a particle, and its copies must be drawn together.
+
+    Parameters
+    ----------
+    contributions : array-like
+        ``[n]`` or ``[n, m]`` float64, e.g. ``(w_i v_i, w_i)`` for a self-normalised mean.
+    n_bootstrap : int
+        Replicas (>= 1).
+    seed : int, numpy.random.Generator or None
+        Randomness of the replicas.
+    groups : array-like, optional
+        ``[n]`` integer group labels.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[n_bootstrap, m]`` (``[n_bootstrap]`` for 1D contributions) float64 replica sums.
+
+    Examples
+    --------
+    >>> c = np.array([1.0, 1.0, 10.0])
+    >>> reps = bootstrap_sums(c, 1000, seed=0, groups=[0, 0, 1])  # the two ones travel together
+    >>> sorted(set(np.round(reps, 6).tolist()))
+    [4.0, 12.0, 20.0]
+    """
+    c = np.asarray(contributions, dtype=np.float64)
+    flat = c.ndim == 1
+    c = c[:, None] if flat else c
+    if c.ndim != 2 or c.shape[0] == 0:
+        raise ValueError(f"contributions must be [n] or [n, m] with n >= 1, got shape {np.shape(contributions)}")
+    if isinstance(n_bootstrap, bool) or int(n_bootstrap) < 1:
+        raise ValueError(f"n_bootstrap must be >= 1, got {n_bootstrap!r}")
+    if groups is None:
+        sums = c
+    else:
+        labels, size = group_labels(groups, c.shape[0])
+        sums = np.zeros((size, c.shape[1]))
+        np.add.at(sums, labels, c)
+    out = _replica_sums(sums, n_bootstrap, seed)
+    return out[:, 0] if flat else out
+
+
+def _replica_sums(sums: np.ndarray, n_bootstrap: int, seed) -> np.ndarray:
+    """``[n_bootstrap, m]``: each replica draws the ``G`` rows of ``sums [G, m]`` with replacement."""
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    size = sums.shape[0]
+    out = np.empty((int(n_bootstrap), sums.shape[1]))
+    for r in range(out.shape[0]):  # O(G) memory per replica, never [n_bootstrap, n]
+        counts = np.bincount(rng.integers(0, size, size), minlength=size).astype(np.float64)
+        out[r] = counts @ sums
+    return out
+
+
+def reweighted_mean(values, log_w, n_bootstrap: int = 200, seed: int | None = 0,
+                    groups=None) -> tuple[float, float]:
     """Self-normalised importance-sampling mean of ``values [n]`` and its bootstrap standard error.
 
     Parameters
@@ -292,9 +370,12 @@ def reweighted_mean(values, log_w, n_bootstrap: int = 200, seed: int | None = 0)
     log_w : array-like
         ``[n]`` log weights.
     n_bootstrap : int
-        Bootstrap replicas (resampling samples with replacement): 0 (no error bar: NaN) or >= 2.
+        Bootstrap replicas (resampling samples, or whole groups, with replacement): 0 (no error bar: NaN) or >= 2.
     seed : int, optional
         Seed of the bootstrap (>= 0).
+    groups : array-like, optional
+        ``[n]`` integer labels of independent groups (e.g. the ancestors of annealed samples):
+        the bootstrap resamples whole groups (`bootstrap_sums`).
 
     Raises
     ------
@@ -318,6 +399,11 @@ def reweighted_mean(values, log_w, n_bootstrap: int = 200, seed: int | None = 0)
     mean = float(np.sum(w * values))
     if n_bootstrap == 0:
         return mean, float("nan")
+    if groups is not None:
+        with np.errstate(invalid="ignore"):  # 0 x inf: a zero-weight sample contributes nothing
+            wv = np.where(w > 0, w * values, 0.0)
+        reps = bootstrap_sums(np.stack([wv, w], 1), n_bootstrap, seed, groups)
+        return mean, float(np.std(reps[:, 0] / reps[:, 1], ddof=1))
     idx = _bootstrap_indices(w.size, n_bootstrap, seed)
     wb = w[idx]
     total = wb.sum(axis=1)
@@ -328,7 +414,7 @@ def reweighted_mean(values, log_w, n_bootstrap: int = 200, seed: int | None = 0)
 
 
 def reweighted_histogram(values, log_w, bins: int | np.ndarray = 50, range: tuple[float, float] | None = None,
-                         n_bootstrap: int = 200, seed: int | None = 0):
+                         n_bootstrap: int = 200, seed: int | None = 0, groups=None):
     """Reweighted probability density of ``values [n]`` with bootstrap standard errors.
 
     Parameters
@@ -345,6 +431,9 @@ def reweighted_histogram(values, log_w, bins: int | np.ndarray = 50, range: tupl
         Bootstrap replicas: 0 (no error bars: NaN) or >= 2.
     seed : int, optional
         Seed of the bootstrap.
+    groups : array-like, optional
+        ``[n]`` integer labels of independent groups (e.g. ancestors of annealed samples): the
+        bootstrap resamples whole groups (`bootstrap_sums`).
 
     Returns
     -------
@@ -382,6 +471,17 @@ def reweighted_histogram(values, log_w, bins: int | np.ndarray = 50, range: tupl
     density, edges = np.histogram(values, bins=edges, weights=w, density=True)
     if n_bootstrap == 0:
         return density, np.full_like(density, np.nan), edges
+    if groups is not None:
+        index = np.digitize(values, edges) - 1
+        index[values == edges[-1]] = edges.size - 2  # numpy's last bin is closed
+        inside = (index >= 0) & (index < density.size)
+        labels, size = group_labels(groups, w.size)
+        per_group = np.zeros((size, density.size))  # weight of each group in each bin
+        np.add.at(per_group, (labels[inside], index[inside]), w[inside])
+        reps = _replica_sums(per_group, n_bootstrap, seed)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reps = reps / (reps.sum(axis=1, keepdims=True) * np.diff(edges))
+        return density, reps.std(axis=0, ddof=1), edges
     reps = np.full((n_bootstrap, density.size), np.nan)
     for r, idx in enumerate(_bootstrap_indices(w.size, n_bootstrap, seed)):
         counts = np.histogram(values[idx], bins=edges, weights=w[idx])[0]

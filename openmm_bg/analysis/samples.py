@@ -68,7 +68,10 @@ class Samples:
         Estimate of ``log Z`` (up to the same constant as the weights) where the producer has one,
         e.g. from annealed importance sampling; ``None`` for plain samples.
     ancestors : numpy.ndarray, optional
-        ``int[n]`` index of each sample's ancestor after resampling; ``None`` for plain samples.
+        ``int[n]`` index of each sample's ancestor after resampling (for annealed samples: the
+        initial particle it descends from); ``None`` for plain samples. Samples with the same
+        ancestor are correlated: bootstraps (`expectation`, the free-energy estimators) resample
+        whole lineages.
     provenance : dict, optional
         How the set was made (JSON-serialisable), e.g. ``{"kind": "plain", "generator": ..., "seed":
         0, "temperature": 300.0}``. ``kind`` defaults to ``"plain"`` without explicit ``log_weights``
@@ -248,12 +251,19 @@ class Samples:
         return reweighting.normalized_weights(self.log_weights)
 
     def summary(self) -> str:
-        """One paragraph: counts of rejected samples and the weight diagnostics."""
+        """One paragraph: counts of rejected samples and the weight diagnostics (ESS, largest weight
+        share, Pareto k); for annealed sets also the levels, energy evaluations and distinct ancestors."""
         rejected = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in self.counts.items())
         if not self.n_weighted:
             return (f"{len(self)} samples at {self.temperature:g} K ({rejected}); EVERY SAMPLE HAS WEIGHT ZERO: "
                     "no reweighted estimate is possible")
-        return f"{len(self)} samples at {self.temperature:g} K ({rejected}); {self.diagnostics(warn=False)}"
+        text = f"{len(self)} samples at {self.temperature:g} K ({rejected}); {self.diagnostics(warn=False)}"
+        p = self.provenance
+        if p.get("kind") == "annealed":
+            text += (f"; annealed in {p.get('n_levels')} levels ({p.get('n_resampling', 0)} resamplings), "
+                     f"{p.get('n_energy_evaluations')} energy evaluations, "
+                     f"{p.get('n_distinct_ancestors')} distinct ancestors of {len(self)}")
+        return text
 
     # ------------------------------------------------------------------ observables
     def coordinate(self, name: str) -> np.ndarray:
@@ -264,11 +274,14 @@ class Samples:
         return self.system.reaction_coordinates[name](self.positions)
 
     def expectation(self, values, n_bootstrap: int = 200, seed: int = 0) -> tuple[float, float]:
-        """Reweighted mean of ``values [n]`` (or a function of positions) and its bootstrap error."""
+        """Reweighted mean of ``values [n]`` (or a function of positions) and its bootstrap error.
+
+        With `ancestors` (annealed or resampled sets) the bootstrap resamples whole lineages.
+        """
         self.require_weight("an expectation")
         v = values(self.positions) if callable(values) else values
         return reweighting.reweighted_mean(np.asarray(v, dtype=np.float64), self.log_weights,
-                                           n_bootstrap=n_bootstrap, seed=seed)
+                                           n_bootstrap=n_bootstrap, seed=seed, groups=self.ancestors)
 
     # ------------------------------------------------------------------ export
     def to_mdtraj(self) -> mdtraj.Trajectory:

@@ -6,6 +6,7 @@ Subcommands (``openmm-bg SUBCOMMAND --help`` explains every option with its unit
     openmm-bg simulate alanine_dipeptide -n 2000 --stride 500 -o md.h5   # --resume after a kill
     openmm-bg train alanine_dipeptide --data md.h5 -o model.bg      # resumable (checkpoint beside -o)
     openmm-bg sample model.bg -n 100000 -o samples.npz
+    openmm-bg sample model.bg -n 100000 --anneal -o annealed.npz   # exact, lighter-tailed weights
     openmm-bg free-energy model.bg --states C7eq,C7ax --profile phi -o results/
     openmm-bg demo                                  # the main job (alanine dipeptide, vacuum)
 
@@ -222,10 +223,72 @@ def _load_model(path: str):
     return openmm_bg.BoltzmannGenerator.load(path, system)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def _anneal_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("annealed sampling (exact weights, lighter tails; costs energy + force evaluations)")
+    g.add_argument("--anneal", action="store_true", help="anneal the samples from the generator to the Boltzmann "
+                                                         "distribution (SMC in the flow's latent space)")
+    g.add_argument("--anneal-levels", type=_positive_int, metavar="K",
+                   help="levels (adaptive: at most K; default 32)")
+    g.add_argument("--anneal-kernel", choices=["mala", "hmc"], help="MCMC kernel of every level (default mala)")
+    g.add_argument("--anneal-steps", type=_positive_int, metavar="M", help="kernel steps per level (default 1)")
+    g.add_argument("--anneal-step-size", type=_positive_float, metavar="S",
+                   help="kernel step size in latent units (adaptive: of the first level; default 0.1)")
+    g.add_argument("--anneal-fixed", action="store_true",
+                   help="fixed schedule: K equally spaced levels, frozen step size (exactly unbiased normaliser)")
+
+
+def _anneal_config(args: argparse.Namespace):
+    """The `openmm_bg.sampling.AnnealConfig` of the ``--anneal*`` options, or None without ``--anneal``."""
+    from openmm_bg.sampling import AnnealConfig
+
+    options = {"n_levels": args.anneal_levels, "kernel": args.anneal_kernel,
+               "mcmc_steps_per_level": args.anneal_steps, "step_size": args.anneal_step_size}
+    if not args.anneal:
+        given = [f"--{k}" for k, v in (("anneal-levels", args.anneal_levels), ("anneal-kernel", args.anneal_kernel),
+                                       ("anneal-steps", args.anneal_steps), ("anneal-step-size", args.anneal_step_size),
+                                       ("anneal-fixed", args.anneal_fixed or None)) if v is not None]
+        if given:
+            raise CLIError(f"{', '.join(given)} only apply with --anneal; add --anneal or drop them")
+        return None
+    return AnnealConfig(adaptive=not args.anneal_fixed, **{k: v for k, v in options.items() if v is not None})
+
+
+def _draw(gen, args: argparse.Namespace):
+    """Plain or (with ``--anneal``) annealed samples of a model, with a progress bar."""
+    config = _anneal_config(args)
+    samples = gen.sample(args.n, temperature=args.temperature, seed=args.seed, progress=True, anneal=config)
+    if config is not None:
+        p = samples.provenance
+        print(f"annealed {len(samples)} particles in {p['n_levels']} levels: {p['n_energy_evaluations']} energy "
+              f"evaluations ({p['n_energy_force_evaluations']} with forces), {p['n_distinct_ancestors']} distinct "
+              "ancestors")
+    return samples
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     gen = _load_model(args.model)
     _check_output(args.output, (".npz",))
-    samples = gen.sample(args.n, temperature=args.temperature, seed=args.seed, progress=True)
+    samples = _draw(gen, args)
     path = samples.save(args.output)
     print(samples.summary())
     if args.trajectory:
@@ -252,7 +315,7 @@ def _cmd_free_energy(args: argparse.Namespace) -> int:
     if args.profile is not None and args.profile not in coordinates:
         raise CLIError(f"--profile: system {gen.system.name!r} has no reaction coordinate {args.profile!r}; "
                        f"it has {sorted(coordinates)}")
-    samples = gen.sample(args.n, temperature=args.temperature, seed=args.seed, progress=True)
+    samples = _draw(gen, args)
     result = state_free_energy(samples, states[0], states[1], n_bootstrap=args.bootstrap, seed=args.seed)
     print(result)
     report = {"free_energy": result.as_dict(), "diagnostics": samples.diagnostics(warn=False).as_dict()}
@@ -353,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="weighted samples (.npz: positions nm, energies kT, "
                                                          "log weights)")
     p.add_argument("--trajectory", help="also write an unweighted (resampled) trajectory, e.g. samples.h5")
+    _anneal_arguments(p)
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("free-energy", help="free-energy difference between two states, with a profile plot")
@@ -367,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="temperature in K (default the model's)")
     p.add_argument("--seed", type=_checked(check.non_negative_int), default=0, help="random seed (default 0)")
     p.add_argument("-o", "--output", default="free_energy", help="output folder (JSON numbers, PNG profile)")
+    _anneal_arguments(p)
     p.set_defaults(func=_cmd_free_energy)
 
     p = sub.add_parser("demo", help="the main job: alanine dipeptide in vacuum, Delta A(C7ax - C7eq) and plots")

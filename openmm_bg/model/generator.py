@@ -40,9 +40,12 @@ from ..energy import OpenMMEnergy, energy_for
 from ..flows import Domain, Flow, Standardize, build_flow
 from ..flows.builder import check_flow_arguments
 from ..geometry import as_tensor
+from ..sampling import AnnealConfig
 from ..systems import MolecularSystem
 from ..systems.trajectory import check_trajectory
 from ..transforms import CartesianTransform, MixedTransform, stereocentres
+from .annealed import sample_annealed
+from .batches import ordered_map, resolve_threads, torch_threads
 from .fileformat import FORMAT_VERSION, model_payload, read_model_file, write_model_file
 from .fingerprint import ModelMismatchError, check_fingerprint, system_fingerprint
 
@@ -64,6 +67,15 @@ def _check_seed(seed) -> int | None:
     if seed >= 2**63:
         raise ValueError(f"seed must be an integer in [0, 2**63), got {seed}")
     return seed
+
+
+class _Batch(NamedTuple):
+    """One evaluated batch of latent points (numpy, float64): what `BoltzmannGenerator.sample` stores."""
+
+    positions: np.ndarray
+    energies: np.ndarray
+    log_prob: np.ndarray
+    rejected: np.ndarray
 
 
 class Proposal(NamedTuple):
@@ -462,23 +474,34 @@ class BoltzmannGenerator(nn.Module):
         return lw, p
 
     def sample(self, n: int, temperature: float | None = None, seed: int | None = 0, batch_size: int = 4096,
-               progress: bool = False) -> Samples:
+               progress: bool = False, anneal: AnnealConfig | bool | None = None,
+               threads: int | None = None) -> Samples:
         """Draw ``n`` configurations with energies and exact importance weights.
 
         Parameters
         ----------
         n : int
-            Number of samples (>= 1).
+            Number of samples (>= 1; annealed: particles).
         temperature : float, optional
             K (default `temperature`, the system's). At another temperature than the training one
             the prior is scaled by ``T / training_temperature`` (approximate proposals), but energies
-            and weights are exact for that temperature.
+            and weights are exact for that temperature (annealed samples are annealed to it).
         seed : int, optional
-            Same seed, same samples (an integer >= 0; None: fresh randomness).
+            Same seed, same samples (an integer >= 0, see Notes); None: fresh ones.
         batch_size : int
             Samples per flow/energy batch (memory), >= 1.
         progress : bool
-            Show a progress bar.
+            Show a progress bar (samples; annealed: levels).
+        anneal : AnnealConfig, True or None
+            None or False: plain samples (independent draws, ``kind="plain"``). An
+            `openmm_bg.sampling.AnnealConfig` (True: its defaults): annealed importance sampling /
+            SMC from the generator to the Boltzmann distribution in the flow's latent space, see
+            `openmm_bg.model.annealed.sample_annealed` (``kind="annealed"``; its ``seed`` must be
+            None: this ``seed`` seeds the run).
+        threads : int, optional
+            Worker threads that push batches through the flow and the energy concurrently, each
+            with one torch thread (the caller's torch thread count is restored afterwards);
+            default: the usable cores, at most 4 (`openmm_bg.model.batches.default_threads`).
 
         Returns
         -------
@@ -486,36 +509,66 @@ class BoltzmannGenerator(nn.Module):
             Positions (nm, in the generator's frame; NaN rows out of domain), energies (kT at
             ``temperature``), log densities and log weights; samples out of domain, with an
             inverted stereocentre or a failed energy have weight 0 and are counted.
+
+        Notes
+        -----
+        Plain samples are drawn ``batch_size`` latent points at a time from one
+        ``torch.Generator`` seeded with ``seed``; the same seed and ``batch_size`` give the same
+        samples with any number of threads. Energies come from `energy` without forces (no
+        gradient is needed). The torch thread count is 1 inside the worker threads, so that a
+        loaded machine does not slow sampling down by an order of magnitude.
         """
         from tqdm.auto import tqdm
 
         n, batch_size, seed = positive_int("n", n), positive_int("batch_size", batch_size), _check_seed(seed)
         t = self._temperature(temperature)
+        threads = resolve_threads(threads)
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if anneal is not None and anneal is not False:
+            return sample_annealed(self, n, anneal, temperature=t, seed=seed, batch_size=int(batch_size),
+                                   progress=progress, threads=threads)
+        n = int(n)
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        gen = self._seeded_generator(seed)
+        positions = np.empty((n, self.system.n_atoms, 3))
+        energies, log_prob = np.empty(n), np.empty(n)
+        rejected = np.empty(n, dtype=bool)
+        sizes = [min(int(batch_size), n - start) for start in range(0, n, int(batch_size))]
+        latent = (self.sample_latent(m, gen, t) for m in sizes)  # drawn in order, in this thread
+        with torch_threads(1), tqdm(total=n, disable=not progress, desc="sampling", unit="sample") as bar:
+            done = 0
+            for batch in ordered_map(lambda z: self._evaluate_batch(z, t), latent, threads):
+                m = batch.energies.shape[0]
+                rows = slice(done, done + m)
+                positions[rows], energies[rows] = batch.positions, batch.energies
+                log_prob[rows], rejected[rows] = batch.log_prob, batch.rejected
+                done += m
+                bar.update(m)
+        provenance = {"kind": "plain", "generator": self.identity(), "seed": seed, "temperature": t,
+                      "training_temperature": self.training_temperature}
+        return Samples(self.system, positions, energies, log_prob, temperature=t, rejected=rejected,
+                       provenance=provenance)
+
+    def _seeded_generator(self, seed: int | None) -> torch.Generator:
+        """The ``torch.Generator`` plain samples draw their latent points from (fresh for None)."""
         gen = torch.Generator(device=self.device)
         if seed is not None:
             gen.manual_seed(int(seed))
         else:
             gen.seed()
-        positions, energies, log_prob, rejected = [], [], [], []
-        with torch.no_grad(), tqdm(total=n, disable=not progress, desc="sampling", unit="sample") as bar:
-            done = 0
-            while done < n:
-                m = min(batch_size, n - done)
-                p = self.propose(m, temperature=t, generator=gen)
-                u = torch.full_like(p.log_q, math.inf)
-                if p.ok.any():
-                    u[p.ok] = self.reduced_energy(p.x[p.ok], t).to(u)
-                positions.append(torch.where(p.ok[:, None, None], p.x, math.nan).cpu().numpy())
-                energies.append(u.cpu().numpy())
-                log_prob.append(p.log_q.cpu().numpy())
-                rejected.append((self.inverted(p.x) & p.ok).cpu().numpy())
-                done += m
-                bar.update(m)
-        provenance = {"kind": "plain", "generator": self.identity(), "seed": seed, "temperature": t,
-                      "training_temperature": self.training_temperature}
-        return Samples(self.system, np.concatenate(positions), np.concatenate(energies),
-                       np.concatenate(log_prob), temperature=t, rejected=np.concatenate(rejected),
-                       provenance=provenance)
+        return gen
+
+    def _evaluate_batch(self, z: torch.Tensor, temperature: float) -> _Batch:
+        """Configurations, energies (no forces), log densities and inversions of latent points ``z``."""
+        with torch.no_grad():  # grad mode is per thread: set it here, in the worker
+            p = self.propose(z=z, temperature=temperature)
+            u = torch.full_like(p.log_q, math.inf)
+            if p.ok.any():
+                u[p.ok] = self.reduced_energy(p.x[p.ok], temperature).to(u)
+            return _Batch(torch.where(p.ok[:, None, None], p.x, math.nan).cpu().numpy(), u.cpu().numpy(),
+                          p.log_q.cpu().numpy(), (self.inverted(p.x) & p.ok).cpu().numpy())
 
     def identity(self) -> dict:
         """What identifies this generator in the provenance of its samples: system name and a hash

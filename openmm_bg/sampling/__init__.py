@@ -1,7 +1,8 @@
 """Annealed sampling: annealed importance sampling / SMC from a base density to a target.
 
 Generic and exact: the annealer works on callables ``[n, d] -> [n]`` (log densities) and knows
-nothing of flows or OpenMM; it sits above ``model`` and below ``training`` in the layer order.
+nothing of flows or OpenMM; it sits above ``analysis`` and below ``model`` in the layer order
+(the generator uses it for annealed samples, `BoltzmannGenerator.sample` with ``anneal=``).
 
 - :mod:`.path`: the geometric path ``pi_b ∝ q^(1-b) p^b`` (`GeometricPath`, `ValueAndGrad`);
 - :mod:`.kernels`: `MALA` and `HMC`, Metropolis-Hastings kernels exactly invariant for ``pi_b``;

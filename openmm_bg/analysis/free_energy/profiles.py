@@ -171,6 +171,19 @@ def _pooled_log_weights(sets: list[Samples]) -> np.ndarray:
     return np.concatenate([s.log_weights - math.log(len(s)) for s in sets])
 
 
+def _pooled_groups(sets: list[Samples]) -> np.ndarray | None:
+    """Bootstrap groups of pooled sets: ancestral lineages where a set has ancestors (each plain
+    sample its own group); None when no set has any (the plain bootstrap)."""
+    if all(s.ancestors is None for s in sets):
+        return None
+    groups, offset = [], 0
+    for s in sets:
+        labels = np.arange(len(s)) if s.ancestors is None else reweighting.group_labels(s.ancestors, len(s))[0]
+        groups.append(labels + offset)
+        offset += len(s)
+    return np.concatenate(groups)
+
+
 def _edges(values: np.ndarray, bins, range_, bounds, name: str) -> np.ndarray:
     """Bin edges from checked ``bins`` / ``range_`` (see `_check_bins`); a count without a range spans the
     coordinate's bounds or else the finite ``values`` (those of samples with weight > 0)."""
@@ -238,7 +251,8 @@ def free_energy_profile(samples: Samples | Sequence[Samples], coordinate, bins: 
         ``(low, high)``, ``low < high``; default the coordinate's ``bounds`` (or the range of the
         weighted samples' values for functions).
     n_bootstrap : int
-        Bootstrap replicas for the errors: 0 (no error bars, NaN) or >= 2.
+        Bootstrap replicas for the errors: 0 (no error bars, NaN) or >= 2; over samples, or over whole
+        ancestral lineages for sets with ``ancestors`` (e.g. annealed samples).
     seed : int, optional
         Bootstrap seed (>= 0).
 
@@ -268,7 +282,7 @@ def free_energy_profile(samples: Samples | Sequence[Samples], coordinate, bins: 
     if not np.isfinite(log_w).any():
         raise InsufficientSamplesError(f"no sample with weight > 0 has a finite value of {name!r}")
     density, err, edges = reweighting.reweighted_histogram(v, log_w, bins=edges, n_bootstrap=n_bootstrap,
-                                                           seed=seed)
+                                                           seed=seed, groups=_pooled_groups(sets))
     F, dF = _profile_from_density(density, err)
     idx = np.digitize(v, edges) - 1
     ess = np.full(edges.size - 1, 0.0)

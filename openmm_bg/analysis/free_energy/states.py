@@ -150,11 +150,22 @@ class StateFreeEnergy(_KcalUnits):
             values = (f"{self.delta_a_kT:.3f} kT ({self.delta_a_kJ_mol:.3f} kJ/mol, {self.delta_a_kcal_mol:.3f} "
                       "kcal/mol; no error bar)")
         return (f"A({self.state_b}) - A({self.state_a}) = {values} at {self.temperature:g} K{gens}; "
-                f"ESS in {self.state_a} {self.ess_a:.1f} (n={self.n_a}, Pareto k "
-                f"{format_k(self.diagnostics_a.pareto_k)}), in {self.state_b} {self.ess_b:.1f} (n={self.n_b}, "
-                f"Pareto k {format_k(self.diagnostics_b.pareto_k)}); "
+                f"ESS in {self.state_a} {self.ess_a:.1f} (n={self.n_a}, largest weight "
+                f"{100 * self.diagnostics_a.max_weight_share:.1f}%, Pareto k {format_k(self.diagnostics_a.pareto_k)}), "
+                f"in {self.state_b} {self.ess_b:.1f} (n={self.n_b}, largest weight "
+                f"{100 * self.diagnostics_b.max_weight_share:.1f}%, Pareto k {format_k(self.diagnostics_b.pareto_k)}); "
                 f"{'generator weights' if self.method == 'mbar' else 'all weights'}: "
                 f"{self.diagnostics}{flag}")
+
+
+def _lineage_weights(s: Samples, w: np.ndarray, in_a: np.ndarray, in_b: np.ndarray) -> np.ndarray | None:
+    """``[G, 2]`` weight in A and in B of each ancestral lineage of a set with ancestors, else None."""
+    if s.ancestors is None:
+        return None
+    labels, size = reweighting.group_labels(s.ancestors, len(s))
+    sums = np.zeros((size, 2))
+    np.add.at(sums, labels, np.stack([np.where(in_a, w, 0.0), np.where(in_b, w, 0.0)], 1))
+    return sums
 
 
 def state_free_energy(samples: Samples | Sequence[Samples], state_a: StateLike, state_b: StateLike,
@@ -165,7 +176,9 @@ def state_free_energy(samples: Samples | Sequence[Samples], state_a: StateLike, 
     ``Delta A = -log(sum_{x in B} w(x) / sum_{x in A} w(x))`` in kT at the samples' temperature.
     Several sample sets (from independently trained generators of the same system at the same
     temperature) are pooled with equal weight per set (each set's weights estimate the same
-    partition function), and the bootstrap resamples generators, then samples within each.
+    partition function), and the bootstrap resamples generators, then samples within each. For a
+    set with ``ancestors`` (annealed samples: SMC particles after resampling) it resamples whole
+    ancestral lineages instead of particles (`openmm_bg.analysis.reweighting.bootstrap_sums`).
 
     Parameters
     ----------
@@ -255,6 +268,7 @@ def state_free_energy(samples: Samples | Sequence[Samples], state_a: StateLike, 
     if n_bootstrap > 0:
         rng = np.random.default_rng(seed)
         w = np.split(reweighting.normalized_weights(lw), np.cumsum([x.size for x in log_w])[:-1])
+        lineages = [_lineage_weights(s, w[g], in_a[g], in_b[g]) for g, s in enumerate(sets)]
         G = len(sets)
         reps, reps_samples = [], []
         for _ in range(int(n_bootstrap)):
@@ -264,6 +278,10 @@ def state_free_energy(samples: Samples | Sequence[Samples], state_a: StateLike, 
                 chosen = rng.integers(0, G, G) if hierarchical else np.arange(G)
                 sa = sb = 0.0
                 for g in chosen:
+                    if lineages[g] is not None:  # annealed / resampled: whole lineages
+                        a, b = reweighting.bootstrap_sums(lineages[g], 1, rng)[0]
+                        sa, sb = sa + a, sb + b
+                        continue
                     idx = rng.integers(0, w[g].size, w[g].size)
                     wi = w[g][idx]
                     sa += wi[in_a[g][idx]].sum()

@@ -1,0 +1,228 @@
+"""Annealed samples of a generator: SMC from the flow to the Boltzmann distribution in latent space.
+
+`sample_annealed` (what ``BoltzmannGenerator.sample(n, anneal=...)`` calls) runs the generic
+annealer `openmm_bg.sampling.anneal` on the flow's latent points ``z``, along the path
+
+    pi_b(z) ∝ N_T(z) exp(b log w(z)),   0 = b_0 < ... < b_K = 1,
+
+with ``N_T`` the (temperature-scaled) prior and ``log w(z) = -u(F(z)) + u_Z(z) + log|det J_zx(z)|``
+the log importance weight of ``x = F(z)`` (`BoltzmannGenerator.log_weight_latent`: raw ``u``, no
+lin-log cut). So ``log_q = log N_T`` and ``log_target = log N_T + log w = -u(F(z)) + log|det J|``:
+at ``b = 1`` the particles are distributed as ``exp(-u(x))`` pushed back through the flow, the
+measure plain weights target (constrained bonds fixed, no Fixman factor; rigid-body motion
+uniform). Working in latent space leaves no frame, rigid-body or constraint question: every ``z``
+is a valid configuration of the generator's coordinates.
+
+Domains: latent dimensions with a bounded prior (torsions on a circle, angles on an interval) are
+*not* wrapped or clamped: a proposal outside the prior's domain has density zero and is rejected
+(counted in the annealer's ``n_invalid``), as is one whose configuration is out of the
+transform's domain, has an inverted stereocentre or a failed energy (``log w = -inf``).
+
+Random streams: the initial particles are exactly the latent points plain sampling draws,
+``sample(n, seed=seed)`` (one ``torch.Generator`` seeded with ``seed``, ``batch_size`` at a time);
+the annealer's kernels and resampling draw from a separate stream, seeded with
+``SeedSequence([seed, 1])`` (which the annealer hashes once more). ``seed=None`` draws both fresh.
+
+Cost: every kernel step evaluates ``log_target`` and its gradient at all particles: one flow
+forward and backward pass and one energy *with forces* per particle (the gradient of ``u`` goes
+through `OpenMMEnergy`'s force-based backward), in batches of ``batch_size`` on worker threads.
+Graphs are freed batch by batch; nothing is ``[n, n]``. The final configurations get one more
+energy evaluation without forces (for ``Samples.energies``). Both are counted in the provenance.
+
+Examples
+--------
+>>> from openmm_bg.sampling import AnnealConfig
+>>> s = dw_gen.sample(200, seed=0, anneal=AnnealConfig(n_levels=8))
+>>> s.provenance["kind"], s.has_proposal_density, len(s.ancestors)
+('annealed', False, 200)
+>>> s.provenance["n_energy_evaluations"] > 200
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import warnings
+
+import numpy as np
+import torch
+
+from ..analysis.samples import Samples
+from ..sampling import AnnealConfig, AnnealResult, ValueAndGrad, anneal
+from .batches import ordered_map, torch_threads
+
+__all__ = ["sample_annealed", "latent_path", "LatentPath", "ANNEAL_STREAM"]
+
+#: Second entry of the ``SeedSequence([seed, ANNEAL_STREAM])`` that seeds the annealer's stream.
+ANNEAL_STREAM = 1
+
+
+class LatentPath:
+    """The two log densities of the latent path of a generator, batched, with evaluation counts.
+
+    Parameters
+    ----------
+    generator : BoltzmannGenerator
+    temperature : float
+        K of the target (and of the prior's scaling ``T / T_train``).
+    batch_size : int
+        Rows per flow + energy batch.
+    threads : int
+        Worker threads over the batches.
+
+    Attributes
+    ----------
+    log_q : callable
+        ``z [n, d] -> [n]`` float64 ``log N_T(z)`` (``-inf`` outside the prior's domain).
+    log_target : ValueAndGrad
+        ``z -> (log N_T(z) + log w(z), its gradient)``, float64; ``-inf`` with gradient 0 where
+        the weight is zero.
+    n_energy_evaluations : int
+        Configurations evaluated with energy and forces so far.
+    """
+
+    def __init__(self, generator, temperature: float, batch_size: int, threads: int):
+        self.generator, self.temperature = generator, float(temperature)
+        self.batch_size, self.threads = int(batch_size), int(threads)
+        self.scale = generator._temperature_scale(temperature)
+        self.n_energy_evaluations = 0
+        self._lock = threading.Lock()
+        self.log_target = ValueAndGrad(self._target_value_and_grad)
+
+    def log_q(self, z: torch.Tensor) -> torch.Tensor:
+        """``[n]`` float64 log density of the temperature-scaled prior (normalised)."""
+        return -self.generator.flow.prior.energy(z, self.scale).to(torch.float64)
+
+    def _chunk(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.enable_grad():  # grad mode is per thread
+            z = z.detach().requires_grad_(True)
+            log_w, p = self.generator.log_weight_latent(z, self.temperature)
+            good = torch.isfinite(log_w)
+            # log N_T + log w = -u + log|det J|: the prior energy of propose cancels exactly
+            value = torch.where(good, log_w - torch.where(good, p.prior_energy, 0.0), -math.inf)
+            if bool(good.any()):
+                grad = torch.autograd.grad(value[good].sum(), z)[0]
+            else:
+                grad = torch.zeros_like(z)
+        with self._lock:
+            self.n_energy_evaluations += int(p.ok.sum())
+        grad = torch.where(good[:, None], grad.to(torch.float64), 0.0)
+        return value.detach().to(torch.float64), grad.detach()
+
+    def _target_value_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = list(ordered_map(self._chunk, z.split(self.batch_size), self.threads))
+        return torch.cat([v for v, _ in parts]), torch.cat([g for _, g in parts])
+
+
+def latent_path(generator, temperature: float, batch_size: int = 4096, threads: int = 1) -> LatentPath:
+    """`LatentPath` of ``generator`` at ``temperature`` (K): ``log_q`` and ``log_target`` for `anneal`."""
+    return LatentPath(generator, temperature, batch_size, threads)
+
+
+def _config(anneal_option, progress: bool) -> AnnealConfig:
+    config = AnnealConfig() if anneal_option is True else anneal_option
+    if not isinstance(config, AnnealConfig):
+        raise ValueError(f"anneal must be an openmm_bg.sampling.AnnealConfig, True (its defaults) or None, got "
+                         f"{type(anneal_option).__name__}")
+    if config.seed is not None:
+        raise ValueError(f"AnnealConfig(seed={config.seed}) given to sample(): the seed of sample(seed=...) seeds "
+                         "the annealed run (initial particles and kernels); leave AnnealConfig.seed as None")
+    return dataclasses.replace(config, progress=bool(progress or config.progress))
+
+
+def _stream_seed(seed: int | None) -> int | None:
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([int(seed), ANNEAL_STREAM]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _json_floats(values: torch.Tensor) -> list:
+    return [v if math.isfinite(v) else None for v in values.tolist()]
+
+
+def _provenance(generator, result: AnnealResult, config: AnnealConfig, seed, temperature: float,
+                n_energy: int, n_final: int) -> dict:
+    settings = dataclasses.asdict(config)
+    settings.pop("progress")
+    return {"kind": "annealed", "space": "latent", "generator": generator.identity(), "seed": seed,
+            "temperature": temperature, "training_temperature": generator.training_temperature,
+            "anneal": settings, "n_levels": result.n_levels, "betas": result.betas.tolist(),
+            "step_sizes": result.step_sizes.tolist(), "acceptance": _json_floats(result.acceptance),
+            "n_invalid": result.n_invalid.tolist(), "resampled": result.resampled.tolist(),
+            "n_resampling": int(result.resampled.sum()), "n_distinct_ancestors": result.n_distinct_ancestors,
+            "n_energy_force_evaluations": n_energy, "n_energy_evaluations": n_energy + n_final}
+
+
+def sample_annealed(generator, n: int, anneal_option: AnnealConfig | bool = True, temperature: float | None = None,
+                    seed: int | None = 0, batch_size: int = 4096, progress: bool = False,
+                    threads: int = 1) -> Samples:
+    """``n`` particles annealed from the generator to ``exp(-u)`` at ``temperature``, with exact weights.
+
+    Parameters
+    ----------
+    generator : BoltzmannGenerator
+    n : int
+        Particles (>= 1).
+    anneal_option : AnnealConfig or True
+        The annealer's settings (True: ``AnnealConfig()``); its ``seed`` must be None.
+    temperature : float, optional
+        K of the target (default: the generator's); the prior is scaled by ``T / T_train``.
+    seed : int, optional
+        Seeds the initial particles (those of plain ``sample(n, seed=seed)``) and, through
+        ``SeedSequence([seed, 1])``, the annealer. None: fresh.
+    batch_size, threads : int
+        Rows per flow + energy batch; worker threads over the batches.
+    progress : bool
+        Progress bar over the levels.
+
+    Returns
+    -------
+    Samples
+        ``kind="annealed"``: positions ``x = F(z)`` of the final particles (nm, generator's frame;
+        NaN rows out of domain), energies ``u`` (kT at ``temperature``), ``log_weights`` the
+        annealer's final unnormalised log weights (no resampling after the last level),
+        ``log_normalizer`` its ``log Z-hat`` (of ``int exp(-u) dx`` in the generator's
+        coordinates: the same constant the log mean of plain weights estimates), ``ancestors``
+        the index of each particle's initial particle (lineage), and ``log_prob`` the
+        generator's log density at the final point, *for information only*: it is not the density
+        the particles were drawn from (`Samples.has_proposal_density` is False, so estimators that
+        need one refuse the set). The provenance holds the settings, betas, step sizes,
+        acceptance and invalid proposals per level, resampling events, distinct ancestors and the
+        evaluation counts.
+
+    Raises
+    ------
+    ValueError
+        Bad ``n`` or ``anneal_option``, or an ``AnnealConfig`` with its own seed.
+    """
+    t = generator._temperature(temperature)
+    config = _config(anneal_option, progress)
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"annealed sampling needs n >= 1 particles, got {n!r}")
+    n = int(n)
+    path = latent_path(generator, t, batch_size, threads)
+    config = dataclasses.replace(config, seed=_stream_seed(seed))
+    latent = generator._seeded_generator(seed)
+    sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
+    with torch_threads(1):
+        z0 = torch.cat([generator.sample_latent(m, latent, t) for m in sizes]).to(torch.float64)
+        result = anneal(path.log_q, path.log_target, z0, config)
+        z = result.positions.to(generator.flow_dtype)
+        batches = list(ordered_map(lambda zc: generator._evaluate_batch(zc, t), z.split(batch_size), threads))
+    positions = np.concatenate([b.positions for b in batches])
+    energies = np.concatenate([b.energies for b in batches])
+    log_prob = np.concatenate([b.log_prob for b in batches])
+    rejected = np.concatenate([b.rejected for b in batches])
+    log_w = result.log_weights.detach().cpu().numpy().astype(np.float64)
+    zero = ~np.isfinite(energies) | ~np.isfinite(log_prob) | rejected
+    if np.isfinite(log_w[zero]).any():  # the same z evaluated again disagreed (rounding at a domain edge)
+        warnings.warn(f"{int(np.isfinite(log_w[zero]).sum())} annealed particles failed their final evaluation; "
+                      "they get weight zero", RuntimeWarning, stacklevel=3)
+        log_w = np.where(zero, -np.inf, log_w)
+    provenance = _provenance(generator, result, config, seed, t, path.n_energy_evaluations,
+                             int(np.isfinite(log_prob).sum()))
+    return Samples(generator.system, positions, energies, log_prob, temperature=t, rejected=rejected,
+                   log_weights=log_w, log_normalizer=result.log_normalizer,
+                   ancestors=result.lineage.detach().cpu().numpy(), provenance=provenance)
