@@ -116,6 +116,8 @@ CASES = [
      ["argument --friction: must be >= 0 and finite (1/ps), got -1"], ["md.h5"]),
     ("simulate-output-not-writable", ["simulate", "double_well", "-n", "2", "-o", "/sys/md.h5"],
      ["folder '/sys' is not writable"], []),
+    ("sample-trajectory-suffix", ["sample", "{model}", "-n", "10", "-o", "{out}/s.npz", "--trajectory",
+                                  "{out}/t.txt"], ["--trajectory", "use one of the suffixes"], ["s.npz"]),
     ("sample-n-0", ["sample", "{model}", "-n", "0", "-o", "s.npz"], ["argument -n: must be an integer >= 1, got 0"],
      ["s.npz"]),
     ("sample-seed-negative", ["sample", "{model}", "--seed", "-4", "-o", "s.npz"],

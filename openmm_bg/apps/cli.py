@@ -161,11 +161,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_output(path, suffixes) -> None:
+def _check_output(path, suffixes, name: str = "output") -> None:
     p = Path(path)
     if p.suffix.lower() not in suffixes:
-        raise CLIError(f"output {str(p)!r}: use one of the suffixes {', '.join(suffixes)}")
-    output_file("output", p)  # a folder that exists and accepts files; not a folder itself
+        raise CLIError(f"{name} {str(p)!r}: use one of the suffixes {', '.join(suffixes)}")
+    output_file(name, p)  # a folder that exists and accepts files; not a folder itself
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -287,7 +287,11 @@ def _draw(gen, args: argparse.Namespace):
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     gen = _load_model(args.model)
+    from openmm_bg.md.simulation import OUTPUT_SUFFIXES
+
     _check_output(args.output, (".npz",))
+    if args.trajectory:
+        _check_output(args.trajectory, OUTPUT_SUFFIXES, "--trajectory")
     samples = _draw(gen, args)
     path = samples.save(args.output)
     print(samples.summary())
