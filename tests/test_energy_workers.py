@@ -117,11 +117,13 @@ def time_limit(seconds: float):
 
 @pytest.fixture(scope="module")
 def ala_batch():
+    from openmm_bg.energy import energy_for
     from openmm_bg.systems import load
 
     ala = load("alanine_dipeptide")
     x = ala.positions[None] + 0.003 * np.random.default_rng(0).standard_normal((40, 22, 3))
-    return ala, x, ala.reduced_energy(x)  # a fresh in-process evaluation (one Reference context)
+    # an in-process evaluation (one Reference context)
+    return ala, x, energy_for(ala, platform="Reference")(x).numpy()
 
 
 def _kill(pid: int) -> None:
