@@ -196,6 +196,7 @@ def test_same_seed_same_result_and_bookkeeping():
         lineage = lineage[index]
     assert torch.equal(lineage, a.lineage)
     assert 1 <= a.n_distinct_ancestors <= 300 and (len(a.ancestors) == 0) == (a.n_distinct_ancestors == 300)
+    assert a.n_distinct_ancestors == len(torch.unique(a.lineage))  # exactly the surviving initial particles
     assert a.positions.shape == (300, 2) and a.log_target.shape == (300,)
     assert torch.allclose(a.log_target, target(a.positions))
 

@@ -49,6 +49,7 @@ import warnings
 import numpy as np
 import torch
 
+from .._validation import positive_int
 from ..analysis.samples import Samples
 from ..sampling import AnnealConfig, AnnealResult, ValueAndGrad, anneal
 from .batches import ordered_map, torch_threads
@@ -199,9 +200,7 @@ def sample_annealed(generator, n: int, anneal_option: AnnealConfig | bool = True
     """
     t = generator._temperature(temperature)
     config = _config(anneal_option, progress)
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-        raise ValueError(f"annealed sampling needs n >= 1 particles, got {n!r}")
-    n = int(n)
+    n = positive_int("n", n)
     path = latent_path(generator, t, batch_size, threads)
     config = dataclasses.replace(config, seed=_stream_seed(seed))
     latent = generator._seeded_generator(seed)
