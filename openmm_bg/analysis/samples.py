@@ -76,6 +76,9 @@ class Samples:
         How the set was made (JSON-serialisable), e.g. ``{"kind": "plain", "generator": ..., "seed":
         0, "temperature": 300.0}``. ``kind`` defaults to ``"plain"`` without explicit ``log_weights``
         and to ``"weighted"`` with them.
+    coverage_reference : dict, optional
+        The generator's clustering of its training data (`openmm_bg.analysis.coverage.CoverageReference`
+        as a dict, set by `BoltzmannGenerator.sample`); `summary` then adds the coverage table.
 
     Attributes
     ----------
@@ -94,6 +97,7 @@ class Samples:
     log_normalizer: float | None = None
     ancestors: np.ndarray | None = None
     provenance: dict = field(default_factory=dict)
+    coverage_reference: dict | None = None
 
     def __post_init__(self):
         self.positions = np.asarray(self.positions)
@@ -263,7 +267,32 @@ class Samples:
             text += (f"; annealed in {p.get('n_levels')} levels ({p.get('n_resampling', 0)} resamplings), "
                      f"{p.get('n_energy_evaluations')} energy evaluations, "
                      f"{p.get('n_distinct_ancestors')} distinct ancestors of {len(self)}")
+        if self.coverage_reference is not None:
+            text += "\n" + str(self.coverage())
         return text
+
+    def coverage(self, data=None, **options):
+        """Per-cluster coverage of the training data (`openmm_bg.analysis.coverage.coverage`): the
+        clustering these samples carry, or ``data`` (training frames) clustered now."""
+        from .coverage import coverage
+
+        return coverage(self, data=data, **options)
+
+    def unreliable(self) -> list[str]:
+        """Why reweighted estimates from these samples are unreliable (empty when nothing is wrong): a
+        Pareto k >= 0.7 of the weights, clusters of the training data lost (when the samples carry
+        a coverage reference), or no weight at all."""
+        if not self.n_weighted:
+            return ["every sample has weight zero"]
+        reasons = []
+        diag = self.diagnostics(warn=False)
+        if not diag.reliable:
+            reasons.append(f"Pareto k {reweighting.format_k(diag.pareto_k)} >= {reweighting.PARETO_K_THRESHOLD}")
+        if self.coverage_reference is not None:
+            lost = self.coverage().lost
+            if lost:
+                reasons.append(f"{len(lost)} cluster(s) of the training data lost ({', '.join(c.name for c in lost)})")
+        return reasons
 
     # ------------------------------------------------------------------ observables
     def coordinate(self, name: str) -> np.ndarray:
@@ -304,7 +333,7 @@ class Samples:
         tmp = path.with_name(path.name + ".tmp.npz")
         try:
             meta = json.dumps({"system": self.system.name, "counts": self.counts, "provenance": self.provenance,
-                               "log_normalizer": self.log_normalizer})
+                               "log_normalizer": self.log_normalizer, "coverage_reference": self.coverage_reference})
         except TypeError as err:
             raise ValueError(f"provenance must be JSON-serialisable to be saved ({err})") from err
         extra = {} if self.ancestors is None else {"ancestors": self.ancestors}
@@ -346,7 +375,7 @@ class Samples:
                        arrays["rejected"], meta.get("counts") or {},
                        log_weights=None if plain else arrays["log_weights"],
                        log_normalizer=meta.get("log_normalizer"), ancestors=arrays["ancestors"],
-                       provenance=provenance)
+                       provenance=provenance, coverage_reference=meta.get("coverage_reference"))
         except ValueError as err:
             raise ValueError(f"{path}: inconsistent samples file ({one_line(err)}); {_REWRITE}") from None
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -123,6 +124,47 @@ def _system_arguments(p: argparse.ArgumentParser) -> None:
                    help="temperature in K (default: the system's, 300 K)")
 
 
+def _definition_arguments(p: argparse.ArgumentParser, states_files: bool = True) -> None:
+    g = p.add_argument_group("coordinates and states of your molecule (grammar: openmm_bg.systems.state_files)")
+    g.add_argument("--coordinate", action="append", metavar="NAME:EXPR",
+                   help="define a coordinate, e.g. ends:distance:1/CA,4/CA (EXPR: phi:R, psi:R, omega:R, chi1:R, "
+                        "dihedral:A,B,C,D, angle:A,B,C, distance:A,B with atoms INDEX (0-based) or RES/NAME, "
+                        "rmsd:FILE[SELECTION]); repeatable")
+    g.add_argument("--state", action="append", metavar="NAME:CONDITION",
+                   help="define a state, e.g. 'C7ax:phi:2 in (0, 2.2)'; CONDITION: EXPR in (LOW, HIGH), EXPR not in "
+                        "(LOW, HIGH), EXPR < X, EXPR > X joined by 'and'; rad or deg (60deg), nm; a dihedral's range "
+                        "with LOW > HIGH wraps through +-pi; repeatable")
+    if states_files:
+        g.add_argument("--states", action="append", metavar="FILE.toml",
+                       help="TOML file of [coordinates] and [states] (repeatable)")
+
+
+def _defined(system, args: argparse.Namespace, files=None):
+    """``system`` with the ``--coordinate``/``--state``/``--states`` definitions and every residue's backbone
+    phi_R, psi_R and basins alphaR_R, beta_R, alphaL_R registered (all checked before any work)."""
+    from openmm_bg.systems import define
+
+    files = getattr(args, "states", None) if files is None else files
+    return define(system, coordinates=args.coordinate or (), states=args.state or (), files=files or ())
+
+
+def _coordinate_of(system, text: str, option: str):
+    """A coordinate of ``system`` by name, or the coordinate of an expression (``--rc phi:2``)."""
+    from openmm_bg.systems import coordinate
+
+    try:
+        return coordinate(system, text)
+    except ValueError as err:
+        raise CLIError(f"{option}: {err}") from None
+
+
+def _print_reliability(samples) -> None:
+    """An 'unreliable' line when the weights are heavy-tailed or the coverage check fails."""
+    reasons = samples.unreliable()
+    if reasons:
+        print(f"UNRELIABLE: {'; '.join(reasons)}: reweighted estimates from these samples cannot be trusted")
+
+
 # ---------------------------------------------------------------------- commands
 def _cmd_systems(args: argparse.Namespace) -> int:
     import openmm_bg.systems as bgs
@@ -183,13 +225,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not Path(args.data).is_file():
         raise CLIError(f"training data not found: {args.data!r}; make some with 'openmm-bg simulate'")
     spec = system_spec(args)
-    system = load_system(spec)
+    system = _defined(load_system(spec), args)
     system.require_nonperiodic("openmm-bg train")
-    training_coordinate(system, args.rc, stages)
+    rc = None if args.rc is None else _coordinate_of(system, args.rc, "--rc")
+    training_coordinate(system, rc, stages)
     gen = openmm_bg.BoltzmannGenerator.build(system, args.data, flow=args.flow, n_blocks=args.n_blocks,
                                              hidden=tuple(args.hidden), seed=args.seed)
     metrics = output.with_name(output.stem + "_training.csv")
-    trainer = Trainer(gen, args.data, stages, seed=args.seed, rc=args.rc, checkpoint=checkpoint,
+    trainer = Trainer(gen, args.data, stages, seed=args.seed, rc=rc, checkpoint=checkpoint,
                       checkpoint_every=args.checkpoint_every, metrics=metrics)
     if checkpoint.exists() and not args.restart:
         step = trainer.read_checkpoint(checkpoint)["step"]  # refuses a checkpoint of another run
@@ -202,6 +245,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     last = history[-1]
     print(f"trained {len(history)} steps ({trainer.n_skipped} skipped), final ML {last['ml']:.3f}, "
           f"KL {last['kl']:.3f} kT; model {output}, metrics {metrics}, curves {plot}")
+    check = gen.sample(args.coverage_samples, seed=args.seed)
+    print(f"check on {len(check)} samples: {check.summary()}")
+    _print_reliability(check)
     return 0
 
 
@@ -295,6 +341,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     samples = _draw(gen, args)
     path = samples.save(args.output)
     print(samples.summary())
+    _print_reliability(samples)
     if args.trajectory:
         traj = samples.resample(seed=args.seed)
         traj.save(args.trajectory)
@@ -309,16 +356,18 @@ def _cmd_free_energy(args: argparse.Namespace) -> int:
 
     out = output_folder("-o/--output", args.output)
     gen = _load_model(args.model)
-    states = [s.strip() for s in args.states.split(",")]
-    if len(states) != 2:
-        raise CLIError(f"--states takes two names separated by a comma, e.g. C7eq,C7ax; got {args.states!r}")
+    files = [v for v in args.states or () if v.lower().endswith(".toml")]
+    pairs = [v for v in args.states or () if not v.lower().endswith(".toml")]
+    system = _defined(gen.system, args, files)
+    gen.system = system  # the model's system with the user's coordinates and states
+    states = _state_pair(pairs, args, system, files)
     for s in states:
-        if s not in gen.system.states:
-            raise CLIError(f"system {gen.system.name!r} has no state {s!r}; it has {sorted(gen.system.states)}")
-    coordinates = gen.system.reaction_coordinates
+        if s not in system.states:
+            raise CLIError(f"system {system.name!r} has no state {s!r}; it has {sorted(system.states)} (define one "
+                           "with --state NAME:CONDITION or --states FILE.toml)")
+    coordinates = system.reaction_coordinates
     if args.profile is not None and args.profile not in coordinates:
-        raise CLIError(f"--profile: system {gen.system.name!r} has no reaction coordinate {args.profile!r}; "
-                       f"it has {sorted(coordinates)}")
+        coordinates[args.profile] = _coordinate_of(system, args.profile, "--profile")
     samples = _draw(gen, args)
     result = state_free_energy(samples, states[0], states[1], n_bootstrap=args.bootstrap, seed=args.seed)
     print(result)
@@ -327,12 +376,34 @@ def _cmd_free_energy(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if coordinate is not None:
         profile = free_energy_profile(samples, coordinate, bins=args.bins, seed=args.seed)
-        path = plot_profile(profile, out / f"profile_{coordinate}.png", title=f"{gen.system.name}: {coordinate}")
+        stem = re.sub(r"[^A-Za-z0-9_.+-]+", "_", coordinate).strip("_")  # 'phi:2' -> profile_phi_2.png
+        path = plot_profile(profile, out / f"profile_{stem}.png", title=f"{gen.system.name}: {coordinate}")
         report["profile"] = profile.as_dict()
         print(f"profile along {coordinate}: {path}")
     write_text_atomic(out / "free_energy.json", json.dumps(report, indent=1) + "\n")
     print(f"numbers: {out / 'free_energy.json'}")
     return 0
+
+
+def _state_pair(pairs: list[str], args: argparse.Namespace, system, files: list[str]) -> list[str]:
+    """The two states of ``free-energy``: ``--states A,B``, or the two states that ``--state``/a state file define."""
+    if len(pairs) > 1:
+        raise CLIError(f"--states: give one pair of state names A,B (and any number of FILE.toml), got {pairs}")
+    if pairs:
+        states = [s.strip() for s in pairs[0].split(",")]
+        if len(states) != 2 or not all(states):
+            raise CLIError(f"--states takes two names separated by a comma, e.g. C7eq,C7ax, or a FILE.toml; got "
+                           f"{pairs[0]!r}")
+        return states
+    from openmm_bg.systems import read_state_file
+
+    defined = [st.split(":", 1)[0].strip() for st in args.state or ()]
+    for f in files:
+        defined += list(read_state_file(f, system).states)
+    if len(defined) != 2:
+        raise CLIError(f"name the two states to compare with --states A,B ({len(defined)} defined by --state and "
+                       f"state files: {defined})")
+    return defined
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -402,7 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-blocks", type=_checked(check.positive_int), default=4, help="coupling blocks (default 4)")
     p.add_argument("--hidden", type=_checked(check.positive_int), nargs="+", default=[128, 128],
                    help="hidden layer widths (each >= 1)")
-    p.add_argument("--rc", help="reaction coordinate for the RC loss (a name of the system's coordinates)")
+    p.add_argument("--rc", help="reaction coordinate for the RC loss: a name of the system's coordinates or "
+                                "an expression (e.g. phi:2, distance:1/CA,5/CA; see --coordinate)")
+    p.add_argument("--coverage-samples", type=_checked(check.positive_int), default=10000,
+                   help="samples drawn after training for the coverage table and weight check (default 10000)")
+    _definition_arguments(p)
     p.add_argument("--seed", type=_checked(check.non_negative_int), default=0, help="random seed (default 0)")
     p.add_argument("--checkpoint", help="checkpoint file (default OUTPUT.ckpt)")
     p.add_argument("--checkpoint-every", type=_checked(check.positive_int), default=100,
@@ -425,9 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("free-energy", help="free-energy difference between two states, with a profile plot")
     p.add_argument("model", help="model file written by 'openmm-bg train'")
-    p.add_argument("--states", required=True, help="two state names, e.g. C7eq,C7ax (A,B gives A(B) - A(A))")
+    p.add_argument("--states", action="append", metavar="A,B or FILE.toml",
+                   help="two state names, e.g. C7eq,C7ax (A,B gives A(B) - A(A)), and/or TOML files of [coordinates] "
+                        "and [states] (repeatable; without A,B the two states defined are compared). Every "
+                        "residue's backbone basins alphaR_R, beta_R, alphaL_R are defined too")
     p.add_argument("-n", type=_checked(check.positive_int), default=50000, help="number of samples (default 50000)")
-    p.add_argument("--profile", help="reaction coordinate of the profile (default the system's first)")
+    p.add_argument("--profile", help="reaction coordinate of the profile: a name or an expression such as psi:2 "
+                                     "(default the system's first)")
     p.add_argument("--bins", type=_checked(check.integer, 2), default=50, help="bins of the profile (>= 2)")
     p.add_argument("--bootstrap", type=_checked(check.integer, 2), default=200,
                    help="bootstrap replicas for the error bar, their spread (>= 2; default 200)")
@@ -436,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_checked(check.non_negative_int), default=0, help="random seed (default 0)")
     p.add_argument("-o", "--output", default="free_energy", help="output folder (JSON numbers, PNG profile)")
     _anneal_arguments(p)
+    _definition_arguments(p, states_files=False)
     p.set_defaults(func=_cmd_free_energy)
 
     p = sub.add_parser("demo", help="the main job: alanine dipeptide in vacuum, Delta A(C7ax - C7eq) and plots")

@@ -46,6 +46,7 @@ from ..systems.trajectory import check_trajectory
 from ..transforms import CartesianTransform, MixedTransform, stereocentres
 from .annealed import sample_annealed
 from .batches import ordered_map, resolve_threads, torch_threads
+from .coverage import COVERAGE_KEY, training_coverage_reference
 from .fileformat import FORMAT_VERSION, model_payload, read_model_file, write_model_file
 from .fingerprint import ModelMismatchError, check_fingerprint, system_fingerprint
 
@@ -234,7 +235,9 @@ class BoltzmannGenerator(nn.Module):
         config = {"flow": flow, "n_blocks": n_blocks, "hidden": list(hidden), "seed": seed,
                   "dtype": str(dtype).replace("torch.", ""), "flow_options": flow_options,
                   "n_training_frames": int(x.shape[0])}
-        return cls(system, transform, standardize, net, config=config, energy=energy)
+        gen = cls(system, transform, standardize, net, config=config, energy=energy)
+        gen.extra[COVERAGE_KEY] = training_coverage_reference(system, transform, x)  # for samples' coverage table
+        return gen
 
     # ------------------------------------------------------------------ properties
     @property
@@ -526,8 +529,10 @@ class BoltzmannGenerator(nn.Module):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if anneal is not None and anneal is not False:
-            return sample_annealed(self, n, anneal, temperature=t, seed=seed, batch_size=int(batch_size),
-                                   progress=progress, threads=threads)
+            annealed = sample_annealed(self, n, anneal, temperature=t, seed=seed, batch_size=int(batch_size),
+                                       progress=progress, threads=threads)
+            annealed.coverage_reference = self.extra.get(COVERAGE_KEY)
+            return annealed
         n = int(n)
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
@@ -549,7 +554,7 @@ class BoltzmannGenerator(nn.Module):
         provenance = {"kind": "plain", "generator": self.identity(), "seed": seed, "temperature": t,
                       "training_temperature": self.training_temperature}
         return Samples(self.system, positions, energies, log_prob, temperature=t, rejected=rejected,
-                       provenance=provenance)
+                       provenance=provenance, coverage_reference=self.extra.get(COVERAGE_KEY))
 
     def _seeded_generator(self, seed: int | None) -> torch.Generator:
         """The ``torch.Generator`` plain samples draw their latent points from (fresh for None)."""

@@ -14,16 +14,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..constants import kT_kJ_per_mol
+from .coordinates import BACKBONE_BASINS, CoordinateError, backbone_coordinates, coordinate
 from .dimer import dimer_in_solvent
 from .loaders import from_files, from_openmm, from_pdb
 from .molecular_system import MolecularSystem, PeriodicSystemError, ReactionCoordinate, State, require_nonperiodic
 from .peptides import alanine_dipeptide, trpzip2
+from .state_files import define, read_state_file, state
 from .toy import double_well, mueller_brown
 from .trajectory import check_trajectory
 
 __all__ = ["MolecularSystem", "ReactionCoordinate", "State", "load", "names", "from_files",
            "from_pdb", "from_openmm", "kT_kJ_per_mol", "BUILTIN", "PeriodicSystemError", "require_nonperiodic",
-           "check_trajectory"]
+           "check_trajectory", "coordinate", "state", "define", "read_state_file", "backbone_coordinates",
+           "BACKBONE_BASINS", "CoordinateError"]
 
 #: Built-in systems: name -> builder taking keyword options.
 BUILTIN: dict[str, Callable[..., MolecularSystem]] = {
