@@ -202,7 +202,7 @@ def _position_label(n_atoms: int, index: np.ndarray, centre: np.ndarray) -> str:
 
 
 def coverage_reference(system: MolecularSystem, data, torsions=None, n_clusters: int | None = None,
-                       seed: int = 0, max_frames: int = 20000) -> CoverageReference:
+                       seed: int = 0, max_frames: int = 20000, basins: bool = True) -> CoverageReference:
     """Cluster training ``data`` of ``system`` (method in the module docstring).
 
     Parameters
@@ -214,11 +214,14 @@ def coverage_reference(system: MolecularSystem, data, torsions=None, n_clusters:
         Torsions to cluster a molecule without a peptide backbone on (default: the system's
         periodic four-atom reaction coordinates).
     n_clusters : int, optional
-        k of k-means (default: 2 to 6, the best mean silhouette on up to 600 frames).
+        k of k-means (default: 2 to 6, the best mean silhouette on up to 400 frames).
     seed : int
         Seeds k-means.
     max_frames : int
         At most this many frames (evenly strided) are clustered; every frame is counted.
+    basins : bool
+        Cluster a peptide on its backbone basins (default); False: k-means on torsions as for
+        any molecule.
 
     Raises
     ------
@@ -229,13 +232,13 @@ def coverage_reference(system: MolecularSystem, data, torsions=None, n_clusters:
     if x.ndim != 3 or x.shape[1:] != (system.n_atoms, 3) or len(x) == 0:
         raise ValueError(f"data must be frames [n >= 1, {system.n_atoms}, 3] (nm) of system {system.name!r}, got "
                          f"shape {x.shape}")
-    basins = backbone_coordinates(system)[1] if system.rotation_invariant else {}
-    if basins:
-        names = list(basins)
-        member = np.stack([basins[n](x) for n in names])
+    states = backbone_coordinates(system)[1] if system.rotation_invariant and basins else {}
+    if states:
+        names = list(states)
+        member = np.stack([states[n](x) for n in names])
         return CoverageReference("backbone basins", {"kind": "basins"}, [], names,
                                  [f"residue {n.rsplit('_', 1)[1]}" for n in names],
-                                 [int(c) for c in member.sum(1)], len(x), [basins[n].description for n in names])
+                                 [int(c) for c in member.sum(1)], len(x), [states[n].description for n in names])
     if system.rotation_invariant:
         if torsions is None:
             torsions = [rc.atoms for rc in system.reaction_coordinates.values() if rc.periodic and len(rc.atoms) == 4]
@@ -275,10 +278,10 @@ def _choose_k(f: np.ndarray, n_clusters: int | None, seed: int) -> np.ndarray:
         if isinstance(n_clusters, bool) or not isinstance(n_clusters, int | np.integer) or n_clusters < 1:
             raise ValueError(f"n_clusters must be an integer >= 1, got {n_clusters!r}")
         return kmeans(f, min(int(n_clusters), len(f)), seed=seed)
-    small = f[:: max(1, len(f) // 600)]
+    small = f[:: max(1, len(f) // 400)]
     best, best_score = kmeans(f, 1, seed=seed), -math.inf
     for k in range(2, min(6, len(small) - 1) + 1):
-        centres = kmeans(small, k, seed=seed)
+        centres = kmeans(small, k, seed=seed, n_init=2)
         score = _silhouette(small, _nearest(small, centres))
         if score > best_score:
             best, best_score = centres, score
