@@ -162,29 +162,31 @@ def test_cli_train_prints_the_coverage_table(tmp_path, capsys, both_wells):
                  "--hidden", "16", "--coverage-samples", "2000", "-o", str(tmp_path / "m.bg")]) == 0
     out = capsys.readouterr().out
     assert "check on 2000 samples" in out and "coverage of the training data (k-means on coordinates; 300 frames" in out
+    # free-energy with the states of a TOML file (two states: compared without naming them)
+    toml = tmp_path / "states.toml"
+    toml.write_text('[coordinates]\nx = "distance:0,0"\n')
+    assert main(["free-energy", str(tmp_path / "m.bg"), "--states", str(toml), "-o", str(tmp_path / "fe")]) == 2
+    assert "states.toml: [coordinates] x: 'distance:0,0'" in capsys.readouterr().err
+    toml.write_text('[states]\nwide = "x1 < 5"\nall = { x1 = [-5, 6], x2 = ["-inf", "inf"] }\n')
+    assert main(["free-energy", str(tmp_path / "m.bg"), "--states", str(toml), "-n", "2000", "--bootstrap", "5",
+                 "-o", str(tmp_path / "fe")]) == 0
+    assert "A(all) - A(wide)" in capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_cli_free_energy_with_user_states_equals_the_builtin_states(tmp_path, capsys):
-    """On the shipped alanine model: --state definitions of C7eq/C7ax (by residue) and a state file give
-    exactly the numbers of the built-in states, and --profile takes an expression."""
+    """On the shipped alanine model: --state definitions of C7eq/C7ax by residue give exactly the numbers of
+    the built-in states, --profile takes an expression, and bad definitions are refused before sampling."""
     model = str(structure_path(PRETRAINED))
     common = ["-n", "10000", "--seed", "1", "--bootstrap", "20"]
     assert main(["free-energy", model, "--states", "C7eq,C7ax", *common, "-o", str(tmp_path / "a")]) == 0
     assert main(["free-energy", model, "--state", "eq:phi:2 not in (0, 2.2)", "--state", "ax:phi:2 in (0, 2.2)",
                  "--profile", "psi:2", *common, "-o", str(tmp_path / "b")]) == 0
-    toml = tmp_path / "states.toml"
-    toml.write_text('[coordinates]\nbb = "dihedral:1/C,2/N,2/CA,2/C"\n[states]\neq = "bb not in (0, 2.2)"\n'
-                    'ax = { bb = [0, 2.2] }\n')
-    assert main(["free-energy", model, "--states", str(toml), *common, "-o", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
     assert "A(ax) - A(eq)" in out and "profile along psi:2" in out
-    builtin, *user = (json.loads((tmp_path / k / "free_energy.json").read_text())["free_energy"] for k in "abc")
-    for r in user:
-        assert r["delta_a_kT"] == builtin["delta_a_kT"] and r["error_kT"] == builtin["error_kT"]
-        assert (r["n_a"], r["n_b"]) == (builtin["n_a"], builtin["n_b"])
+    builtin, user = (json.loads((tmp_path / k / "free_energy.json").read_text())["free_energy"] for k in "ab")
+    assert user["delta_a_kT"] == builtin["delta_a_kT"] and user["error_kT"] == builtin["error_kT"]
+    assert (user["n_a"], user["n_b"]) == (builtin["n_a"], builtin["n_b"])
     assert (tmp_path / "b" / "profile_psi_2.png").stat().st_size > 1000
-    # bad definitions are refused before sampling
     assert main(["free-energy", model, "--state", "eq:phi:9 < 0", "--state", "ax:phi:2 > 0", "-o",
                  str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
