@@ -94,7 +94,8 @@ def test_coordinates_are_differentiable_torch_functions(ala, ala_md, tmp_path):
 
 
 @pytest.mark.parametrize("expression, message", [
-    ("phi:7", "no residue 7 in system 'alanine_dipeptide'; residues are numbered 1-3 in topology order: ACE1 ALA2 NME3"),
+    ("phi:7", "no residue 7 in system 'alanine_dipeptide'; residues are numbered 1-3 in topology order: "
+              "ACE1 ALA2 NME3"),
     ("phi:1", "residue ACE1 has no phi"),
     ("psi:3", "residue NME3 has no psi"),
     ("chi1:2", "residue ALA2 has no chi1"),
@@ -144,7 +145,8 @@ def test_states_ranges_periodic_wrap_degrees_and_conjunctions(ala, ala_md):
     np.testing.assert_array_equal(state(ala, "eq", "phi:2 not in (0, 2.2)")(x), ala.states["C7eq"](x))
     # a range of a dihedral with low > high wraps through +-pi; degrees and pi are accepted
     np.testing.assert_array_equal(state(ala, "b", "psi:2 in (2.0, -2.5)")(x), (psi > 2.0) | (psi < -2.5))
-    np.testing.assert_array_equal(state(ala, "b", "psi:2 in (2.0, 3.7832)")(x), (psi > 2.0) | (psi < 3.7832 - 2 * math.pi))
+    np.testing.assert_array_equal(state(ala, "b", "psi:2 in (2.0, 3.7832)")(x),
+                                  (psi > 2.0) | (psi < 3.7832 - 2 * math.pi))
     np.testing.assert_array_equal(state(ala, "n", "phi:2 in (-180deg, 0deg)")(x), phi < 0)
     np.testing.assert_array_equal(state(ala, "n", "phi:2 in (-pi, 0)")(x), phi < 0)
     both = state(ala, "helix", "phi:2 < 0 and psi:2 in (-120deg, 50deg) AND distance:2/CA,3/C > 0.1")
