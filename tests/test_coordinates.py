@@ -109,7 +109,8 @@ def test_coordinates_are_differentiable_torch_functions(ala, ala_md, tmp_path):
     ("distance:8,8", "repeat an atom"),
     ("distance:a-b,3", "'a-b' is not an atom; give a 0-based index (e.g. 4) or RESIDUE/NAME (e.g. 2/CA)"),
     ("torsion:4,6,8,14", "unknown coordinate kind 'torsion'; use one of dihedral"),
-    ("phii", "'phii' is neither a coordinate of system 'alanine_dipeptide'"),
+    ("phii", "system 'alanine_dipeptide' has no reaction coordinate 'phii'; it has ['phi', 'psi']; or give an "
+             "expression KIND:ARGS"),
     ("", "must be non-empty text"),
     ("rmsd:missing.pdb", "reference structure 'missing.pdb' not found"),
     ("rmsd:", "rmsd takes a structure file"),
@@ -224,7 +225,8 @@ def test_state_file_defines_coordinates_and_states(ala, ala_md, tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ('[states]\nax = "bb in (0, 2.2)"\n', "states.toml: [states] ax: 'bb' is neither a coordinate"),
+    ('[states]\nax = "bb in (0, 2.2)"\n',
+     "states.toml: [states] ax: system 'alanine_dipeptide' has no reaction coordinate 'bb'"),
     ('[coordinates]\nbb = "phi:5"\n', "states.toml: [coordinates] bb: 'phi:5': no residue 5"),
     ('[coordinates]\nbb = 4\n', "[coordinates] bb: give the coordinate as text"),
     ('[states]\nax = { "phi:2" = [0] }\n', "[states] ax: 'phi:2' must be a range [LOW, HIGH]"),

@@ -69,7 +69,8 @@ def test_generator_of_both_wells_is_not_flagged(dw, both_wells):
 
 
 def test_normal_dw_gen_is_not_flagged_and_its_summary_has_the_table(dw_gen, tmp_path):
-    reference = dw_gen.extra[COVERAGE_KEY]
+    reference = dw_gen.coverage_reference
+    assert COVERAGE_KEY not in dw_gen.extra
     assert reference["method"] == "k-means on coordinates" and reference["n_data"] == 300
     samples = dw_gen.sample(3000, seed=0)
     report = samples.coverage()
@@ -81,7 +82,8 @@ def test_normal_dw_gen_is_not_flagged_and_its_summary_has_the_table(dw_gen, tmp_
     back = Samples.load(samples.save(tmp_path / "s.npz"), dw_gen.system)
     assert back.coverage_reference == samples.coverage_reference and back.summary() == text
     dw_gen.save(tmp_path / "m.bg")
-    assert BoltzmannGenerator.load(tmp_path / "m.bg", dw_gen.system).extra[COVERAGE_KEY] == reference
+    loaded = BoltzmannGenerator.load(tmp_path / "m.bg", dw_gen.system)
+    assert loaded.coverage_reference == reference and COVERAGE_KEY not in loaded.extra
     json.dumps(reference)  # plain data
     assert CoverageReference.from_dict(reference).as_dict() == reference
 

@@ -1,7 +1,8 @@
 """The generator's clustering of its training data, for the coverage table of its samples.
 
 `BoltzmannGenerator.build` clusters the training frames once (`openmm_bg.analysis.coverage`) and
-keeps the result in ``generator.extra["coverage_reference"]`` (stored with the model); every
+keeps the result in ``generator.coverage_reference`` (stored with the model under `COVERAGE_KEY`
+of its metadata); every
 sample set it draws carries it, so that `Samples.summary` reports per cluster the data share, the
 raw and reweighted shares and the effective samples. Molecules without a peptide backbone are
 clustered on the generator's heavy-atom Z-matrix torsions.
@@ -19,7 +20,7 @@ from ..systems import MolecularSystem
 
 __all__ = ["training_coverage_reference", "COVERAGE_KEY"]
 
-#: Key of the reference in ``BoltzmannGenerator.extra``.
+#: Key of the reference in the model file's metadata (``extra``; `BoltzmannGenerator.load` takes it out).
 COVERAGE_KEY = "coverage_reference"
 
 

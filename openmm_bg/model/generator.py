@@ -145,6 +145,9 @@ class BoltzmannGenerator(nn.Module):
     extra : dict
         Free-form metadata stored with the model (e.g. the command line's ``system_spec``); `save`
         adds its ``extra`` argument to it.
+    coverage_reference : dict or None
+        The clustered training data (`openmm_bg.analysis.coverage.CoverageReference` as a dict), made
+        by `build`, stored by `save`; every sample set carries it for its coverage table.
 
     Notes
     -----
@@ -168,6 +171,7 @@ class BoltzmannGenerator(nn.Module):
         self.training_temperature = temperature_kelvin(
             "training_temperature", system.temperature if training_temperature is None else training_temperature)
         self.extra: dict = {}
+        self.coverage_reference: dict | None = None  # the clustered training data (model/coverage.py)
         self._energy = energy
         self._energy_shared = False
         self.stereo = None
@@ -236,7 +240,7 @@ class BoltzmannGenerator(nn.Module):
                   "dtype": str(dtype).replace("torch.", ""), "flow_options": flow_options,
                   "n_training_frames": int(x.shape[0])}
         gen = cls(system, transform, standardize, net, config=config, energy=energy)
-        gen.extra[COVERAGE_KEY] = training_coverage_reference(system, transform, x)  # for samples' coverage table
+        gen.coverage_reference = training_coverage_reference(system, transform, x)  # for samples' coverage table
         return gen
 
     # ------------------------------------------------------------------ properties
@@ -531,7 +535,7 @@ class BoltzmannGenerator(nn.Module):
         if anneal is not None and anneal is not False:
             annealed = sample_annealed(self, n, anneal, temperature=t, seed=seed, batch_size=int(batch_size),
                                        progress=progress, threads=threads)
-            annealed.coverage_reference = self.extra.get(COVERAGE_KEY)
+            annealed.coverage_reference = self.coverage_reference
             return annealed
         n = int(n)
         if n < 0:
@@ -554,7 +558,7 @@ class BoltzmannGenerator(nn.Module):
         provenance = {"kind": "plain", "generator": self.identity(), "seed": seed, "temperature": t,
                       "training_temperature": self.training_temperature}
         return Samples(self.system, positions, energies, log_prob, temperature=t, rejected=rejected,
-                       provenance=provenance, coverage_reference=self.extra.get(COVERAGE_KEY))
+                       provenance=provenance, coverage_reference=self.coverage_reference)
 
     def _seeded_generator(self, seed: int | None) -> torch.Generator:
         """The ``torch.Generator`` plain samples draw their latent points from (fresh for None)."""
@@ -594,8 +598,9 @@ class BoltzmannGenerator(nn.Module):
         and `extra` as they were.
         """
         merged = {**self.extra, **(extra or {})}
+        stored = merged if self.coverage_reference is None else {**merged, COVERAGE_KEY: self.coverage_reference}
         payload = model_payload(self.system, self.config, self.transform, self.standardize, self.flow,
-                                self.training_temperature, merged)
+                                self.training_temperature, stored)
         out = write_model_file(path, payload)
         self.extra.update(extra or {})  # only once written: a failed save (e.g. unpicklable extra) changes nothing
         return out
@@ -633,4 +638,5 @@ class BoltzmannGenerator(nn.Module):
         gen = cls(system, payload["transform"], payload["standardize"], net, config=cfg, energy=energy,
                   training_temperature=payload.get("training_temperature"))
         gen.extra = dict(payload.get("extra") or {})
+        gen.coverage_reference = gen.extra.pop(COVERAGE_KEY, None)
         return gen.to(device) if device is not None else gen

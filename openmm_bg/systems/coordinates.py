@@ -337,8 +337,8 @@ def coordinate(system: MolecularSystem, expression: str, name: str | None = None
         if text in known:
             rc = known[text]
             return rc if name is None or name == rc.name else _renamed(rc, name)
-        raise CoordinateError(f"{text!r} is neither a coordinate of system {system.name!r} (it has "
-                              f"{sorted(known) or 'none'}) nor an expression KIND:ARGS with KIND one of "
+        raise CoordinateError(f"system {system.name!r} has no reaction coordinate {text!r}; it has "
+                              f"{sorted(known) or 'none'}; or give an expression KIND:ARGS with KIND one of "
                               f"{', '.join(COORDINATE_KINDS)} (e.g. phi:2, distance:1/CA,5/CA)")
     kind, args = (part.strip() for part in text.split(":", 1))
     kind = kind.lower()
