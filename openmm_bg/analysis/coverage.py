@@ -363,8 +363,7 @@ class Coverage:
                  f"  {'cluster':<14} {'data':>7} {'raw':>7} {'reweighted':>10} {'ESS':>9}"]
         for c in self.clusters:
             flag = "  LOST" if c.lost else ""
-            label = c.name if c.partition in ("k-means", c.name) else c.name
-            lines.append(f"  {label:<14} {100 * c.data_share:6.1f}% {100 * c.raw_share:6.1f}% "
+            lines.append(f"  {c.name:<14} {100 * c.data_share:6.1f}% {100 * c.raw_share:6.1f}% "
                          f"{100 * c.reweighted_share:9.1f}% {c.ess:9.1f}{flag}")
         return "\n".join(lines)
 
