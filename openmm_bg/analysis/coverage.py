@@ -77,10 +77,11 @@ def kmeans(features: np.ndarray, k: int, seed: int = 0, n_init: int = 4, n_iter:
     best, best_cost = None, math.inf
     for _ in range(n_init):
         centres = [f[rng.integers(len(f))]]
+        d2 = ((f - centres[0]) ** 2).sum(1)  # squared distance to the nearest centre so far
         for _ in range(1, k):
-            d2 = np.min(((f[:, None, :] - np.array(centres)[None]) ** 2).sum(-1), axis=1)
             p = d2 / d2.sum() if d2.sum() > 0 else np.full(len(f), 1 / len(f))
             centres.append(f[rng.choice(len(f), p=p)])
+            d2 = np.minimum(d2, ((f - centres[-1]) ** 2).sum(1))
         c = np.array(centres)
         for _ in range(n_iter):
             labels = _nearest(f, c)
@@ -95,7 +96,9 @@ def kmeans(features: np.ndarray, k: int, seed: int = 0, n_init: int = 4, n_iter:
 
 
 def _nearest(f: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    return np.argmin(((f[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+    """Index of the nearest centre of each row (memory ``[n, k]``, not ``[n, k, d]``)."""
+    d2 = (centres ** 2).sum(1)[None, :] - 2.0 * f @ centres.T
+    return np.argmin(d2, axis=1)
 
 
 def _silhouette(f: np.ndarray, labels: np.ndarray) -> float:
