@@ -9,14 +9,12 @@ Examples
 
 from __future__ import annotations
 
-import numpy as np
 import openmm.app as app
 import openmm.unit as unit
 import torch
 
 from ..data import structure_path
-from ..geometry import dihedral
-from .molecular_system import MolecularSystem, ReactionCoordinate, interval_state
+from .molecular_system import MolecularSystem, ReactionCoordinate, dihedral_coordinate, interval_state
 
 __all__ = ["alanine_dipeptide", "trpzip2", "ALANINE_PHI", "ALANINE_PSI", "C7AX_PHI_RANGE"]
 
@@ -54,16 +52,9 @@ def _openmmtools_data(name: str) -> str:
     return str(path)
 
 
-def _dihedral_coordinate(name: str, atoms) -> ReactionCoordinate:
-    i, j, k, l = atoms
-    return ReactionCoordinate(name, lambda x: dihedral(x, i, j, k, l), atoms=tuple(atoms),
-                              periodic=True, bounds=(-np.pi, np.pi), unit="rad",
-                              description=f"dihedral {atoms}")
-
-
 def _alanine_metadata():
-    phi = _dihedral_coordinate("phi", ALANINE_PHI)
-    psi = _dihedral_coordinate("psi", ALANINE_PSI)
+    phi = dihedral_coordinate("phi", ALANINE_PHI)
+    psi = dihedral_coordinate("psi", ALANINE_PSI)
     lo, hi = C7AX_PHI_RANGE
     states = {"C7eq": interval_state("C7eq", phi, lo, hi, complement=True),
               "C7ax": interval_state("C7ax", phi, lo, hi)}
