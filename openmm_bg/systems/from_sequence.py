@@ -86,8 +86,8 @@ def _place(a, b, c, bond: float, angle: float, torsion: float) -> np.ndarray:
     n = np.cross(b - a, bc)
     n /= np.linalg.norm(n)
     m = np.cross(n, bc)
-    d2 = np.array([-bond * math.cos(theta), bond * math.sin(theta) * math.cos(phi), bond * math.sin(theta) * math.sin(phi)])
-    return c + d2[0] * bc + d2[1] * m + d2[2] * n
+    along, across = -bond * math.cos(theta), bond * math.sin(theta)
+    return c + along * bc + across * math.cos(phi) * m + across * math.sin(phi) * n
 
 
 def _backbone(residues: list[str], caps: bool) -> list[tuple[str, str, np.ndarray]]:
