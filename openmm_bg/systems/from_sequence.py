@@ -12,10 +12,10 @@ How the structure is built (no network, no template library beyond OpenMM's and 
 3. the System is made by ``openmm.app.ForceField`` (default ``amber14-all.xml``; implicit
    solvent adds ``implicit/obc2.xml``, whose OBC2 ``CustomGBForce`` is then replaced by the
    equivalent native ``GBSAOBCForce``, `openmm_bg.systems.gbsa.native_obc2`), no cutoff;
-4. the structure is energy-minimised on the Reference platform (deterministic) and every residue
-   is checked to be the L-amino acid (`openmm_bg.systems.backbone.l_amino_acid_centres`).
+4. the structure is energy-minimised on the Reference platform and every residue is checked to be the L-amino acid (`openmm_bg.systems.backbone.l_amino_acid_centres`).
 
-The system carries phi/psi coordinates and basin states of every residue
+Every step is seeded and runs on the Reference platform, so a sequence gives the same positions
+every time. The system carries phi/psi coordinates and basin states of every residue
 (`openmm_bg.systems.backbone`; names ``phi_k``, ``psi_k``, ``alphaR_k``, ``beta_k``,
 ``alphaL_k`` with k the residue's 1-based position, caps included).
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import math
+import random
 from collections.abc import Sequence
 
 import numpy as np
@@ -142,8 +143,13 @@ def _structure(residues: list[str], caps: bool):
     fixer.platform = openmm.Platform.getPlatformByName("Reference")
     fixer.missingResidues = {}
     fixer.findMissingAtoms()
-    fixer.addMissingAtoms(seed=1)
-    fixer.addMissingHydrogens(7.0)
+    state = random.getstate()  # openmm.app.Modeller places some hydrogens with Python's random module
+    try:
+        random.seed(1)
+        fixer.addMissingAtoms(seed=1)
+        fixer.addMissingHydrogens(7.0)
+    finally:
+        random.setstate(state)
     return fixer.topology, np.asarray(fixer.positions.value_in_unit(unit.nanometer), dtype=np.float64)
 
 

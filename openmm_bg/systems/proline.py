@@ -55,7 +55,9 @@ def ring_closure_deviation(system, x) -> np.ndarray:
         ``[batch, n_atoms, 3]`` positions in nm. NaN positions give NaN.
     """
     bonds = ring_closure_bonds(system.topology)
-    t = as_tensor(x, dtype=torch.float64).detach().cpu().reshape(-1, system.n_atoms, 3).numpy()
+    t = as_tensor(x, dtype=torch.float64).detach().cpu().numpy()
+    if t.ndim != 3 or t.shape[1:] != (system.n_atoms, 3):
+        raise ValueError(f"x must have shape [batch, {system.n_atoms}, 3] (nm), got {list(t.shape)}")
     if not bonds:
         return np.zeros((t.shape[0], 0))
     cd, n = (np.array(v) for v in zip(*bonds, strict=True))
