@@ -206,7 +206,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load_model(path: str):
-    """The generator of a model file with the system it was trained for (as ``train`` stored it).
+    """The generator of a model file with the system it was trained for (as ``train`` stored it): a
+    built-in system is rebuilt by name, a system from files is the one stored in the model file
+    (format 4 on; older files name the input files by path).
 
     A ``--temperature`` goes to ``sample(temperature=...)``, not into the system: the command line
     then draws exactly what the library draws for the same seed.
@@ -216,10 +218,12 @@ def _load_model(path: str):
 
     payload = read_model_file(path)
     spec = payload.get("extra", {}).get("system_spec")
+    if payload.get("system_record") is not None and (spec is None or "name" not in spec):
+        return openmm_bg.BoltzmannGenerator.load(path)  # the system stored in the file: no input files needed
     if spec is None:
         raise CLIError(f"{path} does not say which system it belongs to (saved outside the CLI); load it "
                        "in Python with BoltzmannGenerator.load(path, system)")
-    system = load_system(spec)
+    system = load_system(spec)  # built-in systems by name (with their coordinates); older files by path
     return openmm_bg.BoltzmannGenerator.load(path, system)
 
 
