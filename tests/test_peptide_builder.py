@@ -149,3 +149,16 @@ def test_proline_ring_closure_check_flags_a_broken_ring(gpit):
     assert ring_closure_deviation(ala, ala.positions[None]).shape == (1, 0)  # no proline: nothing to check
     with pytest.raises(ValueError, match=r"shape \[batch, 22, 3\]"):
         ring_closure_deviation(ala, x)
+
+
+def test_samples_summary_reports_open_proline_rings(gpit):
+    from openmm_bg.analysis.samples import Samples
+
+    (cd, n), = ring_closure_bonds(gpit.topology)
+    x = np.repeat(gpit.positions[None], 4, axis=0)
+    x[1, cd] += 0.2 * (x[1, cd] - x[1, n]) / np.linalg.norm(x[1, cd] - x[1, n])
+    x[3] = np.nan  # out of domain: not counted as an open ring
+    samples = Samples(gpit, x, np.zeros(4), np.zeros(4), temperature=300.0)
+    assert "1 raw samples have an open proline ring" in samples.summary()
+    ala = bgs.peptide("A")
+    assert "proline" not in Samples(ala, ala.positions[None], np.zeros(1), np.zeros(1), temperature=300.0).summary()

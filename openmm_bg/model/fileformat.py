@@ -20,9 +20,10 @@ it (weights included) are refused instead of loading a generator that samples ga
 
 Versions: 1 (first), 2 (adds ``training_temperature``; version-1 files take it from the system they
 are loaded with), 3 (the checksummed envelope), 4 (adds ``system_record``). Files of versions 1 to 3
-(the shipped demo model is version 1) still load, with the system given to them; versions 1 and 2 they carry no checksum, which is logged at INFO level. Files are written
-atomically (temporary file, then rename). Every damaged or malformed file (unreadable, checksum
-mismatch, missing or ill-typed entries) is one ``ValueError`` line saying "corrupt or truncated".
+(the shipped demo model is version 1) still load, with the system given to them; versions 1 and 2
+carry no checksum, which is logged at INFO level. Files are written atomically (temporary file,
+then rename). Every damaged or malformed file (unreadable, checksum mismatch, missing or ill-typed
+entries) is one ``ValueError`` line saying "corrupt or truncated".
 
 Examples
 --------

@@ -585,9 +585,10 @@ class BoltzmannGenerator(nn.Module):
 
         ``extra`` (picklable metadata) is added to `extra`, which is stored. The file (format 4,
         `openmm_bg.model.fileformat`) also stores the system (serialized System, topology, positions,
-        temperature, coordinates and states with a spec; gzip-compressed), so that
-        ``load(path)`` needs no system nor its input files. It carries a SHA-256 checksum of its contents, verified by `load`. It
-        is a torch pickle: load only files you trust. A failed save leaves an earlier file at ``path``
+        temperature, coordinates and states with a spec; gzip-compressed), so that ``load(path)``
+        needs neither the system nor its input files. It carries a SHA-256 checksum of its
+        contents, verified by `load`. It is a torch pickle: load only files you trust. A failed
+        save leaves an earlier file at ``path``
         and `extra` as they were.
         """
         merged = {**self.extra, **(extra or {})}

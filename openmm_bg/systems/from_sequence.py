@@ -12,7 +12,8 @@ How the structure is built (no network, no template library beyond OpenMM's and 
 3. the System is made by ``openmm.app.ForceField`` (default ``amber14-all.xml``; implicit
    solvent adds ``implicit/obc2.xml``, whose OBC2 ``CustomGBForce`` is then replaced by the
    equivalent native ``GBSAOBCForce``, `openmm_bg.systems.gbsa.native_obc2`), no cutoff;
-4. the structure is energy-minimised on the Reference platform and every residue is checked to be the L-amino acid (`openmm_bg.systems.backbone.l_amino_acid_centres`).
+4. the structure is energy-minimised on the Reference platform and every residue is checked to
+   be the L-amino acid (`openmm_bg.systems.backbone.l_amino_acid_centres`).
 
 Every step is seeded and runs on the Reference platform, so a sequence gives the same positions
 every time. The system carries phi/psi coordinates and basin states of every residue
