@@ -4,14 +4,16 @@ Subcommands (``openmm-bg SUBCOMMAND --help`` explains every option with its unit
 
     openmm-bg systems                               # built-in systems, states, reference energies
     openmm-bg simulate alanine_dipeptide -n 2000 --stride 500 -o md.h5   # --resume after a kill
+    openmm-bg simulate peptide:AAGA --torsion-starts 7 -n 1000 -o md.h5  # 8 starts, origins beside
     openmm-bg train alanine_dipeptide --data md.h5 -o model.bg      # resumable (checkpoint beside -o)
     openmm-bg sample model.bg -n 100000 -o samples.npz
     openmm-bg sample model.bg -n 100000 --anneal -o annealed.npz   # exact, lighter-tailed weights
     openmm-bg free-energy model.bg --states C7eq,C7ax --profile phi -o results/
     openmm-bg demo                                  # the main job (alanine dipeptide, vacuum)
 
-A system is a built-in name (with ``--option key=value`` for its options, e.g. ``solvent=implicit``)
-or files: ``x.pdb`` with ``--forcefield``, ``x.prmtop``/``x.top``/``x.psf`` with ``--coordinates``.
+A system is a built-in name (with ``--option key=value`` for its options, e.g. ``solvent=implicit``),
+``peptide:SEQUENCE`` (one-letter codes, built offline: ``openmm_bg.systems.peptide``) or files:
+``x.pdb`` with ``--forcefield``, ``x.prmtop``/``x.top``/``x.psf`` with ``--coordinates``.
 Errors are one line with exit code 2; ``--debug`` shows the traceback.
 """
 
@@ -110,8 +112,8 @@ def load_system(spec: dict):
 
 
 def _system_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("system", help="built-in system name (see 'openmm-bg systems') or a structure/topology file "
-                                  "(.pdb, .prmtop, .top, .psf)")
+    p.add_argument("system", help="built-in system name (see 'openmm-bg systems'), peptide:SEQUENCE (e.g. "
+                                  "peptide:AAGA) or a structure/topology file (.pdb, .prmtop, .top, .psf)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="option of a built-in system, e.g. solvent=implicit, constraints=hbonds (repeatable)")
     p.add_argument("--coordinates", help="coordinate file for a topology file (.inpcrd, .gro, .crd)")
@@ -145,6 +147,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     _check_output(args.output, OUTPUT_SUFFIXES)
     system = load_system(system_spec(args))
+    if args.starts or args.torsion_starts:
+        return _simulate_starts(args, system)
     partial = PartialRun(args.output)
     if args.resume and partial.exists():
         print(f"continuing: {partial.describe()}")
@@ -158,6 +162,24 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             print(f"openmm-bg: {note}", file=sys.stderr)
         raise
     print(f"wrote {traj.n_frames} frames ({traj.time[-1]:.1f} ps) of {system.name} to {args.output}")
+    return 0
+
+
+def _simulate_starts(args: argparse.Namespace, system) -> int:
+    """``simulate --starts / --torsion-starts``: one run per start, merged, with the origins beside the output."""
+    import numpy as np
+
+    from openmm_bg.md.multistart import origins_path, simulate_starts, torsion_starts
+
+    starts = [str(p) for p in args.starts or []] or [system.positions]
+    if args.torsion_starts:
+        starts = [*starts, torsion_starts(system, args.torsion_starts, seed=args.seed)]
+    traj, origins = simulate_starts(system, starts, n_frames=args.frames, stride=args.stride, seed=args.seed,
+                                    output=args.output, resume=args.resume, timestep=args.timestep,
+                                    friction=args.friction, equilibration_steps=args.equilibration,
+                                    minimize=args.minimize, platform=args.platform)
+    print(f"wrote {traj.n_frames} frames of {system.name} from {len(np.unique(origins))} starts to {args.output}; "
+          f"origins in {origins_path(args.output)}")
     return 0
 
 
@@ -391,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "frames are on disk in OUTPUT.partial.dcd")
     p.add_argument("--resume", action="store_true", help="continue a stopped (killed, interrupted) run to the same "
                                                          "output from its checkpoint OUTPUT.partial.chk")
+    p.add_argument("--starts", nargs="+", metavar="FILE", help="start structures (PDB or trajectory files, every frame "
+                   "a start): -n frames from each, merged; each frame's start in OUTPUT.origins.json")
+    p.add_argument("--torsion-starts", type=_checked(check.positive_int), metavar="K", help="add K starts made from "
+                   "the reference by setting every residue's phi/psi to a random basin (peptides)")
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("train", help="train a Boltzmann Generator on MD data (resumes an interrupted run)")
