@@ -45,6 +45,7 @@ from .._validation import temperature_kelvin
 from .backbone import backbone_coordinates, backbone_states, l_amino_acid_centres
 from .gbsa import native_obc2
 from .molecular_system import MolecularSystem
+from .peptides import _constraints
 
 __all__ = ["peptide", "ONE_LETTER", "parse_sequence"]
 
@@ -53,7 +54,6 @@ ONE_LETTER = {"A": "ALA", "R": "ARG", "N": "ASN", "D": "ASP", "C": "CYS", "Q": "
               "H": "HIS", "I": "ILE", "L": "LEU", "K": "LYS", "M": "MET", "F": "PHE", "P": "PRO", "S": "SER",
               "T": "THR", "W": "TRP", "Y": "TYR", "V": "VAL"}
 _FORCEFIELDS = {"amber14": "amber14-all.xml", "amber99sbildn": "amber99sbildn.xml", "amber99sb": "amber99sb.xml"}
-_CONSTRAINTS = {None: None, "none": None, "hbonds": app.HBonds, "allbonds": app.AllBonds, "hangles": app.HAngles}
 
 # ideal geometry (nm, degrees)
 _B = {"N-CA": 0.1458, "CA-C": 0.1525, "C-N": 0.1329, "C-O": 0.1231, "CA-CB": 0.1530, "CH3-C": 0.1520}
@@ -214,9 +214,7 @@ def peptide(sequence: str, caps: bool = True, solvent: str = "vacuum", forcefiel
     if solvent not in ("vacuum", "implicit"):
         raise ValueError(f"solvent must be 'vacuum' or 'implicit', got {solvent!r} "
                          "(explicit solvent is out of scope for a Boltzmann Generator)")
-    key = constraints.lower() if isinstance(constraints, str) else constraints
-    if key not in _CONSTRAINTS:
-        raise ValueError(f"constraints must be one of None, 'hbonds', 'allbonds', 'hangles'; got {constraints!r}")
+    constraints = _constraints(constraints)
     if isinstance(caps, str) and caps.lower() in ("true", "false"):  # from the command line's --option caps=false
         caps = caps.lower() == "true"
     if not isinstance(caps, bool):
@@ -231,7 +229,7 @@ def peptide(sequence: str, caps: bool = True, solvent: str = "vacuum", forcefiel
     except (ValueError, OSError) as err:
         raise ValueError(f"could not read force-field files {files}: {err}") from err
     topology, positions = _structure(residues, caps)
-    system = native_obc2(ff.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=_CONSTRAINTS[key]))
+    system = native_obc2(ff.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=constraints))
     positions = _minimise(system, positions)
     centres = l_amino_acid_centres(topology)
     wrong = [n for n, bad in zip(centres.names, centres.inverted(positions[None])[0], strict=True) if bad]
