@@ -59,8 +59,7 @@ def load(name: str, **options) -> MolecularSystem:
     elif name not in BUILTIN:
         close = [n for n in BUILTIN if n.startswith(name[:3])]
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise KeyError(f"unknown system {name!r}{hint}; built-in systems: {', '.join(BUILTIN)}, "
-                       "or peptide:SEQUENCE (one-letter codes, e.g. peptide:AAGA)")
+        raise KeyError(f"unknown system {name!r}{hint}; built-in systems: {', '.join(BUILTIN)}")
     else:
         builder = BUILTIN[name]
     try:
