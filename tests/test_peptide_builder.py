@@ -126,6 +126,7 @@ def test_bad_sequences_refused(sequence, message):
     ({"constraints": "bonds"}, "constraints must be"),
     ({"caps": False}, "single uncapped"),
     ({"forcefield": 14}, "forcefield must be"),
+    ({"forcefield": ["charmm36.xml"]}, "use an Amber force field"),
 ])
 def test_bad_options_refused(options, message):
     with pytest.raises(ValueError, match=message):

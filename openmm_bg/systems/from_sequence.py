@@ -41,7 +41,7 @@ import openmm
 import openmm.app as app
 import openmm.unit as unit
 
-from .._validation import temperature_kelvin
+from .._validation import one_line, temperature_kelvin
 from .backbone import backbone_coordinates, backbone_states, l_amino_acid_centres
 from .gbsa import native_obc2
 from .molecular_system import MolecularSystem
@@ -206,7 +206,8 @@ def peptide(sequence: str, caps: bool = True, solvent: str = "vacuum", forcefiel
     Raises
     ------
     ValueError
-        For an unknown letter, solvent, force field or constraint, before any work.
+        For an unknown letter, solvent, force field or constraint, before any work; for a force
+        field without templates for the built residues (the atom names are Amber's).
     RuntimeError
         If the built structure has a residue that is not the L-amino acid (a builder bug).
     """
@@ -229,7 +230,12 @@ def peptide(sequence: str, caps: bool = True, solvent: str = "vacuum", forcefiel
     except (ValueError, OSError) as err:
         raise ValueError(f"could not read force-field files {files}: {err}") from err
     topology, positions = _structure(residues, caps)
-    system = native_obc2(ff.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=constraints))
+    try:
+        system = native_obc2(ff.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=constraints))
+    except ValueError as err:
+        raise ValueError(f"could not parameterise peptide {sequence!r} with {files}: {one_line(err)}. The builder names "
+                         "atoms as the Amber force fields do (ACE/NME caps): use an Amber force field such as "
+                         "'amber14'") from err
     positions = _minimise(system, positions)
     centres = l_amino_acid_centres(topology)
     wrong = [n for n, bad in zip(centres.names, centres.inverted(positions[None])[0], strict=True) if bad]
