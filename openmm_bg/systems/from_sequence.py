@@ -232,10 +232,10 @@ def peptide(sequence: str, caps: bool = True, solvent: str = "vacuum", forcefiel
     topology, positions = _structure(residues, caps)
     try:
         system = native_obc2(ff.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=constraints))
-    except ValueError as err:
-        raise ValueError(f"could not parameterise peptide {sequence!r} with {files}: {one_line(err)}. The builder names "
-                         "atoms as the Amber force fields do (ACE/NME caps): use an Amber force field such as "
-                         "'amber14'") from err
+    except Exception as err:  # OpenMM raises ValueError or a bare Exception for template problems
+        raise ValueError(f"could not parameterise peptide {sequence!r} with {files}: {one_line(err)}. The builder "
+                         "names atoms as the Amber force fields do (ACE/NME caps): use an Amber force field such "
+                         "as 'amber14'") from err
     positions = _minimise(system, positions)
     centres = l_amino_acid_centres(topology)
     wrong = [n for n, bad in zip(centres.names, centres.inverted(positions[None])[0], strict=True) if bad]
