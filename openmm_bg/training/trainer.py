@@ -132,6 +132,9 @@ class Trainer:
         ``rc`` names a coordinate the system does not have.
     """
 
+    #: Shards of a batch (None: one batch from one stream; see `openmm_bg.training.distributed`).
+    shards: int | None = None
+
     def __init__(self, generator: BoltzmannGenerator, data, stages: Sequence[Stage] | None = None, seed: int = 0,
                  rc: str | ReactionCoordinate | None = None, checkpoint: str | os.PathLike | None = None,
                  checkpoint_every: int = 100, metrics: str | os.PathLike | None = None, progress: bool = True):
@@ -282,7 +285,8 @@ class Trainer:
         Keys: ``"training data"`` (SHA-256 of the frames, float32 nm), the generator's build options
         (``flow``, ``n_blocks``, ``hidden``, ``build seed``, ``dtype``, ``flow options``), ``"system"`` (its
         fingerprint: atoms, masses, constraints, forces), ``"temperature"`` (the training temperature, K),
-        ``"stages"``, ``"seed"`` (the trainer's) and ``"rc"`` (the RC loss coordinate's name).
+        ``"stages"``, ``"seed"`` (the trainer's) and ``"rc"`` (the RC loss coordinate's name); for a
+        sharded run (`openmm_bg.training.distributed.DistributedTrainer`) also ``"shards"``.
         """
         config = self.gen.config
         record = {"training data": self._data_hash}
@@ -290,6 +294,8 @@ class Trainer:
         record.update({"system": self._system_fingerprint, "temperature": float(self.gen.training_temperature),
                        "stages": [asdict(s) for s in self.stages], "seed": self.seed,
                        "rc": None if self.rc is None else self.rc.name})
+        if self.shards is not None:  # sharded runs (training.distributed) depend on the shard count
+            record["shards"] = self.shards
         return record
 
     def state(self) -> dict:
@@ -336,7 +342,7 @@ class Trainer:
                                           f"that did not record what the run was made from; {restart}",
                                           ["run record"])
         current = self.run_record()
-        differences = [key for key in current if saved.get(key) != current[key]]
+        differences = [key for key in {**saved, **current} if saved.get(key) != current.get(key)]
         if differences:
             raise CheckpointMismatchError(f"cannot resume from {path}: it was written by another training run "
                                           f"(different {', '.join(differences)}); {restart}", differences)
@@ -344,7 +350,10 @@ class Trainer:
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore a state written by `save_checkpoint` by this run (see `read_checkpoint`)."""
-        state = self.read_checkpoint(path)
+        self._apply_state(self.read_checkpoint(path), path)
+
+    def _apply_state(self, state: dict, path: str | os.PathLike) -> None:
+        """Restore a checked state of `read_checkpoint` (read from ``path``)."""
         try:
             self.gen.flow.load_state_dict(state["flow_state"])
         except RuntimeError as err:  # torch lists every mismatched tensor: keep it to one line
