@@ -219,3 +219,44 @@ def test_sharded_trainer_checks_batches_and_runs_are_told_apart(dw_gen, dw_data,
     assert err.value.differences == ["shards"]
     with pytest.raises(CheckpointMismatchError, match="shards"):
         DistributedTrainer(dw_gen, dw_data, stages, shards=2, checkpoint=ckpt, progress=False).fit(resume=True)
+
+
+# ---------------------------------------------------------------------- command line
+def test_merge_samples_command_merges_rank_files(dw_gen, tmp_path, capsys):
+    from openmm_bg.apps.cli import main
+
+    model = dw_gen.save(tmp_path / "model.bg", extra={"system_spec": {"name": "double_well", "options": {}}})
+    parts = [sample_shards(dw_gen, 40, seed=5, shards=4, rank=r, world_size=2).save(part_path(tmp_path / "s.npz", r, 2))
+             for r in (0, 1)]
+    assert main(["merge-samples", str(model), "-o", str(tmp_path / "s.npz"), *map(str, parts)]) == 0
+    assert "4 of 4 shards" in capsys.readouterr().out
+    merged = Samples.load(tmp_path / "s.npz", dw_gen.system)
+    np.testing.assert_array_equal(merged.log_weights, sample_shards(dw_gen, 40, seed=5, shards=4).log_weights)
+    assert main(["merge-samples", str(model), "-o", str(tmp_path / "t.npz"), str(parts[0]), str(parts[0])]) == 2
+    assert "shard 0 is in sets[0] and sets[1]" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_command_line_trains_and_samples_on_two_ranks(data_file, tmp_path):
+    """``torchrun --no-python openmm-bg train/sample`` on 2 ranks, then the same shards on one process."""
+    (tmp_path / "stages.toml").write_text('[[stage]]\nname = "ml"\nsteps = 4\nbatch_size = 32\n'
+                                          '[[stage]]\nname = "kl"\nsteps = 2\nml = 0.5\nkl = 1.0\nbatch_size = 32\n')
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(WORKER.parents[1]), os.environ.get("PYTHONPATH", "")])}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python",
+              "openmm-bg"]
+
+    def run(*args, ranks=True):
+        done = subprocess.run([*(launch if ranks else ["openmm-bg"]), *args], capture_output=True, text=True,
+                              env=env, cwd=tmp_path, timeout=JOB_LIMIT_S)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    out = run("train", "double_well", "--data", str(data_file), "--config", "stages.toml", "--n-blocks", "2",
+              "--hidden", "16", "--shards", "4", "-o", "model.bg")
+    assert "training on 2 ranks (backend gloo), 4 shards per batch" in out and "trained 6 steps" in out
+    out = run("sample", "model.bg", "-n", "400", "--shards", "4", "-o", "two.npz")
+    assert "wrote the weighted samples of 2 ranks" in out
+    run("sample", "model.bg", "-n", "400", "--shards", "4", "-o", "one.npz", ranks=False)
+    two, one = (np.load(tmp_path / f"{name}.npz") for name in ("two", "one"))
+    np.testing.assert_array_equal(two["log_weights"], one["log_weights"])
