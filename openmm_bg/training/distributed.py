@@ -206,17 +206,10 @@ class DistributedTrainer(Trainer):
         return values
 
     def _step(self, k: int, stage: Stage, i: int) -> dict:
-        gen = self.gen
-        opt = self._optimizer_for(k, stage)
-        for group in opt.param_groups:
-            group["lr"] = stage.learning_rate(i)
-        opt.zero_grad(set_to_none=True)
-        w_kl = stage.kl_weight(i)
+        opt, w_kl, row = self._start_step(k, stage, i)
         b_ml, b_kl = self._batch_sizes(stage, w_kl)
         objective = self._objective()(k, i)
         sums = self._all_reduce(self._stats).sum(0)  # in shard order: the same on every rank and for any R
-        row = {"step": self.step + 1, "stage": stage.name, "lr": stage.learning_rate(i), "ml": math.nan,
-               "kl": math.nan, "rc": math.nan, "w_kl": w_kl, "u_mean": math.nan, "out_of_domain": 0, "inverted": 0}
         loss = 0.0
         if b_ml:
             row["ml"] = float(sums[0]) / b_ml
@@ -232,22 +225,8 @@ class DistributedTrainer(Trainer):
                 row["rc"] = float(sums[2]) / b_kl
                 loss += stage.rc * row["rc"]
         row["loss"] = loss
-        if not math.isfinite(loss):  # the same decision on every rank: no rank starts a backward alone
-            self.n_skipped += 1
-            row["skipped"], row["grad_norm"] = 1, math.nan
-        else:
-            objective.backward()  # DistributedDataParallel all-reduces the gradients here
-            norm = torch.nn.utils.clip_grad_norm_(gen.flow.parameters(), stage.clip_grad)
-            if torch.isfinite(norm):
-                opt.step()
-                row["skipped"] = 0
-            else:
-                self.n_skipped += 1
-                row["skipped"] = 1
-            row["grad_norm"] = float(norm)
-        row["n_skipped"] = self.n_skipped
-        row["energy_evaluations"] = self.energy_evaluations
-        return row
+        # finite or not, the same decision on every rank: no rank starts a backward (a DDP all-reduce) alone
+        return self._apply_gradients(opt, stage, row, objective.backward)
 
     # ------------------------------------------------------------------ loop and files
     def fit(self, resume: bool = False) -> list[dict]:

@@ -197,8 +197,8 @@ class Trainer:
         return self._reference_energy
 
     # ------------------------------------------------------------------ one step
-    def _step(self, k: int, stage: Stage, i: int) -> dict:
-        gen = self.gen
+    def _start_step(self, k: int, stage: Stage, i: int) -> tuple[torch.optim.Optimizer, float, dict]:
+        """The optimiser (learning rate set, gradients cleared), the KL weight and the step's metrics row."""
         opt = self._optimizer_for(k, stage)
         for group in opt.param_groups:
             group["lr"] = stage.learning_rate(i)
@@ -207,6 +207,11 @@ class Trainer:
         row = {"step": self.step + 1, "stage": stage.name, "lr": stage.learning_rate(i), "ml": math.nan,
                "kl": math.nan, "rc": math.nan,
                "w_kl": w_kl, "u_mean": math.nan, "out_of_domain": 0, "inverted": 0}
+        return opt, w_kl, row
+
+    def _step(self, k: int, stage: Stage, i: int) -> dict:
+        gen = self.gen
+        opt, w_kl, row = self._start_step(k, stage, i)
         loss = torch.zeros((), dtype=torch.float64, device=gen.device)
         if stage.ml > 0:
             idx = torch.randint(0, len(self.v_data), (min(stage.batch_size, len(self.v_data)),),
@@ -229,13 +234,17 @@ class Trainer:
                 loss = loss + stage.rc * rcl
                 row["rc"] = rcl.item()
         row["loss"] = loss.item()
-        if not torch.isfinite(loss):
+        return self._apply_gradients(opt, stage, row, loss.backward)
+
+    def _apply_gradients(self, opt: torch.optim.Optimizer, stage: Stage, row: dict, backward) -> dict:
+        """Run ``backward()``, clip and step if ``row["loss"]`` is finite (else count the step skipped); the row."""
+        if not math.isfinite(row["loss"]):
             self.n_skipped += 1
             row["skipped"] = 1
             row["grad_norm"] = math.nan
         else:
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(gen.flow.parameters(), stage.clip_grad)
+            backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.gen.flow.parameters(), stage.clip_grad)
             if torch.isfinite(norm):
                 opt.step()
                 row["skipped"] = 0
