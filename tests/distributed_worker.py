@@ -68,26 +68,28 @@ def main() -> None:
     parser.add_argument("data")
     parser.add_argument("out")
     parser.add_argument("--die-at", type=int, default=-1)
+    parser.add_argument("--only-kill", action="store_true", help="skip sampling and the full training run")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
     info = init_distributed(timeout_s=30)
     gen = generator(args.data)
-    for name, (n, options) in SAMPLE_SETS.items():
+    for name, (n, options) in ({} if args.only_kill else SAMPLE_SETS).items():
         part = sample_shards(gen, n, seed=SAMPLE_SEED, shards=SHARDS, **options)
         part.save(part_path(out / f"{name}.npz", info.rank, info.world_size))
     if info.distributed:
         torch.distributed.barrier()
-    if info.is_main:
+    if info.is_main and not args.only_kill:
         for name in SAMPLE_SETS:
             parts = [part_path(out / f"{name}.npz", r, info.world_size) for r in range(info.world_size)]
             merge_sample_files(parts, gen.system).save(out / f"{name}.npz")
-    run = trainer(gen, args.data, out / "full")
-    if info.is_main:
-        print(run.describe(), flush=True)
-    run.fit(resume=True)
-    if info.is_main:
-        torch.save(gen.flow.state_dict(), out / "full" / "weights.pt")
+    if not args.only_kill:
+        run = trainer(gen, args.data, out / "full")
+        if info.is_main:
+            print(run.describe(), flush=True)
+        run.fit(resume=True)
+        if info.is_main:
+            torch.save(gen.flow.state_dict(), out / "full" / "weights.pt")
     if args.die_at >= 0:
         _Dying.die_at = args.die_at
         trainer(generator(args.data), args.data, out / "killed", _Dying).fit(resume=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -55,6 +56,12 @@ def torchrun(data: Path, out: Path, *extra: str) -> tuple[subprocess.CompletedPr
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=JOB_LIMIT_S)
     return done, time.perf_counter() - start
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def weights(state: dict) -> dict:
@@ -162,6 +169,21 @@ def test_sharded_sampling_merges_to_one_process(two_ranks, data_file, dw):
     assert annealed.log_normalizer == pytest.approx(np.logaddexp.reduce(z) - math.log(len(z)), abs=1e-12)
     assert len(set(z)) == len(z)  # independent streams
     assert annealed.ancestors.max() < len(annealed) and (annealed.ancestors[:20] < 20).all()  # lineages per shard
+
+
+@pytest.mark.slow
+def test_surviving_rank_says_what_happened_without_torchrun(data_file, tmp_path):
+    """Ranks started by hand (as srun does, no torchrun agent to stop them): the survivor's collective fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+           "PYTHONPATH": os.pathsep.join([str(WORKER.parents[1]), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, str(WORKER), str(data_file), str(tmp_path), "--die-at", "3", "--only-kill"]
+    ranks = [subprocess.Popen(command, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    _, err = ranks[0].communicate(timeout=JOB_LIMIT_S)
+    ranks[1].wait(timeout=JOB_LIMIT_S)
+    assert ranks[1].returncode == -9 and ranks[0].returncode != 0
+    assert "rank 0 of 2 stopped at step 3" in err and "resume from" in err and "run.ckpt" in err
 
 
 # ---------------------------------------------------------------------- in-process checks

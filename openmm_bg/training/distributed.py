@@ -251,7 +251,8 @@ class DistributedTrainer(Trainer):
         except Exception as err:
             if not self.info.distributed:
                 raise
-            where = f"; restart the same torchrun command to resume from {self.checkpoint}" if self.checkpoint else ""
+            where = (f"; run the same torchrun (or srun) command again to resume from {self.checkpoint}"
+                     if self.checkpoint else "")
             raise RuntimeError(f"rank {self.info.rank} of {self.info.world_size} stopped at step {self.step}: "
                                f"{one_line(err)} (if another rank died or hung, collectives fail after "
                                f"{self.timeout_s:g} s){where}") from err
