@@ -258,6 +258,25 @@ def test_merge_samples_command_merges_rank_files(dw_gen, tmp_path, capsys):
     assert "shard 0 is in sets[0] and sets[1]" in capsys.readouterr().err
 
 
+def test_command_line_refuses_what_does_not_shard(dw_gen, tmp_path, capsys, monkeypatch):
+    from openmm_bg.apps.cli import main
+
+    model = dw_gen.save(tmp_path / "model.bg", extra={"system_spec": {"name": "double_well", "options": {}}})
+    args = ["sample", str(model), "-n", "8", "-o", str(tmp_path / "s.npz")]
+    assert main([*args, "--shards", "4", "--trajectory", str(tmp_path / "s.h5")]) == 2
+    assert "--trajectory is not made by sharded sampling" in capsys.readouterr().err
+    assert main([*args, "--shards", "16"]) == 2
+    assert "cannot fill 16 shards" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--shards", "0"])
+    assert "argument --shards" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["free-energy", str(model), "--states", "left,right", "-o", str(tmp_path / "fe")]) == 2
+    assert "'free-energy' runs on one process" in capsys.readouterr().err
+    assert not (tmp_path / "s.npz").exists() and not (tmp_path / "fe").exists()
+
+
 @pytest.mark.slow
 def test_torchrun_command_line_trains_and_samples_on_two_ranks(data_file, tmp_path):
     """``torchrun --no-python openmm-bg train/sample`` on 2 ranks, then the same shards on one process."""
