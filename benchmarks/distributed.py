@@ -74,9 +74,8 @@ def worker(args: argparse.Namespace) -> None:
     samples.save(part_path(out, info.rank, info.world_size))
     if info.is_main:
         print(json.dumps({"ranks": info.world_size, "backend": info.backend, "steps_per_s": steps_per_s,
-                          "samples_per_s": args.samples / sample_s, "energy_workers": energy["n_workers"]
-                          if isinstance(energy, dict) else energy.n_workers, "threads": threads,
-                          "final_loss": trainer.history[-1]["loss"]}), flush=True)
+                          "samples_per_s": args.samples / sample_s, "energy_workers": energy.n_workers,
+                          "threads": threads, "final_loss": trainer.history[-1]["loss"]}), flush=True)
     close_distributed()
 
 
