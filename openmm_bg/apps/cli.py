@@ -10,6 +10,9 @@ Subcommands (``openmm-bg SUBCOMMAND --help`` explains every option with its unit
     openmm-bg sample model.bg -n 100000 --anneal -o annealed.npz   # exact, lighter-tailed weights
     openmm-bg free-energy model.bg --states C7eq,C7ax --profile phi -o results/
     openmm-bg demo                                  # the main job (alanine dipeptide, vacuum)
+    torchrun --nproc_per_node=4 --no-python openmm-bg train ...   # data-parallel (see --shards)
+    torchrun --nproc_per_node=4 --no-python openmm-bg sample model.bg -n 100000000 -o samples.npz
+    openmm-bg merge-samples model.bg -o samples.npz samples.rank*of4.npz   # if rank 0 cannot see them all
 
 A system is a built-in name (with ``--option key=value`` for its options, e.g. ``solvent=implicit``),
 ``peptide:SEQUENCE`` (one-letter codes, built offline: ``openmm_bg.systems.peptide``) or files:
@@ -211,20 +214,85 @@ def _cmd_train(args: argparse.Namespace) -> int:
     gen = openmm_bg.BoltzmannGenerator.build(system, args.data, flow=args.flow, n_blocks=args.n_blocks,
                                              hidden=tuple(args.hidden), seed=args.seed)
     metrics = output.with_name(output.stem + "_training.csv")
-    trainer = Trainer(gen, args.data, stages, seed=args.seed, rc=args.rc, checkpoint=checkpoint,
-                      checkpoint_every=args.checkpoint_every, metrics=metrics)
-    if checkpoint.exists() and not args.restart:
+    options = {"seed": args.seed, "rc": args.rc, "checkpoint": checkpoint, "checkpoint_every": args.checkpoint_every,
+               "metrics": metrics}
+    info = _rank()
+    if args.shards is not None or info.distributed:  # data-parallel: fixed shards, one process per rank
+        from openmm_bg.training import DistributedTrainer
+
+        info = _join(args)
+        _rank_resources(gen, info)
+        trainer = DistributedTrainer(gen, args.data, stages, shards=args.shards or _default_shards(),
+                                     timeout_s=args.dist_timeout, **options)
+        if info.is_main:
+            print(trainer.describe())
+    else:
+        trainer = Trainer(gen, args.data, stages, **options)
+    if info.is_main and checkpoint.exists() and not args.restart:
         step = trainer.read_checkpoint(checkpoint)["step"]  # refuses a checkpoint of another run
         print(f"resuming from {checkpoint} at step {step} of {trainer.total_steps} (use --restart to start over)")
-    elif checkpoint.exists():
+    elif info.is_main and checkpoint.exists():
         checkpoint.unlink()
     history = trainer.fit(resume=not args.restart)
-    gen.save(output, extra={"system_spec": spec})
-    plot = plot_history(history, output.with_name(output.stem + "_training.png"))
-    last = history[-1]
-    print(f"trained {len(history)} steps ({trainer.n_skipped} skipped), final ML {last['ml']:.3f}, "
-          f"KL {last['kl']:.3f} kT; model {output}, metrics {metrics}, curves {plot}")
+    if info.is_main:  # rank 0 writes the model
+        gen.save(output, extra={"system_spec": spec})
+        plot = plot_history(history, output.with_name(output.stem + "_training.png"))
+        last = history[-1]
+        print(f"trained {len(history)} steps ({trainer.n_skipped} skipped), final ML {last['ml']:.3f}, "
+              f"KL {last['kl']:.3f} kT; model {output}, metrics {metrics}, curves {plot}")
+    _leave(info)
     return 0
+
+
+# ---------------------------------------------------------------------- several processes (torchrun)
+def _rank():
+    from openmm_bg.distributed import rank_info
+
+    return rank_info()
+
+
+def _default_shards() -> int:
+    from openmm_bg.distributed import DEFAULT_SHARDS
+
+    return DEFAULT_SHARDS
+
+
+def _join(args: argparse.Namespace):
+    """Join the job's process group (a no-op for one process), with the collective timeout of --dist-timeout."""
+    from openmm_bg.distributed import check_shards, init_distributed, rank_info
+
+    if args.shards is None and rank_info().world_size > _default_shards():
+        raise CLIError(f"{rank_info().world_size} ranks need --shards (at least one shard per rank; "
+                       f"default {_default_shards()})")
+    check_shards(args.shards or _default_shards(), rank_info().world_size)  # before joining: every rank fails alike
+    return init_distributed(args.dist_timeout)
+
+
+def _rank_resources(gen, info) -> None:
+    """Give a rank of a multi-rank job its device and energy (`openmm_bg.distributed.energy_options`)."""
+    from openmm_bg.distributed import energy_options
+    from openmm_bg.energy import energy_for
+
+    if info.distributed:
+        gen.to(info.device)
+        gen.set_energy(energy_for(gen.system, **energy_options(info)))
+
+
+def _leave(info) -> None:
+    from openmm_bg.distributed import close_distributed
+
+    if info.distributed:
+        close_distributed()
+
+
+def _distributed_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("several processes (under torchrun or srun: one process per rank)")
+    g.add_argument("--shards", type=_checked(check.positive_int),
+                   help="cut every batch / the sample set into this many shards, each with its own random stream "
+                        "(>= ranks; results depend on it, not on the number of ranks; default 8 under torchrun, "
+                        "none on one process)")
+    g.add_argument("--dist-timeout", type=_checked(check.positive, "s"), default=300.0,
+                   help="seconds a collective waits for the other ranks before the job fails (default 300)")
 
 
 def _load_model(path: str):
@@ -318,6 +386,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     _check_output(args.output, (".npz",))
     if args.trajectory:
         _check_output(args.trajectory, OUTPUT_SUFFIXES, "--trajectory")
+    info = _rank()
+    if args.shards is not None or info.distributed:
+        return _sample_sharded(gen, args)
     samples = _draw(gen, args)
     path = samples.save(args.output)
     print(samples.summary())
@@ -326,6 +397,57 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         traj.save(args.trajectory)
         print(f"wrote {traj.n_frames} resampled (unweighted) frames to {args.trajectory}")
     print(f"wrote the weighted samples (positions nm, energies kT, log weights) to {path}")
+    return 0
+
+
+def _sample_sharded(gen, args: argparse.Namespace) -> int:
+    """Every rank draws its shards and writes them to its own file; rank 0 merges them into the output."""
+    from openmm_bg.analysis.merge import merge_sample_files
+    from openmm_bg.model.sharded import part_path, sample_shards
+
+    if args.trajectory:
+        raise CLIError("--trajectory is not made by sharded sampling: resample the merged set in Python "
+                       "(Samples.load(...).resample())")
+    info = _join(args)
+    _rank_resources(gen, info)
+    samples = sample_shards(gen, args.n, seed=args.seed, shards=args.shards or _default_shards(),
+                            temperature=args.temperature, anneal=_anneal_config(args), progress=info.is_main)
+    if not info.distributed:
+        path = samples.save(args.output)
+        print(samples.summary())
+        print(f"wrote the weighted samples ({len(samples.provenance['shards'])} shards) to {path}")
+        return 0
+    part = samples.save(part_path(args.output, info.rank, info.world_size))
+    import torch
+
+    torch.distributed.barrier()
+    if info.is_main:
+        parts = [part_path(args.output, r, info.world_size) for r in range(info.world_size)]
+        missing = [str(p) for p in parts if not p.is_file()]
+        if missing:
+            print(f"openmm-bg: rank 0 cannot see {', '.join(missing)} (no shared file system?): copy the parts "
+                  f"together and run 'openmm-bg merge-samples {args.model} -o {args.output} PARTS...'")
+        else:
+            merged = merge_sample_files(parts, gen.system)
+            path = merged.save(args.output)
+            print(merged.summary())
+            print(f"wrote the weighted samples of {info.world_size} ranks to {path} (parts: {parts[0].name}, ...)")
+    else:
+        print(f"rank {info.rank}: wrote {len(samples)} samples to {part}")
+    _leave(info)
+    return 0
+
+
+def _cmd_merge_samples(args: argparse.Namespace) -> int:
+    from openmm_bg.analysis.merge import merge_sample_files
+
+    _check_output(args.output, (".npz",))
+    gen = _load_model(args.model)
+    merged = merge_sample_files(args.parts, gen.system)
+    path = merged.save(args.output)
+    print(merged.summary())
+    print(f"merged {len(args.parts)} files ({len(merged.provenance['shards'])} of {merged.provenance['n_shards']} "
+          f"shards) into {path}")
     return 0
 
 
@@ -439,6 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps between checkpoints (default 100)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.bg)")
+    _distributed_arguments(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("sample", help="draw weighted samples from a trained model")
@@ -451,7 +574,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "log weights)")
     p.add_argument("--trajectory", help="also write an unweighted (resampled) trajectory, e.g. samples.h5")
     _anneal_arguments(p)
+    _distributed_arguments(p)
     p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("merge-samples", help="merge the per-rank sample files of a sharded 'sample' run into one")
+    p.add_argument("model", help="model file the samples were drawn from (it names the system)")
+    p.add_argument("parts", nargs="+", help="samples files of the ranks (NAME.rank{r}of{R}.npz)")
+    p.add_argument("-o", "--output", required=True, help="merged samples (.npz)")
+    p.set_defaults(func=_cmd_merge_samples)
 
     p = sub.add_parser("free-energy", help="free-energy difference between two states, with a profile plot")
     p.add_argument("model", help="model file written by 'openmm-bg train'")
@@ -486,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(message)s")
     try:
+        if args.command not in ("train", "sample") and _rank().distributed:
+            raise CLIError(f"'{args.command}' runs on one process; only train and sample run on several ranks")
         if args.command != "systems":
             import torch
 
