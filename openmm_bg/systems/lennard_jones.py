@@ -35,7 +35,8 @@ Examples
 >>> result.folded, system.getNumForces()
 (True, 1)
 >>> charge, sigma_nm, eps_kj = nb.getParticleParameters(0)
->>> round(sigma_nm._value, 6), round(eps_kj._value, 6)
+>>> nm, kj = openmm.unit.nanometer, openmm.unit.kilojoule_per_mole
+>>> round(sigma_nm.value_in_unit(nm), 9), round(eps_kj.value_in_unit(kj), 9)
 (0.3, 0.5)
 """
 
