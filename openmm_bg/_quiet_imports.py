@@ -47,8 +47,23 @@ def pymbar_module():
     return _PYMBAR
 
 
+class _DropExperimentalNotice(logging.Filter):
+    """Drops openmmtools.multistate's "API is experimental" warning, logged by every sampler and reporter."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "API is experimental" not in record.getMessage()
+
+
+_MULTISTATE_LOGGERS = ("openmmtools.multistate.multistatereporter", "openmmtools.multistate.multistatesampler",
+                       "openmmtools.multistate.paralleltempering", "openmmtools.multistate.replicaexchange")
+
+
 def openmmtools_module():
-    """Import openmmtools (with ``mcmc``, ``multistate``, ``cache`` and ``states``) after a quiet pymbar."""
+    """Import openmmtools (with ``mcmc``, ``multistate``, ``cache`` and ``states``) after a quiet pymbar.
+
+    Also drops the "openmmtools.multistate API is experimental" warning that each multistate
+    sampler and reporter logs (other messages of those loggers pass).
+    """
     pymbar_module()
     import openmmtools
     import openmmtools.cache
@@ -56,4 +71,8 @@ def openmmtools_module():
     import openmmtools.multistate
     import openmmtools.states  # noqa: F401
 
+    for name in _MULTISTATE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropExperimentalNotice) for f in logger.filters):
+            logger.addFilter(_DropExperimentalNotice())
     return openmmtools

@@ -1,4 +1,5 @@
-"""Molecular dynamics with OpenMM as training data: `simulate` (Langevin MD, progress, seed).
+"""Molecular dynamics with OpenMM as training data: `simulate` (Langevin MD, progress, seed) and
+`replica_exchange` (parallel tempering with openmmtools, stored and resumable).
 
 Examples
 --------
@@ -8,6 +9,7 @@ Examples
 0.001
 """
 
+from .replica_exchange import ReplicaExchangeRun, replica_exchange
 from .simulation import default_timestep, simulate
 
-__all__ = ["simulate", "default_timestep"]
+__all__ = ["simulate", "default_timestep", "replica_exchange", "ReplicaExchangeRun"]
