@@ -66,6 +66,21 @@ def test_other_settings_are_refused_before_any_md(tmp_path):
     assert storage.stat().st_mtime_ns == stamp
 
 
+def test_a_stopped_run_needs_resume_and_continues_where_it_stopped(tmp_path):
+    """A store with fewer iterations than its run asked for (what a killed run leaves; the real kill is
+    the slow test below) is refused without resume=True and continued with it."""
+    out = tmp_path / "pt.h5"
+    first = _run(out, 3)
+    settings = replica_store_paths(out)[2]
+    record = json.loads(settings.read_text())
+    settings.write_text(json.dumps({**record, "n_frames_asked": 6}))
+    with pytest.raises(ValueError, match=r"stopped replica exchange run \(3 iterations\); continue it with resume"):
+        _run(out, 6)
+    run = _run(out, 6, resume=True)
+    assert run.trajectory.n_frames == 6 and not run.reused
+    np.testing.assert_array_equal(run.trajectory.xyz[:3], first.trajectory.xyz)
+
+
 @pytest.mark.parametrize("temperatures, message", [
     ("300:450", "LOWEST:HIGHEST:N"),
     ("300:450:1", "number of temperatures must be an integer >= 2"),
