@@ -6,7 +6,8 @@ type2)``) as soon as one pair of LJ types does not follow the Lorentz-Berthelot 
 Their test covers every type the file defines, also types no atom uses: a prmtop stripped of
 water and ions keeps those types with parameters never set, and the System gets the table
 although every pair of atoms follows the rules. A tabulated force makes each energy and force
-evaluation several times slower (trpzip2 in OBC2: about 9x on one CPU thread).
+evaluation slower (trpzip2 in OBC2: an MD step with the table takes 2.2x the CPU time of one
+without on one CPU thread, 1.5x on Reference; ``benchmarks/protein_md_speed.py``).
 
 `fold_lennard_jones_table` checks the table for the type pairs that atoms use and, when every
 one follows the rules, gives the ``NonbondedForce`` per-atom sigma and epsilon and removes the
@@ -60,7 +61,7 @@ _EXPRESSIONS = ("(a/r6)^2-b/r6;r6=r^6;a=acoef(type1,type2);b=bcoef(type1,type2)"
 
 
 #: The measured cost of a table (benchmarks/protein_md_speed.py), quoted in the warning.
-_COST = "about 2x per MD step for a 218-atom peptide in OBC2 on one CPU thread"
+_COST = "about 2x the CPU time per MD step for a 218-atom peptide in OBC2 on one CPU thread"
 
 
 class TabulatedLennardJonesWarning(UserWarning):

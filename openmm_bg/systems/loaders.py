@@ -198,7 +198,7 @@ def from_files(topology, coordinates=None, parameters: Sequence[str] | str | Non
     reader rejects. A Lennard-Jones table that the readers build although every pair of atom types
     follows the combining rules (a file stripped of water or ions keeps their unused types) is
     folded back into the ``NonbondedForce`` (`openmm_bg.systems.lennard_jones`): same energies,
-    several times faster. A table that must stay (genuine NBFIX) is kept with a
+    faster steps (trpzip2 in OBC2: about 2x on one CPU thread). A table that must stay (genuine NBFIX) is kept with a
     `TabulatedLennardJonesWarning` naming its cost.
 
     Parameters
