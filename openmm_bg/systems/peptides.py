@@ -132,8 +132,9 @@ def trpzip2(constraints=None, temperature: float = 300.0, forcefield: str = "amb
         The prmtop keeps the stripped water and ion Lennard-Jones types, for which OpenMM would
         build a tabulated LJ force; it is folded back into the ``NonbondedForce``
         (`openmm_bg.systems.lennard_jones`: same energies, MD steps about 2.2x faster on one
-        CPU thread, 1.5x on Reference; the GBSA force takes most of what is left). ``"amber14"``: the same topology and positions with ``amber14-all.xml`` and
-        GBn2 (``implicit/gbn2.xml``).
+        CPU thread, 1.5x on Reference; the GBSA force takes most of what is left).
+        ``"amber14"``: the same topology and positions with ``amber14-all.xml`` and GBn2
+        (``implicit/gbn2.xml``).
     """
     prmtop = app.AmberPrmtopFile(str(structure_path("trpzip2/trpzip2.prmtop")))
     inpcrd = app.AmberInpcrdFile(str(structure_path("trpzip2/trpzip2.inpcrd")))
