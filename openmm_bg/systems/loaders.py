@@ -70,6 +70,13 @@ def from_openmm(system: openmm.System, topology: app.Topology, positions, temper
     name : str
     rotation_invariant : bool, optional
         Default: True unless the System has external (positional) forces or a periodic box.
+
+    Notes
+    -----
+    The System is used as given. One that OpenMM built from a prmtop stripped of water or ions
+    carries a tabulated Lennard-Jones force for the unused types; ``from_files`` folds it, or
+    call `openmm_bg.systems.lennard_jones.fold_lennard_jones_table` on the System first (same
+    energies, faster MD).
     """
     temperature = temperature_kelvin("temperature", temperature)
     if hasattr(positions, "value_in_unit"):
