@@ -5,6 +5,7 @@ Subcommands (``openmm-bg SUBCOMMAND --help`` explains every option with its unit
     openmm-bg systems                               # built-in systems, states, reference energies
     openmm-bg simulate alanine_dipeptide -n 2000 --stride 500 -o md.h5   # --resume after a kill
     openmm-bg simulate peptide:AAGA --torsion-starts 7 -n 1000 -o md.h5  # 8 starts, origins beside
+    openmm-bg simulate trpzip2 --option constraints=hbonds --ns 1 --replica-exchange 300:450:6 -o tz.h5
     openmm-bg train alanine_dipeptide --data md.h5 -o model.bg      # resumable (checkpoint beside -o)
     openmm-bg sample model.bg -n 100000 -o samples.npz
     openmm-bg sample model.bg -n 100000 --anneal -o annealed.npz   # exact, lighter-tailed weights
@@ -149,7 +150,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from openmm_bg.md.simulation import OUTPUT_SUFFIXES
 
     _check_output(args.output, OUTPUT_SUFFIXES)
+    if args.all_temperatures and args.replica_exchange is None:
+        raise CLIError("--all-temperatures needs --replica-exchange LOW:HIGH:N")
     system = load_system(system_spec(args))
+    args.frames = _frames_of(args, system)
+    if args.replica_exchange is not None:
+        if args.starts or args.torsion_starts:
+            raise CLIError("--replica-exchange starts from the system's structure; drop --starts/--torsion-starts")
+        return _cmd_replica_exchange(args, system)
     if args.starts or args.torsion_starts:
         return _simulate_starts(args, system)
     partial = PartialRun(args.output)
@@ -184,6 +192,54 @@ def _simulate_starts(args: argparse.Namespace, system) -> int:
     print(f"wrote {traj.n_frames} frames of {system.name} from {len(np.unique(origins))} starts to {args.output}; "
           f"origins in {origins_path(args.output)}")
     return 0
+
+
+def _frames_of(args: argparse.Namespace, system) -> int:
+    """Frames to make: ``-n`` (default 1000), or ``--ns`` of simulated time over ``--stride`` steps."""
+    if args.ns is None:
+        return 1000 if args.frames is None else args.frames
+    if args.frames is not None:
+        raise CLIError("give either -n/--frames or --ns, not both")
+    from openmm_bg.md import default_timestep
+
+    dt = args.timestep or default_timestep(system)
+    frames = round(args.ns * 1000.0 / (dt * args.stride))
+    if frames < 1:
+        raise CLIError(f"--ns {args.ns:g} is shorter than one frame ({args.stride} steps of {dt:g} ps); "
+                       "give more ns or a smaller --stride")
+    return frames
+
+
+def _cmd_replica_exchange(args: argparse.Namespace, system) -> int:
+    from openmm_bg.md import replica_exchange
+
+    run = replica_exchange(system, n_frames=args.frames, stride=args.stride, temperatures=args.replica_exchange,
+                           output=args.output, seed=args.seed, timestep=args.timestep, friction=args.friction,
+                           equilibration_steps=args.equilibration, minimize=args.minimize, platform=args.platform,
+                           resume=args.resume)
+    ladder = ", ".join(f"{t:.0f}" for t in run.temperatures)
+    acceptance = ", ".join(f"{a:.2f}" for a in run.acceptance)
+    how = "read from the stored run " + run.storage.name if run.reused else "stored in " + run.storage.name
+    print(f"replica exchange at {ladder} K ({how}); exchange acceptance between neighbours: {acceptance}")
+    if args.all_temperatures:
+        output = Path(args.output)
+        for state, temperature in enumerate(run.temperatures[1:], start=1):
+            path = output.with_name(f"{output.stem}_{temperature:.0f}K{output.suffix}")
+            run.frames_at(state).save(str(path))
+            print(f"wrote the {temperature:.1f} K frames to {path}")
+    traj = run.trajectory
+    print(f"wrote {traj.n_frames} frames ({traj.time[-1]:.1f} ps) of {system.name} at {run.temperatures[0]:g} K "
+          f"to {args.output}")
+    return 0
+
+
+def _temperature_ladder(text: str):
+    from openmm_bg.md.replica_exchange import parse_temperature_ladder
+
+    try:
+        return parse_temperature_ladder(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _check_output(path, suffixes, name: str = "output") -> None:
@@ -518,8 +574,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="Langevin MD of a system, written as a trajectory (training data)")
     _system_arguments(p)
-    p.add_argument("-n", "--frames", type=_checked(check.positive_int), default=1000,
+    p.add_argument("-n", "--frames", type=_checked(check.positive_int),
                    help="number of frames to write (default 1000)")
+    p.add_argument("--ns", type=_checked(check.positive, "ns"),
+                   help="simulated time in ns instead of -n (frames = ns / (stride x timestep))")
     p.add_argument("--stride", type=_checked(check.positive_int), default=500,
                    help="MD steps between frames (default 500)")
     p.add_argument("--timestep", type=_checked(check.positive, "ps"), help="time step in ps (default 0.001 for "
@@ -539,6 +597,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "a start): -n frames from each, merged; each frame's start in OUTPUT.origins.json")
     p.add_argument("--torsion-starts", type=_checked(check.positive_int), metavar="K", help="add K starts made from "
                    "the reference by setting every residue's phi/psi to a random basin (peptides)")
+    p.add_argument("--replica-exchange", metavar="LOW:HIGH:N", type=_temperature_ladder,
+                   help="parallel tempering (openmmtools) over N temperatures from LOW (the system's, K) to HIGH, "
+                        "exchanges every --stride steps; OUTPUT gets the LOW frames, the run is stored (and "
+                        "reused, or continued with --resume) in OUTPUT.replicas.nc")
+    p.add_argument("--all-temperatures", action="store_true",
+                   help="with --replica-exchange: also write each higher temperature's frames to OUTPUT_<T>K.<suffix>")
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("train", help="train a Boltzmann Generator on MD data (resumes an interrupted run)")

@@ -1,5 +1,6 @@
 """Molecular dynamics with OpenMM as training data: `simulate` (Langevin MD, progress, seed) and
-`simulate_starts` (several starts, e.g. from `torsion_starts`, merged with each frame's origin).
+`simulate_starts` (several starts, e.g. from `torsion_starts`, merged with each frame's origin) and
+`replica_exchange` (parallel tempering with openmmtools, stored and resumable).
 
 Examples
 --------
@@ -10,6 +11,8 @@ Examples
 """
 
 from .multistart import read_origins, simulate_starts, torsion_starts
+from .replica_exchange import ReplicaExchangeRun, replica_exchange
 from .simulation import default_timestep, simulate
 
-__all__ = ["simulate", "default_timestep", "simulate_starts", "torsion_starts", "read_origins"]
+__all__ = ["simulate", "default_timestep", "simulate_starts", "torsion_starts", "read_origins", "replica_exchange",
+           "ReplicaExchangeRun"]
