@@ -9,7 +9,7 @@ import torch
 
 import openmm_bg.systems as bgs
 from openmm_bg.data import structure_path
-from openmm_bg.systems import BACKBONE_BASINS, CoordinateError, backbone_coordinates, coordinate, define, state
+from openmm_bg.systems import BACKBONE_BASINS, CoordinateError, backbone_definitions, coordinate, define, state
 from openmm_bg.systems.state_files import parse_coordinate_option, parse_state_option, read_state_file
 
 
@@ -187,20 +187,24 @@ def test_bad_state_names_and_options_are_refused(ala):
 
 
 def test_backbone_basins_partition_every_residue(ala, ala_md, trpzip):
-    rcs, states = backbone_coordinates(ala)
+    rcs, states = backbone_definitions(ala)
     assert sorted(rcs) == ["phi_2", "psi_2"] and sorted(states) == ["alphaL_2", "alphaR_2", "beta_2"]
     assert set(BACKBONE_BASINS) == {"alphaR", "beta", "alphaL"}
     x = _xyz(ala_md)
     member = np.stack([states[f"{b}_2"](x) for b in BACKBONE_BASINS])
     assert (member.sum(0) == 1).all()  # every frame in exactly one basin
-    np.testing.assert_array_equal(states["alphaL_2"](x), coordinate(ala, "phi:2")(x) > 0)
-    assert member[1].mean() > 0.5  # C7eq is in the beta basin
+    phi = coordinate(ala, "phi:2")(x)
+    np.testing.assert_array_equal(states["alphaL_2"](x), (phi > 0) & (phi < 2.2))
+    for basin, condition in BACKBONE_BASINS.items():  # the documented conditions are the states
+        text = condition.replace("phi", "phi:2").replace("psi", "psi:2")
+        np.testing.assert_array_equal(state(ala, basin, text)(x), states[f"{basin}_2"](x))
+    assert (states["beta_2"](x) | states["alphaR_2"](x)).mean() > 0.5  # C7eq
     system, traj = trpzip
-    rcs, states = backbone_coordinates(system)
-    assert len(rcs) == 20 and len(states) == 30  # residues 2-11 have phi and psi; caps/termini none
+    rcs, states = backbone_definitions(system)
+    assert len(rcs) == 22 and len(states) == 30  # 11 phi, 11 psi; residues 2-11 have both
     member = np.stack([states[f"{b}_5"](_xyz(traj)) for b in BACKBONE_BASINS])
     assert (member.sum(0) == 1).all()
-    assert backbone_coordinates(bgs.load("double_well")) == ({}, {})
+    assert backbone_definitions(bgs.load("double_well")) == ({}, {})
 
 
 def test_state_file_defines_coordinates_and_states(ala, ala_md, tmp_path):
@@ -244,7 +248,7 @@ def test_bad_state_files_are_refused_naming_the_entry(ala, tmp_path, text, messa
         read_state_file(tmp_path / "none.toml", ala)
 
 
-def test_a_pdb_system_gets_backbone_coordinates_and_user_states(tmp_path):
+def test_a_pdb_system_gets_backbone_definitions_and_user_states(tmp_path):
     """A PDB system (no coordinates or states of its own) gets them from define."""
     system = bgs.from_pdb(structure_path("alanine_dipeptide.pdb"))
     assert not system.states

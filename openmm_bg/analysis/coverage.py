@@ -44,7 +44,7 @@ import torch
 
 from ..geometry import dihedral
 from ..systems import MolecularSystem
-from ..systems.coordinates import backbone_coordinates
+from ..systems.coordinates import backbone_definitions
 from . import reweighting
 
 if TYPE_CHECKING:
@@ -167,7 +167,7 @@ class CoverageReference:
         x = np.where(finite[:, None, None], x, 0.0)
         kind = self.features["kind"]
         if kind == "basins":
-            states = backbone_coordinates(system)[1]
+            states = backbone_definitions(system)[1]
             missing = [n for n in self.names if n not in states]
             if missing:
                 raise ValueError(f"system {system.name!r} has no backbone basins {missing}: the coverage reference "
@@ -235,7 +235,7 @@ def coverage_reference(system: MolecularSystem, data, torsions=None, n_clusters:
     if x.ndim != 3 or x.shape[1:] != (system.n_atoms, 3) or len(x) == 0:
         raise ValueError(f"data must be frames [n >= 1, {system.n_atoms}, 3] (nm) of system {system.name!r}, got "
                          f"shape {x.shape}")
-    states = backbone_coordinates(system)[1] if system.rotation_invariant and basins else {}
+    states = backbone_definitions(system)[1] if system.rotation_invariant and basins else {}
     if states:
         names = list(states)
         member = np.stack([states[n](x) for n in names])

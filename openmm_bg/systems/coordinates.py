@@ -24,8 +24,8 @@ against the system before any work. The grammar (spaces are ignored around ``:``
 - A bare NAME is one of the system's own coordinates (e.g. ``phi`` of alanine dipeptide), or one of
   ``extra`` (coordinates defined in the same state file).
 
-`backbone_coordinates` gives every residue's phi and psi (``phi_2``, ``psi_2``) and its backbone
-basins (`BACKBONE_BASINS`).
+`backbone_definitions` gives every residue's phi and psi (``phi_2``, ``psi_2``) and its backbone
+basins (`BACKBONE_BASINS`, defined in `openmm_bg.systems.backbone`).
 
 Examples
 --------
@@ -50,9 +50,10 @@ import torch
 
 from .._validation import one_line
 from ..geometry import angle, dihedral, distance
+from .backbone import backbone_coordinates, backbone_states
 from .molecular_system import MolecularSystem, ReactionCoordinate
 
-__all__ = ["coordinate", "CoordinateError", "backbone_coordinates", "BACKBONE_BASINS", "resolve_atom",
+__all__ = ["coordinate", "CoordinateError", "backbone_definitions", "BACKBONE_BASINS", "resolve_atom",
            "rmsd_coordinate", "COORDINATE_KINDS"]
 
 
@@ -72,14 +73,14 @@ _CHI = {
 #: Every KIND of the grammar.
 COORDINATE_KINDS = ("dihedral", "angle", "distance", "phi", "psi", "omega", *_CHI, "rmsd")
 
-#: Backbone basins of every residue with phi and psi (deg; ranges open, ``(a, b)`` with a > b wraps
-#: through +-180). Together they cover the whole (phi, psi) plane, each point in exactly one basin:
-#: alpha-R is the right-handed helix region with its bridge, beta the extended region (beta, C5 and
-#: polyproline II, C7eq), alpha-L every positive phi (left-handed helix and C7ax).
+#: Backbone basins of every residue with phi and psi (rad; defined in `openmm_bg.systems.backbone`).
+#: Together they cover the whole (phi, psi) plane, each point in exactly one basin: alpha-L is
+#: alanine dipeptide's C7ax range of phi (left-handed helix, C7ax), alpha-R the right-handed helix
+#: region with its bridge, beta the rest (beta, C5, polyproline II, C7eq).
 BACKBONE_BASINS: dict[str, str] = {
-    "alphaR": "phi in (-180deg, 0deg) and psi in (-120deg, 50deg)",
-    "beta": "phi in (-180deg, 0deg) and psi in (50deg, -120deg)",
-    "alphaL": "phi in (0deg, 180deg)",
+    "alphaL": "phi in (0, 2.2)",
+    "alphaR": "phi not in (0, 2.2) and psi in (-2.2, 1.0)",
+    "beta": "phi not in (0, 2.2) and psi not in (-2.2, 1.0)",
 }
 
 
@@ -276,7 +277,8 @@ def _geometric(name: str, kind: str, atoms: tuple[int, ...], system: MolecularSy
     if kind in ("dihedral", "phi", "psi", "omega", *_CHI):
         i, j, k, l = atoms
         return ReactionCoordinate(name, lambda x: dihedral(x, i, j, k, l), atoms=atoms, periodic=True,
-                                  bounds=(-math.pi, math.pi), unit="rad", description=description)
+                                  bounds=(-math.pi, math.pi), unit="rad", description=description,
+                                  spec={"kind": "dihedral", "atoms": [i, j, k, l]})
     if kind == "angle":
         i, j, k = atoms
         return ReactionCoordinate(name, lambda x: angle(x, i, j, k), atoms=atoms, periodic=False,
@@ -381,8 +383,11 @@ def _renamed(rc: ReactionCoordinate, name: str) -> ReactionCoordinate:
 
 
 # ---------------------------------------------------------------------- backbone
-def backbone_coordinates(system: MolecularSystem) -> tuple[dict[str, ReactionCoordinate], dict]:
-    """phi and psi of every residue that has both, and its backbone basins.
+def backbone_definitions(system: MolecularSystem) -> tuple[dict[str, ReactionCoordinate], dict]:
+    """phi and psi of every residue that has them, and the backbone basins of those with both.
+
+    The one definition is `openmm_bg.systems.backbone` (`backbone_coordinates`, `backbone_states`);
+    this takes a system and returns both.
 
     Parameters
     ----------
@@ -391,31 +396,18 @@ def backbone_coordinates(system: MolecularSystem) -> tuple[dict[str, ReactionCoo
     Returns
     -------
     coordinates : dict of str -> ReactionCoordinate
-        ``phi_R`` and ``psi_R`` (rad) for each residue number R with both (caps have none).
+        ``phi_R`` and ``psi_R`` (rad) per residue number R (caps and chain ends lack one or both).
     states : dict of str -> State
-        ``alphaR_R``, ``beta_R`` and ``alphaL_R`` per such residue, the `BACKBONE_BASINS`; they
+        ``alphaL_R``, ``alphaR_R`` and ``beta_R`` per residue with both, the `BACKBONE_BASINS`; they
         partition the (phi, psi) plane of each residue. Empty dicts for a system without a
         peptide backbone.
 
     Examples
     --------
     >>> import openmm_bg.systems as bgs
-    >>> rcs, states = backbone_coordinates(bgs.load("alanine_dipeptide"))
+    >>> rcs, states = backbone_definitions(bgs.load("alanine_dipeptide"))
     >>> sorted(rcs), sorted(states)
     (['phi_2', 'psi_2'], ['alphaL_2', 'alphaR_2', 'beta_2'])
     """
-    from .state_files import state  # the state grammar builds on this module's coordinates
-
-    coordinates, states = {}, {}
-    for residue in _residues(system):
-        number = residue.index + 1
-        try:
-            phi = coordinate(system, f"phi:{number}", name=f"phi_{number}")
-            psi = coordinate(system, f"psi:{number}", name=f"psi_{number}")
-        except CoordinateError:
-            continue
-        coordinates[phi.name], coordinates[psi.name] = phi, psi
-        for basin, condition in BACKBONE_BASINS.items():
-            text = condition.replace("phi", phi.name).replace("psi", psi.name)
-            states[f"{basin}_{number}"] = state(system, f"{basin}_{number}", text, extra=coordinates)
-    return coordinates, states
+    coordinates = backbone_coordinates(system.topology)
+    return coordinates, backbone_states(coordinates)

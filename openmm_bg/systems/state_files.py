@@ -51,7 +51,7 @@ from pathlib import Path
 
 import torch
 
-from .coordinates import CoordinateError, backbone_coordinates, coordinate
+from .coordinates import CoordinateError, backbone_definitions, coordinate
 from .molecular_system import MolecularSystem, ReactionCoordinate, State
 
 __all__ = ["state", "parse_state_option", "parse_coordinate_option", "Definitions", "read_state_file",
@@ -204,7 +204,7 @@ def parse_coordinate_option(system: MolecularSystem, text: str,
 
 @dataclass
 class Definitions:
-    """Coordinates and states defined for a system (by a state file, options or `backbone_coordinates`).
+    """Coordinates and states defined for a system (by a state file, options or `backbone_definitions`).
 
     Attributes
     ----------
@@ -293,7 +293,7 @@ def define(system: MolecularSystem, coordinates: Mapping[str, str] | Iterable[st
     files : iterable of paths
         TOML state files (`read_state_file`), read first.
     backbone : bool
-        Also register `backbone_coordinates` (``phi_R``, ``psi_R`` and the basins ``alphaR_R``,
+        Also register `backbone_definitions` (``phi_R``, ``psi_R`` and the basins ``alphaR_R``,
         ``beta_R``, ``alphaL_R``) where the system has no entry of that name.
 
     Returns
@@ -315,7 +315,7 @@ def define(system: MolecularSystem, coordinates: Mapping[str, str] | Iterable[st
     """
     rcs, sts = dict(system.reaction_coordinates), dict(system.states)
     if backbone:
-        more_rcs, more_states = backbone_coordinates(system)
+        more_rcs, more_states = backbone_definitions(system)
         rcs.update({k: v for k, v in more_rcs.items() if k not in rcs})
         sts.update({k: v for k, v in more_states.items() if k not in sts})
     own = Definitions()

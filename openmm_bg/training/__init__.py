@@ -2,8 +2,9 @@
 
 Modules: :mod:`.stages` (`Stage`, `default_stages`, `load_stages`), :mod:`.losses` (`ml_loss`,
 `kl_loss`, `rc_loss`), :mod:`.regularization` (the lin-log energy cut, training only),
-:mod:`.trainer` (`Trainer`: schedule, metrics, checkpoints, resume). Formulas: ``docs/design.md``,
-"Key formulas".
+:mod:`.trainer` (`Trainer`: schedule, metrics, checkpoints, resume), :mod:`.distributed`
+(`DistributedTrainer`: data-parallel training on the ranks of a torchrun job, fixed shards).
+Formulas: ``docs/design.md``, "Key formulas".
 
 Losses, per batch:
 
@@ -23,13 +24,14 @@ Examples
 (20, 'ml', 0)
 """
 
+from .distributed import DistributedTrainer
 from .losses import kl_loss, ml_loss, rc_loss
 from .regularization import LinLogCut, linlogcut
 from .stages import Stage, default_stages, load_stages
 from .trainer import Trainer
 
-__all__ = ["Stage", "Trainer", "default_stages", "load_stages", "ml_loss", "kl_loss", "rc_loss", "linlogcut",
-           "LinLogCut"]
+__all__ = ["Stage", "Trainer", "DistributedTrainer", "default_stages", "load_stages", "ml_loss", "kl_loss",
+           "rc_loss", "linlogcut", "LinLogCut"]
 
 
 def __getattr__(name: str):
