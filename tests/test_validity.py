@@ -55,3 +55,34 @@ def test_bad_input(trpzip):
         valid_samples(trpzip, np.zeros((2, 5, 3)))
     with pytest.raises(ValueError, match="energies"):
         valid_samples(trpzip, trpzip.positions[None], energies=[1.0, 2.0])
+
+
+# ---------------------------------------------------------------------------------------------- protein observables
+def test_backbone_rmsd_matches_mdtraj(trpzip):
+    import mdtraj
+
+    from openmm_bg.analysis.protein import backbone_atoms, backbone_rmsd
+
+    rng = np.random.default_rng(0)
+    x = trpzip.positions[None] + rng.normal(0, 0.03, (4, trpzip.n_atoms, 3))
+    ours = backbone_rmsd(x, trpzip.positions, trpzip.topology)
+    top = mdtraj.Topology.from_openmm(trpzip.topology)
+    idx = backbone_atoms(trpzip.topology)
+    ref = mdtraj.rmsd(mdtraj.Trajectory(x, top), mdtraj.Trajectory(trpzip.positions[None], top), atom_indices=idx,
+                      precentered=False)
+    assert len(idx) == 36
+    assert np.allclose(ours, ref, atol=1e-5)
+    with pytest.raises(ValueError, match="backbone"):
+        backbone_rmsd(load("double_well").positions[None], load("double_well").positions, load("double_well").topology)
+
+
+def test_rotamers_and_core_transitions():
+    from openmm_bg.analysis.protein import core_transitions, rotamer_populations, rotamer_states
+
+    deg = np.radians
+    chi = np.stack([deg([60, 70, 105, 60, 179, -179, 125, -60]), deg([180, 150, 130, 100, 90, 80, 60, 60])], 1)
+    assert rotamer_states(chi)[:, 0].tolist() == [0, 0, -1, 0, 1, 1, -1, 2]
+    # recrossing into the same core (105 -> 60) is not a transition; 60 -> t -> g- is two
+    assert core_transitions(chi).tolist() == [2, 1]
+    pops = rotamer_populations(chi)
+    assert np.allclose(pops.sum(1), 1.0) and pops[0].tolist() == [4 / 8, 3 / 8, 1 / 8]
