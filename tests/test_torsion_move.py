@@ -12,8 +12,16 @@ import pytest
 from openmmtools import mcmc, states
 from openmmtools.utils import deserialize, serialize
 
-from openmm_bg.mcmc import (FixmanFactor, Rotor, TorsionGroup, TorsionMixture, TorsionMove, set_torsions,
-                            side_chain_rotors, torsions_of)
+from openmm_bg.mcmc import (
+    FixmanFactor,
+    Rotor,
+    TorsionGroup,
+    TorsionMixture,
+    TorsionMove,
+    set_torsions,
+    side_chain_rotors,
+    torsions_of,
+)
 from openmm_bg.systems import load
 
 KT = 300.0 * unit.kelvin * unit.MOLAR_GAS_CONSTANT_R
@@ -146,7 +154,7 @@ def test_methyl_rotor_keeps_constraints_and_fixman():
     ala = load("alanine_dipeptide", constraints="hbonds")
     rotor = side_chain_rotors(ala.topology, hydrogens=True)
     x = set_torsions(ala.positions, rotor, [0.4])
-    for i, j, d in ala.constraints:
+    for i, j, _ in ala.constraints:
         assert abs(np.linalg.norm(x[i] - x[j]) - np.linalg.norm(ala.positions[i] - ala.positions[j])) < 1e-12
     f = FixmanFactor(ala.constraints, ala.masses)
     assert f.active

@@ -57,8 +57,8 @@ from openmm_bg.analysis.protein import ROTAMERS, backbone_rmsd, core_transitions
 from openmm_bg.analysis.validity import valid_samples  # noqa: E402
 from openmm_bg.apps.plots import plot_history  # noqa: E402
 from openmm_bg.energy import energy_for  # noqa: E402
-from openmm_bg.md import simulate  # noqa: E402
 from openmm_bg.mcmc import TorsionMove, side_chain_rotors, torsions_of  # noqa: E402
+from openmm_bg.md import simulate  # noqa: E402
 from openmm_bg.systems import load  # noqa: E402
 from openmm_bg.training import Stage, Trainer  # noqa: E402
 

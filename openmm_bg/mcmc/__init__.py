@@ -7,8 +7,8 @@ only propose: the acceptance loop, statistics and random streams are `GeneratorM
 (:mod:`.base`); `fixman_log_factor` is the constraint correction they use (:mod:`.fixman`,
 ``docs/design.md``, "Constraints"); `TorsionMove` (:mod:`.torsion_move`) proposes new side-chain
 torsions of one residue from an exact von Mises mixture (`TorsionMixture`, :mod:`.torsion_density`)
-by turning whole rotors (:mod:`.rotors`), with the same base (`MetropolisHastingsMove`); what serialisation stores and the process-wide model cache are in
-:mod:`.serialization`.
+by turning whole rotors (:mod:`.rotors`), with the same base (`MetropolisHastingsMove`); what
+serialisation stores and the process-wide model cache are in :mod:`.serialization`.
 
 Examples
 --------

@@ -10,8 +10,8 @@ proposes (`MetropolisHastingsMove._proposals`), each proposal with its term of t
 with ``u`` the thermodynamic state's reduced potential, ``f = 0.5 log det Z`` the Fixman factor of
 the constraints (`openmm_bg.mcmc.fixman`) and ``g`` the `MoveProposal.log_ratio_term` (the proposal
 ratios of the generator moves factorise this way; `TorsionMove` overrides
-`MetropolisHastingsMove._log_proposal_ratio`). `GeneratorMove` adds the generator. Serialisation and the model cache live in
-`openmm_bg.mcmc.serialization`.
+`MetropolisHastingsMove._log_proposal_ratio`). `GeneratorMove` adds the generator. Serialisation
+and the model cache live in `openmm_bg.mcmc.serialization`.
 
 Examples
 --------

@@ -94,7 +94,8 @@ class TorsionMixture:
     # ------------------------------------------------------------------ density
     def _component_log_probs(self, phi: np.ndarray) -> np.ndarray:
         """``[n, K]`` ``log w_k + log p_k(phi)``."""
-        c = self.concentrations[None] * np.cos(phi[:, None, :] - self.means[None]) - _log_norm(self.concentrations)[None]
+        kappa = self.concentrations[None]
+        c = kappa * np.cos(phi[:, None, :] - self.means[None]) - _log_norm(self.concentrations)[None]
         with np.errstate(divide="ignore"):
             return np.log(self.weights)[None] + c.sum(-1)
 
