@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..geometry import dihedral
 from ..systems import MolecularSystem
 from ..systems.chirality import stereocentres
 from ..systems.graph import topology_graph
@@ -134,14 +135,6 @@ def peptide_omegas(topology) -> np.ndarray:
     return np.asarray(out, dtype=int).reshape(-1, 4)
 
 
-def _dihedral(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    p0, p1, p2, p3 = (x[:, idx[:, k]] for k in range(4))
-    b1, b2, b3 = p1 - p0, p2 - p1, p3 - p2
-    n1, n2 = np.cross(b1, b2), np.cross(b2, b3)
-    m = np.cross(b2 / np.linalg.norm(b2, axis=-1, keepdims=True), n1)
-    return np.arctan2((m * n2).sum(-1), (n1 * n2).sum(-1))
-
-
 def _far_heavy_pairs(adj, znum) -> np.ndarray:
     """Heavy-atom pairs at least three bonds apart."""
     n = len(adj)
@@ -228,7 +221,11 @@ def valid_samples(system: MolecularSystem, x, energies=None, reference=None, cla
     else:
         rings_ok = np.ones(n, dtype=bool)
     omegas = peptide_omegas(system.topology)
-    trans_ok = (np.abs(_dihedral(x, omegas)) > np.pi / 2).all(1) if len(omegas) else np.ones(n, dtype=bool)
+    if len(omegas):
+        omega = np.asarray(dihedral(x, *omegas.T))
+        trans_ok = (np.abs(omega) > np.pi / 2).all(1)
+    else:
+        trans_ok = np.ones(n, dtype=bool)
     return ValidityReport(finite_energy=finite, stereo_ok=stereo_ok, no_clash=dmin >= clash_nm, rings_ok=rings_ok,
                           trans_ok=trans_ok, min_heavy_distance=dmin, n_peptide_bonds=len(omegas),
                           n_ring_bonds=len(ring))

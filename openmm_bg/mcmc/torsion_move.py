@@ -202,7 +202,8 @@ class TorsionMove(MetropolisHastingsMove):
             phi_cur = g.torsions(x_cur)
             phi_new = g.density.sample(1, rng)[0]
             x_new = set_torsions(x_cur, g.rotors, phi_new)
-            log_ratio = float(g.density.log_prob(phi_cur[None])[0] - g.density.log_prob(phi_new[None])[0])
+            lp = g.density.log_prob(np.stack([phi_cur, phi_new]))
+            log_ratio = float(lp[0] - lp[1])
             self._group_counts[gi, 1] += 1
             proposal = MoveProposal(x_new, 0.0, data=(gi, log_ratio))
             yield proposal
