@@ -107,6 +107,8 @@ def main(argv=None) -> None:
     p.add_argument("--train-scale", type=float, default=1.0, help="multiplies the recipe's training steps")
     p.add_argument("--samples", type=int, default=10000)
     p.add_argument("--move-seconds", type=float, default=600.0, help="wall time of each mixing run")
+    p.add_argument("--uniform-weight", type=float, default=0.2,
+                   help="uniform part of the side-chain proposal (reaches rotamers the MD data lack)")
     p.add_argument("--smoke", action="store_true", help="minutes: tiny runs that check the plumbing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, default=RESULTS / "protein.json")
@@ -136,7 +138,8 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     top = mdtraj.Topology.from_openmm(system.topology)
     ref = (mdtraj.load(str(path), top=top) if path.is_file() else
-           simulate(system, n_frames, stride, seed=args.seed, output=path, equilibration_steps=5000, resume=True))
+           simulate(system, n_frames, stride, seed=args.seed, output=path, equilibration_steps=5000, resume=True,
+                    progress=not args.smoke))
     res["reference_md"] = {"ns": n_frames * stride * TIMESTEP_PS / 1000, "frames": ref.n_frames, "file": str(path),
                            "seconds": time.perf_counter() - t0}
     print("reference MD:", res["reference_md"])
@@ -160,7 +163,7 @@ def main(argv=None) -> None:
         nll = -gen.log_prob(torch.as_tensor(held)).double().numpy()
     samples = gen.sample(args.samples, seed=args.seed + 1, progress=not args.smoke)
     diag = samples.diagnostics(warn=False)
-    u_md = energy_for(system)(xyz)
+    u_md = np.asarray(energy_for(system)(xyz), dtype=np.float64)
     u_bg = np.asarray(samples.energies, dtype=np.float64)
     report = valid_samples(system, samples.positions, energies=u_bg, reference=xyz)
     r_md = backbone_rmsd(xyz, system.positions, system.topology)
@@ -211,7 +214,8 @@ def main(argv=None) -> None:
     md_steps = 50  # 0.1 ps between chi1 readings
     runs = {}
     for label, with_move in (("plain_md", False), ("md_plus_move", True)):
-        move = TorsionMove.fit(system, train, n_proposals=5, seed=args.seed) if with_move else None
+        move = (TorsionMove.fit(system, train, n_proposals=5, uniform_weight=args.uniform_weight, seed=args.seed)
+                if with_move else None)
         sstate = states.SamplerState(xyz[-1] * unit.nanometer)
         langevin = mcmc.LangevinDynamicsMove(timestep=TIMESTEP_PS * unit.picosecond, n_steps=md_steps,
                                              collision_rate=1 / unit.picosecond)
@@ -236,8 +240,10 @@ def main(argv=None) -> None:
             runs[label]["acceptance_per_residue"] = {k: (a / p if p else np.nan)
                                                      for k, (a, p) in move.group_statistics.items()}
         print(label, {k: v for k, v in runs[label].items() if k not in ("per_energy_eval",)})
-    speedup = {n: (runs["md_plus_move"]["per_wall_s"][n] / runs["plain_md"]["per_wall_s"][n]
-                   if runs["plain_md"]["per_wall_s"][n] > 0 else np.inf) for n in names}
+    def ratio(a, b):
+        return a / b if b > 0 else (np.inf if a > 0 else np.nan)
+
+    speedup = {n: ratio(runs["md_plus_move"]["per_wall_s"][n], runs["plain_md"]["per_wall_s"][n]) for n in names}
     res["side_chain_move"] = {**runs, "reference_md_rate_per_ns": dict(zip(names, md_rate.tolist(), strict=True)),
                               "slow_residues": slow, "speedup_per_wall_s": speedup,
                               "poisson_bound_per_ns_if_zero": 3.0 / res["reference_md"]["ns"]}

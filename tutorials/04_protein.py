@@ -183,7 +183,7 @@ def main(argv=None) -> None:
     print(f"valid samples: {report}")
 
     # 4. Pictures: energies, RMSD, rotamers.
-    u_md = energy_for(system)(xyz)
+    u_md = np.asarray(energy_for(system)(xyz), dtype=np.float64)
     plot_energies(u_md, np.asarray(samples.energies, dtype=np.float64), out / "energies.png")
     plot_rmsd(backbone_rmsd(xyz, system.positions, system.topology),
               backbone_rmsd(samples.positions, system.positions, system.topology), out / "rmsd.png")
