@@ -6,8 +6,9 @@ and stored):
 1. MD speed on Reference and CPU (1 thread): ms per step and ns/day of ``LangevinMiddleIntegrator``
    at 2 fs, timing MD steps (not ``getState`` calls);
 2. a generator trained with the tutorial's recipe (``tutorials/04_protein.py:protein_stages``,
-   about an hour on 2 cores) on the first 80 % of the reference frames: ESS/N, Pareto k, held-out
-   NLL (per degree of freedom, on the last 20 %), the raw-sample energy distribution vs MD (plot
+   meant for about an hour on 2 cores, not yet timed) on the first 80 % of the reference
+   frames: ESS/N, Pareto k, held-out NLL (per degree of freedom, on the last 20 %), the raw-sample
+   energy distribution vs MD (plot
    ``results/protein_energies.png``; target: median within one MD standard deviation), the
    fraction of valid samples (`openmm_bg.analysis.validity.valid_samples`; target >= 99 %), backbone
    RMSD to the native structure, and per residue the phi/psi region populations (beta: phi < 0 and
