@@ -22,6 +22,8 @@ TUTORIALS = {
                             ["MD: d in closed run", "samples at 300 K"]),
     "03_alanine_dipeptide": (["ramachandran.png", "profile_phi.png", "training.png"],
                              ["saved the generator", "samples at 300 K"]),
+    "04_protein": (["energies.png", "rmsd.png", "rotamers.png", "training.png"],
+                   ["MixedTransform", "valid samples:", "side-chain move: acceptance"]),
     "05_thermodynamic_states": (["temperature_change.png", "parameter_change.png"],
                                 ["300 K -> 350 K", "tilt c = 1 -> 2", "two-generator"]),
 }

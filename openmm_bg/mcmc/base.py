@@ -1,16 +1,17 @@
-"""`GeneratorMove`: the Metropolis-Hastings machinery shared by the Boltzmann-Generator moves.
+"""`MetropolisHastingsMove` and `GeneratorMove`: the Metropolis-Hastings machinery shared by all moves.
 
 As ``openmmtools.mcmc.MetropolizedMove`` accepts or rejects what its subclasses' ``_propose_positions``
-return, `GeneratorMove.apply` owns the acceptance loop, the statistics, the random streams, the
-energies from the openmmtools context, the Fixman factor and the velocity redraw; a subclass only
-proposes (`GeneratorMove._proposals`), each proposal with its term of the log proposal ratio:
+return, `MetropolisHastingsMove.apply` owns the acceptance loop, the statistics, the random streams,
+the energies from the openmmtools context, the Fixman factor and the velocity redraw; a subclass only
+proposes (`MetropolisHastingsMove._proposals`), each proposal with its term of the log proposal ratio:
 
     log a = -[u(x') - u(x)] + [f(x') - f(x)] + [g(x') - g(x)],   g(x') - g(x) = log q(x | x') - log q(x' | x)
 
 with ``u`` the thermodynamic state's reduced potential, ``f = 0.5 log det Z`` the Fixman factor of
 the constraints (`openmm_bg.mcmc.fixman`) and ``g`` the `MoveProposal.log_ratio_term` (the proposal
-ratios of both moves factorise this way). Serialisation and the model cache live in
-`openmm_bg.mcmc.serialization`.
+ratios of the generator moves factorise this way; `TorsionMove` overrides
+`MetropolisHastingsMove._log_proposal_ratio`). `GeneratorMove` adds the generator. Serialisation
+and the model cache live in `openmm_bg.mcmc.serialization`.
 
 Examples
 --------
@@ -42,7 +43,7 @@ from ._openmmtools import MCMCMove
 from ._openmmtools import cache as ommt_cache
 from .fixman import FixmanFactor
 
-__all__ = ["GeneratorMove", "MoveProposal"]
+__all__ = ["GeneratorMove", "MetropolisHastingsMove", "MoveProposal"]
 
 
 @dataclass(frozen=True)
@@ -97,21 +98,16 @@ def _kelvin(temperature) -> float:
     return float(temperature)
 
 
-# ---------------------------------------------------------------------------------------------- base
-class GeneratorMove(MCMCMove):
-    """Base of the Boltzmann-Generator moves: accept/reject loop, statistics, RNG, generator handling.
+# ---------------------------------------------------------------------------------------------- generic base
+class MetropolisHastingsMove(MCMCMove):
+    """Metropolis-Hastings in Cartesian space: acceptance loop, statistics, RNG, energies, velocity redraw.
 
-    Subclasses implement `_proposals` (and `_extra_state`/`_set_extra_state` for their options).
+    The base of every move of this package (`GeneratorMove`, `openmm_bg.mcmc.TorsionMove`): a
+    subclass implements `_prepare` (check the thermodynamic state, return what its proposer needs) and
+    `_proposals`; the log acceptance is that of the module docstring.
 
     Parameters
     ----------
-    generator : BoltzmannGenerator or path
-        A generator, or the path of a saved one (then ``system`` is required).
-    system : MolecularSystem, optional
-        The system the saved generator belongs to (only with a path).
-    model_path : path, optional
-        Where the generator is (or gets) saved; what serialisation stores (see
-        `openmm_bg.mcmc.serialization`).
     seed : int, optional
         Seeds the proposals (``torch.Generator``) and the acceptance tests (numpy).
     fixman : bool, optional
@@ -119,29 +115,11 @@ class GeneratorMove(MCMCMove):
     """
 
     _STAT_KEYS = ("n_accepted", "n_proposed", "n_out_of_domain", "n_inverted", "n_failed_energy")
+    #: Attributes deep copies share instead of copying (loaded models, the constraint term).
+    _SHARED = ("_fixman_term",)
 
-    def __init__(self, generator: BoltzmannGenerator | str | os.PathLike,
-                 system: MolecularSystem | None = None, model_path: str | os.PathLike | None = None,
-                 seed: int | None = None, fixman: bool | None = None):
+    def __init__(self, seed: int | None = None, fixman: bool | None = None):
         super().__init__()
-        if isinstance(generator, BoltzmannGenerator):
-            self._generator = generator
-            self._model_path = None
-            if model_path is not None:
-                self._model_path = serialization.register_model_path(generator, model_path)
-            else:
-                known = getattr(generator, "path", None) or getattr(generator, "saved_path", None)
-                self._model_path = str(Path(known).resolve()) if known is not None else None
-            self._system_info = serialization.system_info(generator.system)
-        elif isinstance(generator, (str, os.PathLike)):
-            if system is None:
-                raise TypeError("pass the MolecularSystem the generator was trained for together with a "
-                                f"path: {type(self).__name__}(path, system=...)")
-            self._generator, self._model_path = serialization.cached_generator(generator, system)
-            self._system_info = serialization.system_info(system)
-        else:
-            raise TypeError(f"generator must be a BoltzmannGenerator or the path of a saved one, "
-                            f"got {type(generator).__name__}")
         self.seed = None if seed is None else int(seed)
         self.fixman = fixman
         self._stream: list[int] = []
@@ -152,17 +130,7 @@ class GeneratorMove(MCMCMove):
         for k in self._STAT_KEYS:
             setattr(self, k, 0)
 
-    # ------------------------------------------------------------------ properties
-    @property
-    def generator(self) -> BoltzmannGenerator | None:
-        """The Boltzmann Generator (``None`` until a deserialised move is first applied)."""
-        return self._generator
-
-    @property
-    def model_path(self) -> str | None:
-        """Resolved path of the saved generator (what serialisation stores), or ``None``."""
-        return self._model_path
-
+    # ------------------------------------------------------------------ statistics
     @property
     def statistics(self) -> dict:
         """Counters: ``n_accepted``, ``n_proposed`` and the reasons for automatic rejections."""
@@ -189,7 +157,7 @@ class GeneratorMove(MCMCMove):
         """Metropolis-Hastings steps with the subclass's proposals; modifies ``sampler_state`` on acceptance.
 
         Each proposal is accepted with ``min(1, exp(log a))`` (module docstring); proposals out of the
-        generator's domain, with an inverted stereocentre or a failed energy are rejected and counted.
+        proposer's domain, with an inverted stereocentre or a failed energy are rejected and counted.
         After an accepted jump the sampler state is read back from the context with velocities
         redrawn from the Maxwell-Boltzmann distribution at the state's temperature; after rejections
         only it is untouched.
@@ -203,7 +171,7 @@ class GeneratorMove(MCMCMove):
         context_cache : openmmtools.cache.ContextCache, optional
             Default the global context cache.
         """
-        gen = self._ensure_generator(thermodynamic_state)
+        proposer = self._prepare(thermodynamic_state)
         rng, tgen = self._rngs(thermodynamic_state)
         context = self._context(thermodynamic_state, context_cache)
         x_cur = np.array(sampler_state.positions.value_in_unit(unit.nanometer), dtype=np.float64)
@@ -211,7 +179,7 @@ class GeneratorMove(MCMCMove):
         f_cur = float(self._fixman(x_cur[None])[0])
         chain = Chain(MoveProposal(x_cur))
         accepted = False
-        for proposal in self._proposals(gen, thermodynamic_state, chain, tgen):
+        for proposal in self._proposals(proposer, thermodynamic_state, chain, tgen):
             self.n_proposed += 1
             if proposal.status == "out_of_domain":
                 self.n_out_of_domain += 1
@@ -233,7 +201,11 @@ class GeneratorMove(MCMCMove):
             self._accept_jump(thermodynamic_state, sampler_state, context, chain.current.x, rng)
             self._accepted(sampler_state, chain.current)
 
-    def _proposals(self, gen: BoltzmannGenerator, thermodynamic_state, chain: Chain,
+    def _prepare(self, thermodynamic_state) -> Any:
+        """Check the state (once per state, `_checked_once`) and return `_proposals`'s first argument."""
+        raise NotImplementedError
+
+    def _proposals(self, proposer: Any, thermodynamic_state, chain: Chain,
                    tgen: torch.Generator) -> Iterator[MoveProposal]:
         """Yield this ``apply``'s proposals; implemented by subclasses.
 
@@ -251,30 +223,17 @@ class GeneratorMove(MCMCMove):
     def _accepted(self, sampler_state, current: MoveProposal) -> None:
         """Called after an ``apply`` with an accepted jump, with the new state (a hook for caches)."""
 
-    # ------------------------------------------------------------------ generator, checks
-    def _ensure_generator(self, thermodynamic_state) -> BoltzmannGenerator:
-        if self._generator is None:
-            self._generator = serialization.generator_for_state(self._model_path, self._system_info,
-                                                                _state_system(thermodynamic_state))
-        gen = self._generator
+    # ------------------------------------------------------------------ state checks, Fixman factor
+    def _checked_once(self, thermodynamic_state, check) -> None:
+        """Run ``check(thermodynamic_state)`` the first time this state is seen."""
         skey = _state_hash(thermodynamic_state) or id(thermodynamic_state)
         if skey not in self._checked:
-            self._check_state(gen, thermodynamic_state)
+            check(thermodynamic_state)
             self._checked[skey] = True
-        return gen
 
-    def _check_state(self, gen: BoltzmannGenerator, thermodynamic_state) -> None:
-        system = _state_system(thermodynamic_state)
-        require_nonperiodic(system, "a Boltzmann Generator move (the thermodynamic state's System)")
-        if system.getNumParticles() != gen.system.n_atoms:
-            raise ModelMismatchError(f"the thermodynamic state's System has {system.getNumParticles()} "
-                                     f"particles, the generator was trained for {gen.system.n_atoms}")
-        other = MolecularSystem(name=gen.system.name, system=system, topology=gen.system.topology,
-                                positions=gen.system.positions, temperature=gen.system.temperature)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # another Hamiltonian is fine: u is the state's
-            check_fingerprint(system_fingerprint(gen.system), other, what="generator")
-        fixman = FixmanFactor(other.constraints, other.masses)
+    def _set_fixman(self, constraints, masses) -> None:
+        """Use the Fixman factor of these constraints where they need one (and ``fixman`` allows)."""
+        fixman = FixmanFactor(constraints, masses)
         use = fixman.active if self.fixman is None else (bool(self.fixman) and fixman.active)
         self._fixman_term = fixman if use else None
 
@@ -284,6 +243,10 @@ class GeneratorMove(MCMCMove):
         return self._fixman_term(x)
 
     # ------------------------------------------------------------------ randomness
+    def _device(self) -> str | torch.device:
+        """The device of the proposal's ``torch.Generator``."""
+        return "cpu"
+
     def _rngs(self, thermodynamic_state) -> tuple[np.random.Generator, torch.Generator]:
         """Fresh generators for one ``apply``: same seed, copy, state and call number, same draws.
 
@@ -299,8 +262,7 @@ class GeneratorMove(MCMCMove):
             s_hash = _state_hash(thermodynamic_state) % (2**63)
             rng = np.random.default_rng([self.seed, *self._stream, self._n_applied, t_mk, s_hash])
         self._n_applied += 1
-        gen = self._generator
-        tgen = torch.Generator(device=gen.device if gen is not None else "cpu")
+        tgen = torch.Generator(device=self._device())
         tgen.manual_seed(int(rng.integers(2**62)))
         return rng, tgen
 
@@ -343,7 +305,127 @@ class GeneratorMove(MCMCMove):
         context.setVelocitiesToTemperature(thermodynamic_state.temperature, seed)
         sampler_state.update_from_context(context)
 
-    # ------------------------------------------------------------------ serialisation and copies
+    # ------------------------------------------------------------------ copies, serialisation helpers
+    def __copy__(self) -> MetropolisHastingsMove:
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __deepcopy__(self, memo) -> MetropolisHastingsMove:
+        new = type(self).__new__(type(self))
+        for k, v in self.__dict__.items():
+            if k in self._SHARED:
+                new.__dict__[k] = v  # shared: one model per process, not one per thermodynamic state
+            else:
+                new.__dict__[k] = copy.deepcopy(v, memo)
+        new._stream = [*self._stream, self._n_copies]  # independent random stream per copy
+        new._n_copies = 0
+        self._n_copies += 1
+        return new
+
+    def _base_state(self) -> dict:
+        """What serialisation stores of the base: seed, random stream, counters, ``fixman``."""
+        return {"seed": self.seed, "stream": list(self._stream), "n_applied": int(self._n_applied),
+                "n_copies": int(self._n_copies), "fixman": self.fixman, **self.statistics}
+
+    def _set_base_state(self, state: dict) -> None:
+        self.seed = state.get("seed")
+        self._stream = [int(s) for s in state.get("stream", [])]
+        self._n_applied = int(state.get("n_applied", 0))
+        self._n_copies = int(state.get("n_copies", 0))
+        self.fixman = state.get("fixman")
+        self._checked = {}
+        self._fixman_term = None
+        self.statistics = state
+
+
+# ---------------------------------------------------------------------------------------------- generator moves
+class GeneratorMove(MetropolisHastingsMove):
+    """Base of the Boltzmann-Generator moves: `MetropolisHastingsMove` with a generator to propose from.
+
+    Subclasses implement `_proposals` (and `_extra_state`/`_set_extra_state` for their options).
+
+    Parameters
+    ----------
+    generator : BoltzmannGenerator or path
+        A generator, or the path of a saved one (then ``system`` is required).
+    system : MolecularSystem, optional
+        The system the saved generator belongs to (only with a path).
+    model_path : path, optional
+        Where the generator is (or gets) saved; what serialisation stores (see
+        `openmm_bg.mcmc.serialization`).
+    seed : int, optional
+        Seeds the proposals (``torch.Generator``) and the acceptance tests (numpy).
+    fixman : bool, optional
+        Include the Fixman factor (default: where the state's constraints need it).
+    """
+
+    _SHARED = ("_generator", "_fixman_term")
+
+    def __init__(self, generator: BoltzmannGenerator | str | os.PathLike,
+                 system: MolecularSystem | None = None, model_path: str | os.PathLike | None = None,
+                 seed: int | None = None, fixman: bool | None = None):
+        super().__init__(seed=seed, fixman=fixman)
+        if isinstance(generator, BoltzmannGenerator):
+            self._generator = generator
+            self._model_path = None
+            if model_path is not None:
+                self._model_path = serialization.register_model_path(generator, model_path)
+            else:
+                known = getattr(generator, "path", None) or getattr(generator, "saved_path", None)
+                self._model_path = str(Path(known).resolve()) if known is not None else None
+            self._system_info = serialization.system_info(generator.system)
+        elif isinstance(generator, (str, os.PathLike)):
+            if system is None:
+                raise TypeError("pass the MolecularSystem the generator was trained for together with a "
+                                f"path: {type(self).__name__}(path, system=...)")
+            self._generator, self._model_path = serialization.cached_generator(generator, system)
+            self._system_info = serialization.system_info(system)
+        else:
+            raise TypeError(f"generator must be a BoltzmannGenerator or the path of a saved one, "
+                            f"got {type(generator).__name__}")
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def generator(self) -> BoltzmannGenerator | None:
+        """The Boltzmann Generator (``None`` until a deserialised move is first applied)."""
+        return self._generator
+
+    @property
+    def model_path(self) -> str | None:
+        """Resolved path of the saved generator (what serialisation stores), or ``None``."""
+        return self._model_path
+
+    # ------------------------------------------------------------------ generator, checks
+    def _prepare(self, thermodynamic_state) -> BoltzmannGenerator:
+        return self._ensure_generator(thermodynamic_state)
+
+    def _ensure_generator(self, thermodynamic_state) -> BoltzmannGenerator:
+        if self._generator is None:
+            self._generator = serialization.generator_for_state(self._model_path, self._system_info,
+                                                                _state_system(thermodynamic_state))
+        gen = self._generator
+        self._checked_once(thermodynamic_state, lambda ts: self._check_state(gen, ts))
+        return gen
+
+    def _check_state(self, gen: BoltzmannGenerator, thermodynamic_state) -> None:
+        system = _state_system(thermodynamic_state)
+        require_nonperiodic(system, "a Boltzmann Generator move (the thermodynamic state's System)")
+        if system.getNumParticles() != gen.system.n_atoms:
+            raise ModelMismatchError(f"the thermodynamic state's System has {system.getNumParticles()} "
+                                     f"particles, the generator was trained for {gen.system.n_atoms}")
+        other = MolecularSystem(name=gen.system.name, system=system, topology=gen.system.topology,
+                                positions=gen.system.positions, temperature=gen.system.temperature)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # another Hamiltonian is fine: u is the state's
+            check_fingerprint(system_fingerprint(gen.system), other, what="generator")
+        self._set_fixman(other.constraints, other.masses)
+
+    def _device(self) -> str | torch.device:
+        gen = self._generator
+        return gen.device if gen is not None else "cpu"
+
+    # ------------------------------------------------------------------ serialisation
     def _require_path(self) -> str:
         if self._model_path is None:
             raise ValueError(
@@ -353,12 +435,8 @@ class GeneratorMove(MCMCMove):
         return self._model_path
 
     def __getstate__(self) -> dict:
-        return {
-            "model_path": self._require_path(), "system_info": self._system_info,
-            "seed": self.seed, "stream": list(self._stream), "n_applied": int(self._n_applied),
-            "n_copies": int(self._n_copies), "fixman": self.fixman,
-            **self.statistics, **self._extra_state(),
-        }
+        return {"model_path": self._require_path(), "system_info": self._system_info,
+                **self._base_state(), **self._extra_state()}
 
     def __setstate__(self, state: dict) -> None:
         if state.get("hastings", True) is False:
@@ -367,33 +445,9 @@ class GeneratorMove(MCMCMove):
         self._generator = None
         self._model_path = str(state["model_path"])
         self._system_info = state["system_info"]
-        self.seed = state.get("seed")
-        self._stream = [int(s) for s in state.get("stream", [])]
-        self._n_applied = int(state.get("n_applied", 0))
-        self._n_copies = int(state.get("n_copies", 0))
-        self.fixman = state.get("fixman")
-        self._checked = {}
-        self._fixman_term = None
-        self.statistics = state
+        self._set_base_state(state)
         self._set_extra_state(state)
         self._generator = serialization.cached(self._model_path)  # reuse a model loaded in this process
-
-    def __copy__(self) -> GeneratorMove:
-        new = type(self).__new__(type(self))
-        new.__dict__.update(self.__dict__)
-        return new
-
-    def __deepcopy__(self, memo) -> GeneratorMove:
-        new = type(self).__new__(type(self))
-        for k, v in self.__dict__.items():
-            if k in ("_generator", "_fixman_term"):
-                new.__dict__[k] = v  # shared: one model per process, not one per thermodynamic state
-            else:
-                new.__dict__[k] = copy.deepcopy(v, memo)
-        new._stream = [*self._stream, self._n_copies]  # independent random stream per copy
-        new._n_copies = 0
-        self._n_copies += 1
-        return new
 
     def _extra_state(self) -> dict:
         return {}
