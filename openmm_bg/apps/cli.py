@@ -173,10 +173,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from openmm_bg.apps.plots import plot_history
     from openmm_bg.flows.builder import check_flow_arguments
     from openmm_bg.training import Trainer, default_stages, load_stages
+    from openmm_bg.training.stages import adaptive_stages
     from openmm_bg.training.trainer import training_coordinate
+    from openmm_bg.training.validation import time_block_split
 
     # everything that can be checked is checked before the model is built or trained
-    stages = load_stages(args.config) if args.config else default_stages(args.steps_scale)
+    stages = load_stages(args.config) if args.config else None
+    if stages is None and args.recipe == "classic":
+        stages = default_stages(args.steps_scale)
     output = output_file("-o/--output", args.output)
     checkpoint = output_file("--checkpoint", args.checkpoint or output.with_name(output.name + ".ckpt"))
     check_flow_arguments(kind=args.flow, n_blocks=args.n_blocks, hidden=args.hidden, seed=args.seed)
@@ -185,12 +189,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     spec = system_spec(args)
     system = load_system(spec)
     system.require_nonperiodic("openmm-bg train")
-    training_coordinate(system, args.rc, stages)
+    training_coordinate(system, args.rc, stages or [])
     gen = openmm_bg.BoltzmannGenerator.build(system, args.data, flow=args.flow, n_blocks=args.n_blocks,
                                              hidden=tuple(args.hidden), seed=args.seed)
+    if stages is None:  # the adaptive recipe: sizes from the degrees of freedom and the frames trained on
+        n_train = len(time_block_split(gen.config["n_training_frames"])[0])
+        stages = adaptive_stages(gen.n_dof, n_train, args.steps_scale)
     metrics = output.with_name(output.stem + "_training.csv")
     trainer = Trainer(gen, args.data, stages, seed=args.seed, rc=args.rc, checkpoint=checkpoint,
-                      checkpoint_every=args.checkpoint_every, metrics=metrics)
+                      checkpoint_every=args.checkpoint_every, metrics=metrics, recipe=args.recipe)
     if checkpoint.exists() and not args.restart:
         step = trainer.read_checkpoint(checkpoint)["step"]  # refuses a checkpoint of another run
         print(f"resuming from {checkpoint} at step {step} of {trainer.total_steps} (use --restart to start over)")
@@ -200,8 +207,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     gen.save(output, extra={"system_spec": spec})
     plot = plot_history(history, output.with_name(output.stem + "_training.png"))
     last = history[-1]
-    print(f"trained {len(history)} steps ({trainer.n_skipped} skipped), final ML {last['ml']:.3f}, "
-          f"KL {last['kl']:.3f} kT; model {output}, metrics {metrics}, curves {plot}")
+    print(f"trained {len(history)} steps ({trainer.n_skipped} skipped, recipe {args.recipe}), final ML "
+          f"{last['ml']:.3f}, KL {last['kl']:.3f} kT; model {output}, metrics {metrics}, curves {plot}")
+    stopped = [f"{s.name} after {n} of {s.steps} steps" for s, n in zip(trainer.stages, trainer.stage_steps)
+               if n < s.steps]
+    if stopped:
+        print(f"early stopping on held-out time blocks: {', '.join(stopped)}")
     return 0
 
 
@@ -398,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "KL + 0.1 ML")
     p.add_argument("--steps-scale", type=_checked(check.positive), default=1.0,
                    help="scale the default stages' step counts (> 0)")
+    p.add_argument("--recipe", choices=["classic", "adaptive"], default="classic",
+                   help="default stages without --config: classic (ML, then KL + 0.1 ML) or adaptive (ML with early "
+                        "stopping on held-out time blocks, then mass-covering FAB fine-tuning with an ML weight set "
+                        "from held-out data; sizes scale with the degrees of freedom)")
     p.add_argument("--flow", choices=["realnvp", "spline"], default="realnvp", help="flow architecture")
     p.add_argument("--n-blocks", type=_checked(check.positive_int), default=4, help="coupling blocks (default 4)")
     p.add_argument("--hidden", type=_checked(check.positive_int), nargs="+", default=[128, 128],

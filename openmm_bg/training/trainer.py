@@ -240,6 +240,11 @@ class Trainer:
         self._fab_rng = torch.Generator().manual_seed(self.seed)
 
     @property
+    def stage_steps(self) -> list[int]:
+        """Steps of each stage: its ``steps``, or fewer once it stopped early."""
+        return list(self._stage_steps)
+
+    @property
     def total_steps(self) -> int:
         """Steps of all stages together (a stage that stopped early counts the steps it ran)."""
         return sum(self._stage_steps)
