@@ -147,3 +147,40 @@ def test_ml_stage_stops_early_when_the_held_out_nll_rises_and_keeps_the_best_wei
     assert history[-1]["val_nll"] > best  # it stopped because the held-out NLL rose
     assert held_out_nll(gen.flow, trainer.v_val)[0] == pytest.approx(best, abs=1e-9)  # best weights restored
     assert gen.extra["training"]["stage_steps"] == {"ml": len(history)}
+
+
+# ---------------------------------------------------------------- a rare state: adaptive keeps it, classic drops it
+def _quadrature_share(system) -> float:
+    """The rare state's Boltzmann population by quadrature on a fine grid."""
+    from openmm_bg.systems.toy import rare_banana_energy
+
+    x, y = np.linspace(-6, 5, 1101), np.linspace(-4, 4, 801)
+    grid = np.stack(np.meshgrid(x, y, indexing="ij") + [np.zeros((1101, 801))], -1).reshape(-1, 1, 3)
+    p = np.exp(-rare_banana_energy(torch.as_tensor(grid)).numpy())
+    return float(p[system.states["rare"](grid)].sum() / p.sum())
+
+
+def _rare_state(gen, system, n=20000):
+    """Reweighted population of the rare state and the effective samples inside it."""
+    samples = gen.sample(n, seed=1)
+    log_w = np.asarray(samples.log_weights)
+    w = np.exp(log_w - log_w[np.isfinite(log_w)].max())
+    w[~np.isfinite(w)] = 0.0
+    rare = system.states["rare"](np.nan_to_num(samples.positions))
+    ess = w[rare].sum() ** 2 / max(float((w[rare] ** 2).sum()), 1e-300)
+    return w[rare].sum() / w.sum(), ess
+
+
+@pytest.fixture(scope="module")
+def banana():
+    from openmm_bg.systems.toy import rare_banana, rare_banana_samples
+
+    system = rare_banana()
+    data = rare_banana_samples(1000, rare_fraction=0.2, seed=0)  # two "runs": main well, then the rare one
+    return system, data, _quadrature_share(system)
+
+
+def _trained(system, data, **trainer_options):
+    gen = BoltzmannGenerator.build(system, data, n_blocks=4, hidden=(32, 32), seed=0)
+    Trainer(gen, data, progress=False, **trainer_options).fit()
+    return gen
