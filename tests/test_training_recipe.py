@@ -184,3 +184,19 @@ def _trained(system, data, **trainer_options):
     gen = BoltzmannGenerator.build(system, data, n_blocks=4, hidden=(32, 32), seed=0)
     Trainer(gen, data, progress=False, **trainer_options).fit()
     return gen
+
+
+def test_cli_train_runs_and_records_the_adaptive_recipe(tmp_path, capsys):
+    from openmm_bg.apps.cli import main
+    from openmm_bg.model.fileformat import read_model_file
+
+    data, model = tmp_path / "md.h5", tmp_path / "model.bg"
+    assert main(["simulate", "double_well", "-n", "200", "--stride", "20", "--friction", "10", "-o", str(data)]) == 0
+    assert main(["train", "double_well", "--data", str(data), "--recipe", "adaptive", "--steps-scale", "0.02",
+                 "--n-blocks", "2", "--hidden", "16", "-o", str(model)]) == 0
+    assert "recipe adaptive" in capsys.readouterr().out
+    training = read_model_file(model)["extra"]["training"]
+    assert training["recipe"] == "adaptive" and training["validation"] == 0.2
+    assert set(training["stage_steps"]) == {"ml", "fab"}
+    metrics = (tmp_path / "model_training.csv").read_text()
+    assert "val_nll" in metrics.splitlines()[0] and "fab" in metrics.splitlines()[0]

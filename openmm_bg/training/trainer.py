@@ -27,6 +27,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -440,7 +441,10 @@ class Trainer:
         config = AnnealConfig(n_levels=stage.fab_levels, step_size=self._fab_step_size, resample_threshold=0.0,
                               seed=seed)
         try:
-            result = anneal(path.log_q, fab_target(path.log_q, path.log_target), z0, config)
+            with warnings.catch_warnings(record=True) as caught:  # a jump to beta = 1 is exact, only noisier
+                warnings.simplefilter("always", RuntimeWarning)
+                result = anneal(path.log_q, fab_target(path.log_q, path.log_target), z0, config)
+            row["fab_jump"] = int(any("last level jumps" in str(w.message) for w in caught))
         except RuntimeError:  # every particle has weight zero (p = 0 at all of them): nothing to add
             self.energy_evaluations += path.n_energy_evaluations
             row["fab_failed"] = 1
