@@ -216,7 +216,7 @@ def adaptive_stages(n_dof: int, n_frames: int, scale: float = 1.0) -> list[Stage
 
     - ``ml``: at most ``clip(50 n_dof, 1000, 20000)`` steps, batches of ``clip(8 n_dof, 128, 1024)``
       frames (at most the training frames), learning rate 5e-4 decaying (cosine) to 5e-5; the
-      held-out NLL is checked ``40`` times over the stage and the stage stops after 5 checks
+      held-out NLL is checked ``40`` times over the stage and the stage stops after 8 checks
       without improvement, keeping the best weights (`Stage.patience`).
     - ``fab``: ``clip(20 n_dof, 500, 4000)`` steps of the FAB alpha = 2 loss (mass covering:
       rare states of the target are kept, `openmm_bg.training.fab`) with an annealing run of
@@ -247,7 +247,7 @@ def adaptive_stages(n_dof: int, n_frames: int, scale: float = 1.0) -> list[Stage
     fab_steps = max(1, int(_clip(20 * n_dof, 500, 4000) * scale))
     batch = min(_clip(8 * n_dof, 128, 1024), n_frames)
     particles = _clip(4 * n_dof, 128, 512)
-    return [Stage("ml", steps=ml_steps, lr=5e-4, lr_end=5e-5, batch_size=batch, patience=5,
+    return [Stage("ml", steps=ml_steps, lr=5e-4, lr_end=5e-5, batch_size=batch, patience=8,
                   validate_every=max(1, ml_steps // 40)),
             Stage("fab", steps=fab_steps, ml=0.1, fab=1.0, lr=3e-4, lr_end=1e-5, batch_size=batch,
                   kl_batch_size=particles, clip_grad=10.0, ml_auto=True, validate_every=max(1, fab_steps // 40))]

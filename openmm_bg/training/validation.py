@@ -3,9 +3,11 @@
 Consecutive MD frames are correlated: a frame held out at random has its neighbours in the
 training set, so its likelihood is nearly a training likelihood and the held-out NLL is
 optimistic (it keeps falling while the flow overfits). `time_block_split` therefore cuts the
-trajectory into ``n_blocks`` contiguous blocks and holds out whole blocks, spread evenly over the
-trajectory (so that data merged from several runs, one after another, has held-out blocks in
-several of them).
+trajectory into ``n_blocks`` contiguous blocks (default 25, each 4 % of the data) and holds out
+whole blocks, spread evenly over the trajectory, so that data merged from several runs, one after
+another, has held-out blocks in several of them (with 10 blocks, a run holding the last 20 % of
+the frames, e.g. the only one in a rare basin, got none, and early stopping then judged the flow
+on the main basin alone).
 
 `EarlyStopping` watches the held-out NLL: a check that does not improve on the best by more than
 ``min_delta`` counts against ``patience``; when ``patience`` checks in a row have failed, the stage
@@ -38,7 +40,7 @@ __all__ = ["time_block_split", "held_out_nll", "EarlyStopping", "DEFAULT_VALIDAT
 #: Fraction of the frames the adaptive recipe holds out.
 DEFAULT_VALIDATION_FRACTION = 0.2
 #: Contiguous blocks the trajectory is cut into for the split.
-DEFAULT_VALIDATION_BLOCKS = 10
+DEFAULT_VALIDATION_BLOCKS = 25
 
 
 def time_block_split(n_frames: int, fraction: float = DEFAULT_VALIDATION_FRACTION,
