@@ -238,7 +238,7 @@ def adaptive_stages(n_dof: int, n_frames: int, scale: float = 1.0) -> list[Stage
     Examples
     --------
     >>> [(s.name, s.steps, s.batch_size, s.kl_batch_size) for s in adaptive_stages(60, 8000)]
-    [('ml', 3000, 480, 240), ('fab', 1200, 480, 240)]
+    [('ml', 3000, 480, None), ('fab', 1200, 480, 240)]
     """
     n_dof = check.positive_int("n_dof", n_dof)
     n_frames = check.positive_int("n_frames", n_frames)
