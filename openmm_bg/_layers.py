@@ -24,7 +24,8 @@ __all__ = ["LAYERS", "PLANNED", "COMPAT_MODULES", "COMPAT_MARKER", "layer_of", "
 
 #: Bottom to top: (layer name, the top-level parts of ``openmm_bg`` in it).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("utilities", ("constants", "geometry", "data", "_validation", "_output", "_version", "_layers")),
+    ("utilities", ("constants", "geometry", "data", "distributed", "_validation", "_quiet_imports", "_output",
+                   "_version", "_layers")),
     ("systems", ("systems",)),
     ("energy", ("energy",)),
     ("md", ("md",)),

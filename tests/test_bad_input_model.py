@@ -130,12 +130,12 @@ def _refused(path, system, *detail):
     return assert_one_line_error(lambda: BoltzmannGenerator.load(path, system), path, "corrupt or truncated", *detail)
 
 
-def test_saved_files_are_format_3_with_a_checksum(dw_gen, tmp_path):
+def test_saved_files_are_format_4_with_a_checksum(dw_gen, tmp_path):
     path = dw_gen.save(tmp_path / "dw.bg")
     envelope = _envelope(path)
-    assert envelope["format_version"] == FORMAT_VERSION == 3
+    assert envelope["format_version"] == FORMAT_VERSION == 4
     assert envelope["sha256"] == hashlib.sha256(_payload_bytes(envelope)).hexdigest()
-    assert read_model_file(path)["format_version"] == 3
+    assert read_model_file(path)["format_version"] == 4
     assert not list(tmp_path.glob(".*tmp"))
 
 

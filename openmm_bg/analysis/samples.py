@@ -258,6 +258,7 @@ class Samples:
             return (f"{len(self)} samples at {self.temperature:g} K ({rejected}); EVERY SAMPLE HAS WEIGHT ZERO: "
                     "no reweighted estimate is possible")
         text = f"{len(self)} samples at {self.temperature:g} K ({rejected}); {self.diagnostics(warn=False)}"
+        text += _ring_note(self)
         p = self.provenance
         if p.get("kind") == "annealed":
             text += (f"; annealed in {p.get('n_levels')} levels ({p.get('n_resampling', 0)} resamplings), "
@@ -406,3 +407,14 @@ def _read_samples_file(path: Path) -> tuple[dict, dict]:
     if normalizer is not None and (isinstance(normalizer, bool) or not isinstance(normalizer, int | float)):
         raise bad(f"metadata 'log_normalizer' must be a number or null, got {normalizer!r}")
     return arrays, meta
+
+
+def _ring_note(samples: Samples) -> str:
+    """``"; K raw samples have an open proline ring ..."`` for peptides with prolines, else ``""``."""
+    from ..systems.proline import RING_TOLERANCE, broken_rings, ring_closure_bonds
+
+    if not ring_closure_bonds(samples.system.topology):
+        return ""
+    finite = np.isfinite(samples.positions).all(axis=(1, 2))
+    n_open = int(broken_rings(samples.system, samples.positions[finite]).sum())
+    return f"; {n_open} raw samples have an open proline ring (CD-N off by > {RING_TOLERANCE:g} nm)"

@@ -4,14 +4,20 @@ Subcommands (``openmm-bg SUBCOMMAND --help`` explains every option with its unit
 
     openmm-bg systems                               # built-in systems, states, reference energies
     openmm-bg simulate alanine_dipeptide -n 2000 --stride 500 -o md.h5   # --resume after a kill
+    openmm-bg simulate peptide:AAGA --torsion-starts 7 -n 1000 -o md.h5  # 8 starts, origins beside
+    openmm-bg simulate trpzip2 --option constraints=hbonds --ns 1 --replica-exchange 300:450:6 -o tz.h5
     openmm-bg train alanine_dipeptide --data md.h5 -o model.bg      # resumable (checkpoint beside -o)
     openmm-bg sample model.bg -n 100000 -o samples.npz
     openmm-bg sample model.bg -n 100000 --anneal -o annealed.npz   # exact, lighter-tailed weights
     openmm-bg free-energy model.bg --states C7eq,C7ax --profile phi -o results/
     openmm-bg demo                                  # the main job (alanine dipeptide, vacuum)
+    torchrun --nproc_per_node=4 --no-python openmm-bg train ...   # data-parallel (see --shards)
+    torchrun --nproc_per_node=4 --no-python openmm-bg sample model.bg -n 100000000 -o samples.npz
+    openmm-bg merge-samples model.bg -o samples.npz samples.rank*of4.npz   # if rank 0 cannot see them all
 
-A system is a built-in name (with ``--option key=value`` for its options, e.g. ``solvent=implicit``)
-or files: ``x.pdb`` with ``--forcefield``, ``x.prmtop``/``x.top``/``x.psf`` with ``--coordinates``.
+A system is a built-in name (with ``--option key=value`` for its options, e.g. ``solvent=implicit``),
+``peptide:SEQUENCE`` (one-letter codes, built offline: ``openmm_bg.systems.peptide``) or files:
+``x.pdb`` with ``--forcefield``, ``x.prmtop``/``x.top``/``x.psf`` with ``--coordinates``.
 Errors are one line with exit code 2; ``--debug`` shows the traceback.
 """
 
@@ -110,8 +116,8 @@ def load_system(spec: dict):
 
 
 def _system_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("system", help="built-in system name (see 'openmm-bg systems') or a structure/topology file "
-                                  "(.pdb, .prmtop, .top, .psf)")
+    p.add_argument("system", help="built-in system name (see 'openmm-bg systems'), peptide:SEQUENCE (e.g. "
+                                  "peptide:AAGA) or a structure/topology file (.pdb, .prmtop, .top, .psf)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="option of a built-in system, e.g. solvent=implicit, constraints=hbonds (repeatable)")
     p.add_argument("--coordinates", help="coordinate file for a topology file (.inpcrd, .gro, .crd)")
@@ -144,7 +150,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from openmm_bg.md.simulation import OUTPUT_SUFFIXES
 
     _check_output(args.output, OUTPUT_SUFFIXES)
+    if args.all_temperatures and args.replica_exchange is None:
+        raise CLIError("--all-temperatures needs --replica-exchange LOW:HIGH:N")
     system = load_system(system_spec(args))
+    args.frames = _frames_of(args, system)
+    if args.replica_exchange is not None:
+        if args.starts or args.torsion_starts:
+            raise CLIError("--replica-exchange starts from the system's structure; drop --starts/--torsion-starts")
+        return _cmd_replica_exchange(args, system)
+    if args.starts or args.torsion_starts:
+        return _simulate_starts(args, system)
     partial = PartialRun(args.output)
     if args.resume and partial.exists():
         print(f"continuing: {partial.describe()}")
@@ -159,6 +174,72 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         raise
     print(f"wrote {traj.n_frames} frames ({traj.time[-1]:.1f} ps) of {system.name} to {args.output}")
     return 0
+
+
+def _simulate_starts(args: argparse.Namespace, system) -> int:
+    """``simulate --starts / --torsion-starts``: one run per start, merged, with the origins beside the output."""
+    import numpy as np
+
+    from openmm_bg.md.multistart import origins_path, simulate_starts, torsion_starts
+
+    starts = [str(p) for p in args.starts or []] or [system.positions]
+    if args.torsion_starts:
+        starts = [*starts, torsion_starts(system, args.torsion_starts, seed=args.seed)]
+    traj, origins = simulate_starts(system, starts, n_frames=args.frames, stride=args.stride, seed=args.seed,
+                                    output=args.output, resume=args.resume, timestep=args.timestep,
+                                    friction=args.friction, equilibration_steps=args.equilibration,
+                                    minimize=args.minimize, platform=args.platform)
+    print(f"wrote {traj.n_frames} frames of {system.name} from {len(np.unique(origins))} starts to {args.output}; "
+          f"origins in {origins_path(args.output)}")
+    return 0
+
+
+def _frames_of(args: argparse.Namespace, system) -> int:
+    """Frames to make: ``-n`` (default 1000), or ``--ns`` of simulated time over ``--stride`` steps."""
+    if args.ns is None:
+        return 1000 if args.frames is None else args.frames
+    if args.frames is not None:
+        raise CLIError("give either -n/--frames or --ns, not both")
+    from openmm_bg.md import default_timestep
+
+    dt = args.timestep or default_timestep(system)
+    frames = round(args.ns * 1000.0 / (dt * args.stride))
+    if frames < 1:
+        raise CLIError(f"--ns {args.ns:g} is shorter than one frame ({args.stride} steps of {dt:g} ps); "
+                       "give more ns or a smaller --stride")
+    return frames
+
+
+def _cmd_replica_exchange(args: argparse.Namespace, system) -> int:
+    from openmm_bg.md import replica_exchange
+
+    run = replica_exchange(system, n_frames=args.frames, stride=args.stride, temperatures=args.replica_exchange,
+                           output=args.output, seed=args.seed, timestep=args.timestep, friction=args.friction,
+                           equilibration_steps=args.equilibration, minimize=args.minimize, platform=args.platform,
+                           resume=args.resume)
+    ladder = ", ".join(f"{t:.0f}" for t in run.temperatures)
+    acceptance = ", ".join(f"{a:.2f}" for a in run.acceptance)
+    how = "read from the stored run " + run.storage.name if run.reused else "stored in " + run.storage.name
+    print(f"replica exchange at {ladder} K ({how}); exchange acceptance between neighbours: {acceptance}")
+    if args.all_temperatures:
+        output = Path(args.output)
+        for state, temperature in enumerate(run.temperatures[1:], start=1):
+            path = output.with_name(f"{output.stem}_{temperature:.0f}K{output.suffix}")
+            run.frames_at(state).save(str(path))
+            print(f"wrote the {temperature:.1f} K frames to {path}")
+    traj = run.trajectory
+    print(f"wrote {traj.n_frames} frames ({traj.time[-1]:.1f} ps) of {system.name} at {run.temperatures[0]:g} K "
+          f"to {args.output}")
+    return 0
+
+
+def _temperature_ladder(text: str):
+    from openmm_bg.md.replica_exchange import parse_temperature_ladder
+
+    try:
+        return parse_temperature_ladder(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _check_output(path, suffixes, name: str = "output") -> None:
@@ -196,28 +277,98 @@ def _cmd_train(args: argparse.Namespace) -> int:
         n_train = len(time_block_split(gen.config["n_training_frames"])[0])
         stages = adaptive_stages(gen.n_dof, n_train, args.steps_scale)
     metrics = output.with_name(output.stem + "_training.csv")
-    trainer = Trainer(gen, args.data, stages, seed=args.seed, rc=args.rc, checkpoint=checkpoint,
-                      checkpoint_every=args.checkpoint_every, metrics=metrics, recipe=args.recipe)
-    if checkpoint.exists() and not args.restart:
+    options = {"seed": args.seed, "rc": args.rc, "checkpoint": checkpoint, "checkpoint_every": args.checkpoint_every,
+               "metrics": metrics}
+    info = _rank()
+    if args.shards is not None or info.distributed:  # data-parallel: fixed shards, one process per rank
+        from openmm_bg.training import DistributedTrainer
+
+        if args.recipe != "classic" or any(s.fab > 0 or s.needs_validation for s in stages):
+            raise CLIError("the adaptive recipe (FAB, held-out data) runs in one process; drop --shards or use "
+                           "--recipe classic")
+        info = _join(args)
+        _rank_resources(gen, info)
+        trainer = DistributedTrainer(gen, args.data, stages, shards=args.shards or _default_shards(),
+                                     timeout_s=args.dist_timeout, **options)
+        if info.is_main:
+            print(trainer.describe())
+    else:
+        trainer = Trainer(gen, args.data, stages, recipe=args.recipe, **options)
+    if info.is_main and checkpoint.exists() and not args.restart:
         step = trainer.read_checkpoint(checkpoint)["step"]  # refuses a checkpoint of another run
         print(f"resuming from {checkpoint} at step {step} of {trainer.total_steps} (use --restart to start over)")
-    elif checkpoint.exists():
+    elif info.is_main and checkpoint.exists():
         checkpoint.unlink()
     history = trainer.fit(resume=not args.restart)
-    gen.save(output, extra={"system_spec": spec})
-    plot = plot_history(history, output.with_name(output.stem + "_training.png"))
-    last = history[-1]
-    print(f"trained {len(history)} steps ({trainer.n_skipped} skipped, recipe {args.recipe}), final ML "
-          f"{last['ml']:.3f}, KL {last['kl']:.3f} kT; model {output}, metrics {metrics}, curves {plot}")
-    stopped = [f"{s.name} after {n} of {s.steps} steps" for s, n in zip(trainer.stages, trainer.stage_steps)
-               if n < s.steps]
-    if stopped:
-        print(f"early stopping on held-out time blocks: {', '.join(stopped)}")
+    if info.is_main:  # rank 0 writes the model
+        gen.save(output, extra={"system_spec": spec})
+        plot = plot_history(history, output.with_name(output.stem + "_training.png"))
+        last = history[-1]
+        print(f"trained {len(history)} steps ({trainer.n_skipped} skipped, recipe {args.recipe}), final ML "
+              f"{last['ml']:.3f}, KL {last['kl']:.3f} kT; model {output}, metrics {metrics}, curves {plot}")
+        stopped = [f"{s.name} after {n} of {s.steps} steps" for s, n in zip(trainer.stages, trainer.stage_steps)
+                   if n < s.steps]
+        if stopped:
+            print(f"early stopping on held-out time blocks: {', '.join(stopped)}")
+    _leave(info)
     return 0
 
 
+# ---------------------------------------------------------------------- several processes (torchrun)
+def _rank():
+    from openmm_bg.distributed import rank_info
+
+    return rank_info()
+
+
+def _default_shards() -> int:
+    from openmm_bg.distributed import DEFAULT_SHARDS
+
+    return DEFAULT_SHARDS
+
+
+def _join(args: argparse.Namespace):
+    """Join the job's process group (a no-op for one process), with the collective timeout of --dist-timeout."""
+    from openmm_bg.distributed import check_shards, init_distributed, rank_info
+
+    if args.shards is None and rank_info().world_size > _default_shards():
+        raise CLIError(f"{rank_info().world_size} ranks need --shards (at least one shard per rank; "
+                       f"default {_default_shards()})")
+    check_shards(args.shards or _default_shards(), rank_info().world_size)  # before joining: every rank fails alike
+    return init_distributed(args.dist_timeout)
+
+
+def _rank_resources(gen, info) -> None:
+    """Give a rank of a multi-rank job its device and energy (`openmm_bg.distributed.energy_options`)."""
+    from openmm_bg.distributed import energy_options
+    from openmm_bg.energy import energy_for
+
+    if info.distributed:
+        gen.to(info.device)
+        gen.set_energy(energy_for(gen.system, **energy_options(info)))
+
+
+def _leave(info) -> None:
+    from openmm_bg.distributed import close_distributed
+
+    if info.distributed:
+        close_distributed()
+
+
+def _distributed_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("several processes (under torchrun or srun: one process per rank)")
+    g.add_argument("--shards", type=_checked(check.positive_int),
+                   help="cut every batch / the sample set into this many shards, each with its own random stream "
+                        "(>= ranks; results depend on it, not on the number of ranks; default 8 under torchrun, "
+                        "none on one process)")
+    g.add_argument("--dist-timeout", type=_checked(check.positive, "s"), default=300.0,
+                   help="seconds a collective waits for the other ranks before the job fails (default 300)")
+
+
 def _load_model(path: str):
-    """The generator of a model file with the system it was trained for (as ``train`` stored it).
+    """The generator of a model file with the system it was trained for (as ``train`` stored it): a
+    built-in system is rebuilt by name, a system from files is the one stored in the model file
+    (format 4 on; older files name the input files by path).
 
     A ``--temperature`` goes to ``sample(temperature=...)``, not into the system: the command line
     then draws exactly what the library draws for the same seed.
@@ -227,10 +378,12 @@ def _load_model(path: str):
 
     payload = read_model_file(path)
     spec = payload.get("extra", {}).get("system_spec")
+    if payload.get("system_record") is not None and (spec is None or "name" not in spec):
+        return openmm_bg.BoltzmannGenerator.load(path)  # the system stored in the file: no input files needed
     if spec is None:
         raise CLIError(f"{path} does not say which system it belongs to (saved outside the CLI); load it "
                        "in Python with BoltzmannGenerator.load(path, system)")
-    system = load_system(spec)
+    system = load_system(spec)  # built-in systems by name (with their coordinates); older files by path
     return openmm_bg.BoltzmannGenerator.load(path, system)
 
 
@@ -303,6 +456,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     _check_output(args.output, (".npz",))
     if args.trajectory:
         _check_output(args.trajectory, OUTPUT_SUFFIXES, "--trajectory")
+    info = _rank()
+    if args.shards is not None or info.distributed:
+        return _sample_sharded(gen, args)
     samples = _draw(gen, args)
     path = samples.save(args.output)
     print(samples.summary())
@@ -311,6 +467,57 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         traj.save(args.trajectory)
         print(f"wrote {traj.n_frames} resampled (unweighted) frames to {args.trajectory}")
     print(f"wrote the weighted samples (positions nm, energies kT, log weights) to {path}")
+    return 0
+
+
+def _sample_sharded(gen, args: argparse.Namespace) -> int:
+    """Every rank draws its shards and writes them to its own file; rank 0 merges them into the output."""
+    from openmm_bg.analysis.merge import merge_sample_files
+    from openmm_bg.model.sharded import part_path, sample_shards
+
+    if args.trajectory:
+        raise CLIError("--trajectory is not made by sharded sampling: resample the merged set in Python "
+                       "(Samples.load(...).resample())")
+    info = _join(args)
+    _rank_resources(gen, info)
+    samples = sample_shards(gen, args.n, seed=args.seed, shards=args.shards or _default_shards(),
+                            temperature=args.temperature, anneal=_anneal_config(args), progress=info.is_main)
+    if not info.distributed:
+        path = samples.save(args.output)
+        print(samples.summary())
+        print(f"wrote the weighted samples ({len(samples.provenance['shards'])} shards) to {path}")
+        return 0
+    part = samples.save(part_path(args.output, info.rank, info.world_size))
+    import torch
+
+    torch.distributed.barrier()
+    if info.is_main:
+        parts = [part_path(args.output, r, info.world_size) for r in range(info.world_size)]
+        missing = [str(p) for p in parts if not p.is_file()]
+        if missing:
+            print(f"openmm-bg: rank 0 cannot see {', '.join(missing)} (no shared file system?): copy the parts "
+                  f"together and run 'openmm-bg merge-samples {args.model} -o {args.output} PARTS...'")
+        else:
+            merged = merge_sample_files(parts, gen.system)
+            path = merged.save(args.output)
+            print(merged.summary())
+            print(f"wrote the weighted samples of {info.world_size} ranks to {path} (parts: {parts[0].name}, ...)")
+    else:
+        print(f"rank {info.rank}: wrote {len(samples)} samples to {part}")
+    _leave(info)
+    return 0
+
+
+def _cmd_merge_samples(args: argparse.Namespace) -> int:
+    from openmm_bg.analysis.merge import merge_sample_files
+
+    _check_output(args.output, (".npz",))
+    gen = _load_model(args.model)
+    merged = merge_sample_files(args.parts, gen.system)
+    path = merged.save(args.output)
+    print(merged.summary())
+    print(f"merged {len(args.parts)} files ({len(merged.provenance['shards'])} of {merged.provenance['n_shards']} "
+          f"shards) into {path}")
     return 0
 
 
@@ -381,8 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="Langevin MD of a system, written as a trajectory (training data)")
     _system_arguments(p)
-    p.add_argument("-n", "--frames", type=_checked(check.positive_int), default=1000,
+    p.add_argument("-n", "--frames", type=_checked(check.positive_int),
                    help="number of frames to write (default 1000)")
+    p.add_argument("--ns", type=_checked(check.positive, "ns"),
+                   help="simulated time in ns instead of -n (frames = ns / (stride x timestep))")
     p.add_argument("--stride", type=_checked(check.positive_int), default=500,
                    help="MD steps between frames (default 500)")
     p.add_argument("--timestep", type=_checked(check.positive, "ps"), help="time step in ps (default 0.001 for "
@@ -398,6 +607,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "frames are on disk in OUTPUT.partial.dcd")
     p.add_argument("--resume", action="store_true", help="continue a stopped (killed, interrupted) run to the same "
                                                          "output from its checkpoint OUTPUT.partial.chk")
+    p.add_argument("--starts", nargs="+", metavar="FILE", help="start structures (PDB or trajectory files, every frame "
+                   "a start): -n frames from each, merged; each frame's start in OUTPUT.origins.json")
+    p.add_argument("--torsion-starts", type=_checked(check.positive_int), metavar="K", help="add K starts made from "
+                   "the reference by setting every residue's phi/psi to a random basin (peptides)")
+    p.add_argument("--replica-exchange", metavar="LOW:HIGH:N", type=_temperature_ladder,
+                   help="parallel tempering (openmmtools) over N temperatures from LOW (the system's, K) to HIGH, "
+                        "exchanges every --stride steps; OUTPUT gets the LOW frames, the run is stored (and "
+                        "reused, or continued with --resume) in OUTPUT.replicas.nc")
+    p.add_argument("--all-temperatures", action="store_true",
+                   help="with --replica-exchange: also write each higher temperature's frames to OUTPUT_<T>K.<suffix>")
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("train", help="train a Boltzmann Generator on MD data (resumes an interrupted run)")
@@ -424,6 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps between checkpoints (default 100)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.bg)")
+    _distributed_arguments(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("sample", help="draw weighted samples from a trained model")
@@ -436,7 +656,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "log weights)")
     p.add_argument("--trajectory", help="also write an unweighted (resampled) trajectory, e.g. samples.h5")
     _anneal_arguments(p)
+    _distributed_arguments(p)
     p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("merge-samples", help="merge the per-rank sample files of a sharded 'sample' run into one")
+    p.add_argument("model", help="model file the samples were drawn from (it names the system)")
+    p.add_argument("parts", nargs="+", help="samples files of the ranks (NAME.rank{r}of{R}.npz)")
+    p.add_argument("-o", "--output", required=True, help="merged samples (.npz)")
+    p.set_defaults(func=_cmd_merge_samples)
 
     p = sub.add_parser("free-energy", help="free-energy difference between two states, with a profile plot")
     p.add_argument("model", help="model file written by 'openmm-bg train'")
@@ -471,6 +698,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(message)s")
     try:
+        if args.command not in ("train", "sample") and _rank().distributed:
+            raise CLIError(f"'{args.command}' runs on one process; only train and sample run on several ranks")
         if args.command != "systems":
             import torch
 

@@ -1,6 +1,6 @@
 """openmmtools, imported quietly: pymbar (which openmmtools imports) prints a "JAX NOT FOUND" banner
 and a timeseries notice on import, so pymbar is imported first with both silenced
-(`openmm_bg.analysis.free_energy.pymbar_module`), and a user's output stays clean.
+(`openmm_bg._quiet_imports`, shared with md/), and a user's output stays clean.
 
 Examples
 --------
@@ -9,9 +9,9 @@ Examples
 'MCMCMove'
 """
 
-from ..analysis.free_energy import pymbar_module
+from .._quiet_imports import openmmtools_module
 
-pymbar_module()
+openmmtools_module()
 
 from openmmtools import cache  # noqa: E402
 from openmmtools.mcmc import MCMCMove  # noqa: E402

@@ -6,7 +6,11 @@ A model file is a torch pickle (load only files you trust). The **payload**, a d
 - ``system_name``, ``fingerprint`` (`openmm_bg.model.fingerprint.system_fingerprint`);
 - ``training_temperature`` (K; from format 2 on);
 - ``config`` (build options), ``transform``, ``standardize``, ``flow_domain``, ``flow_state`` (weights);
-- ``extra`` (free-form metadata, e.g. the command line's ``system_spec``).
+- ``extra`` (free-form metadata, e.g. the command line's ``system_spec``);
+- ``system_record`` (from format 4 on): the system itself, gzip-compressed JSON of
+  `openmm_bg.systems.record.system_record` (serialized ``openmm.System``, topology, reference
+  positions, temperature, the coordinates and states that have a spec), so that the file alone
+  rebuilds its system (`stored_system`; ``BoltzmannGenerator.load(path)`` without a system).
 
 From format 3 on, the file is an **envelope** ``{"magic", "format_version", "package_version",
 "sha256", "payload"}`` whose ``payload`` is the payload serialised by ``torch.save`` (its bytes, as a
@@ -15,15 +19,16 @@ From format 3 on, the file is an **envelope** ``{"magic", "format_version", "pac
 it (weights included) are refused instead of loading a generator that samples garbage.
 
 Versions: 1 (first), 2 (adds ``training_temperature``; version-1 files take it from the system they
-are loaded with), 3 (the checksummed envelope). Files of versions 1 and 2 (the shipped demo model
-is version 1) still load; they carry no checksum, which is logged at INFO level. Files are written
-atomically (temporary file, then rename). Every damaged or malformed file (unreadable, checksum
-mismatch, missing or ill-typed entries) is one ``ValueError`` line saying "corrupt or truncated".
+are loaded with), 3 (the checksummed envelope), 4 (adds ``system_record``). Files of versions 1 to 3
+(the shipped demo model is version 1) still load, with the system given to them; versions 1 and 2
+carry no checksum, which is logged at INFO level. Files are written atomically (temporary file,
+then rename). Every damaged or malformed file (unreadable, checksum mismatch, missing or ill-typed
+entries) is one ``ValueError`` line saying "corrupt or truncated".
 
 Examples
 --------
 >>> FORMAT_VERSION, MAGIC
-(3, 'openmm-bg generator')
+(4, 'openmm-bg generator')
 """
 
 from __future__ import annotations
@@ -45,18 +50,21 @@ from .._version import __version__
 from ..flows import Domain, Standardize
 from ..flows.builder import check_flow_arguments
 from ..systems import MolecularSystem
+from ..systems.record import decode_record, encode_record, system_from_record, system_record
 from .fingerprint import system_fingerprint
 
-__all__ = ["FORMAT_VERSION", "MAGIC", "model_payload", "write_model_file", "read_model_file"]
+__all__ = ["FORMAT_VERSION", "MAGIC", "model_payload", "write_model_file", "read_model_file", "stored_system"]
 
 logger = logging.getLogger(__name__)
 
 #: Version of the file format written by `BoltzmannGenerator.save`.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: First entry of every model file.
 MAGIC = "openmm-bg generator"
 #: First version whose files carry a checksum of their payload.
 CHECKSUM_VERSION = 3
+#: First version whose files carry their system (``system_record``).
+SYSTEM_RECORD_VERSION = 4
 
 _FINGERPRINT_TYPES = {"n_atoms": int, "atoms": str, "masses": str, "constraints": str, "n_constraints": int,
                       "forces": str}
@@ -73,13 +81,13 @@ def model_payload(system: MolecularSystem, config: dict, transform: torch.nn.Mod
         "training_temperature": float(training_temperature),
         "config": config, "transform": copy.deepcopy(transform).cpu(), "standardize": copy.deepcopy(standardize).cpu(),
         "flow_domain": flow.domain, "flow_state": {k: v.detach().cpu() for k, v in flow.state_dict().items()},
-        "extra": dict(extra or {}),
+        "extra": dict(extra or {}), "system_record": encode_record(system_record(system)),
     }
 
 
 def write_model_file(path: str | os.PathLike, payload: dict) -> Path:
     """Write ``payload`` (from `model_payload`) to ``path`` atomically, in the checksummed envelope of
-    format 3; returns the path. A failed write leaves any earlier file at ``path`` untouched."""
+    format 3 and later; returns the path. A failed write leaves any earlier file at ``path`` untouched."""
     path = Path(path)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -181,6 +189,8 @@ def _check_payload(payload: dict, version: int) -> None:
         raise _Corrupt("flow_state must map parameter names to tensors")
     if not isinstance(payload.get("extra", {}), dict):
         raise _Corrupt(f"extra must be a dict, got {type(payload['extra']).__name__}")
+    if version >= SYSTEM_RECORD_VERSION and not isinstance(payload.get("system_record"), bytes):
+        raise _Corrupt(f"system_record must be bytes, got {type(payload.get('system_record')).__name__}")
 
 
 def read_model_file(path: str | os.PathLike) -> dict:
@@ -227,4 +237,28 @@ def read_model_file(path: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: not a readable openmm-bg model file (corrupt or truncated?): {err}") from None
     payload.setdefault("training_temperature", None)  # format 1: the system's
     payload.setdefault("extra", {})
+    payload.setdefault("system_record", None)  # formats 1 to 3: the system is given to load
     return payload
+
+
+def stored_system(payload: dict, path: str | os.PathLike = "the model file") -> MolecularSystem:
+    """The system a model file of format 4 or later carries (``payload`` from `read_model_file`).
+
+    Raises
+    ------
+    ValueError
+        For a file of format 1 to 3 (no stored system: give the system), or a record that does not
+        rebuild (corrupt).
+    """
+    data = payload.get("system_record")
+    if data is None:
+        raise ValueError(f"{path} (model file format {payload.get('format_version')}) does not carry its system; "
+                         f"pass the system it was trained for (BoltzmannGenerator.load(path, system)), or re-save "
+                         f"it with this version (format {FORMAT_VERSION} stores the system)")
+    try:
+        return system_from_record(decode_record(data))
+    except ValueError:
+        raise
+    except Exception as err:  # damaged JSON, XML or topology: the checksum matched, so written wrongly
+        raise ValueError(f"{path}: not a readable openmm-bg model file (corrupt or truncated?): its stored "
+                         f"system does not rebuild ({one_line(err)})") from err

@@ -46,7 +46,7 @@ from ..systems.trajectory import check_trajectory
 from ..transforms import CartesianTransform, MixedTransform, stereocentres
 from .annealed import sample_annealed
 from .batches import ordered_map, resolve_threads, torch_threads
-from .fileformat import FORMAT_VERSION, model_payload, read_model_file, write_model_file
+from .fileformat import FORMAT_VERSION, model_payload, read_model_file, stored_system, write_model_file
 from .fingerprint import ModelMismatchError, check_fingerprint, system_fingerprint
 
 # the last five live in .fileformat and .fingerprint; re-exported for code that imports them from here
@@ -583,9 +583,12 @@ class BoltzmannGenerator(nn.Module):
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> Path:
         """Write the generator (weights, transform, training config and temperature, fingerprint) atomically.
 
-        ``extra`` (picklable metadata) is added to `extra`, which is stored. The file (format 3,
-        `openmm_bg.model.fileformat`) carries a SHA-256 checksum of its contents, verified by `load`. It
-        is a torch pickle: load only files you trust. A failed save leaves an earlier file at ``path``
+        ``extra`` (picklable metadata) is added to `extra`, which is stored. The file (format 4,
+        `openmm_bg.model.fileformat`) also stores the system (serialized System, topology, positions,
+        temperature, coordinates and states with a spec; gzip-compressed), so that ``load(path)``
+        needs neither the system nor its input files. It carries a SHA-256 checksum of its
+        contents, verified by `load`. It is a torch pickle: load only files you trust. A failed
+        save leaves an earlier file at ``path``
         and `extra` as they were.
         """
         merged = {**self.extra, **(extra or {})}
@@ -596,12 +599,15 @@ class BoltzmannGenerator(nn.Module):
         return out
 
     @classmethod
-    def load(cls, path: str | os.PathLike, system: MolecularSystem, device: str | torch.device | None = None,
-             energy: OpenMMEnergy | None = None) -> BoltzmannGenerator:
+    def load(cls, path: str | os.PathLike, system: MolecularSystem | None = None,
+             device: str | torch.device | None = None, energy: OpenMMEnergy | None = None) -> BoltzmannGenerator:
         """Read a generator written by `save` for ``system``.
 
         The generator keeps its stored training temperature (files of format 1 have none: the
         system's is used); ``system``'s temperature becomes the default target temperature.
+        Without ``system``, the system stored in the file (format 4 on: serialized System,
+        topology, positions, temperature and the coordinates and states with a spec) is rebuilt,
+        so a model file needs none of its input files; older files need ``system``.
 
         Raises
         ------
@@ -614,6 +620,8 @@ class BoltzmannGenerator(nn.Module):
             Trained for another topology, masses or constraints (other force parameters warn).
         """
         payload = read_model_file(path)  # checksum, presence and types of every entry used here
+        if system is None:
+            system = stored_system(payload, path)
         check_fingerprint(payload["fingerprint"], system)
         cfg = payload["config"]
         dtype = getattr(torch, cfg.get("dtype", "float32"))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from ..constants import kT_kJ_per_mol
 from .dimer import dimer_in_solvent
+from .from_sequence import peptide
 from .loaders import from_files, from_openmm, from_pdb
 from .molecular_system import MolecularSystem, PeriodicSystemError, ReactionCoordinate, State, require_nonperiodic
 from .peptides import alanine_dipeptide, trpzip2
@@ -23,7 +24,7 @@ from .trajectory import check_trajectory
 
 __all__ = ["MolecularSystem", "ReactionCoordinate", "State", "load", "names", "from_files",
            "from_pdb", "from_openmm", "kT_kJ_per_mol", "BUILTIN", "PeriodicSystemError", "require_nonperiodic",
-           "check_trajectory"]
+           "check_trajectory", "peptide"]
 
 #: Built-in systems: name -> builder taking keyword options.
 BUILTIN: dict[str, Callable[..., MolecularSystem]] = {
@@ -46,16 +47,21 @@ def load(name: str, **options) -> MolecularSystem:
     Parameters
     ----------
     name : str
-        One of `names()`.
+        One of `names()`, or ``"peptide:SEQUENCE"`` (one-letter codes, e.g. ``"peptide:AAGA"``) for
+        `peptide`.
     **options
         Passed to the builder, e.g. ``solvent="implicit"``, ``constraints="hbonds"``,
         ``forcefield="amber14"``, ``temperature=350.0``.
     """
-    if name not in BUILTIN:
+    if isinstance(name, str) and name.lower().startswith("peptide:"):
+        builder = peptide
+        options = {"sequence": name.split(":", 1)[1], **options}
+    elif name not in BUILTIN:
         close = [n for n in BUILTIN if n.startswith(name[:3])]
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise KeyError(f"unknown system {name!r}{hint}; built-in systems: {', '.join(BUILTIN)}")
-    builder = BUILTIN[name]
+    else:
+        builder = BUILTIN[name]
     try:
         return builder(**options)
     except TypeError as err:

@@ -34,7 +34,7 @@ from ..constants import MOLAR_GAS_CONSTANT, kT_kJ_per_mol  # noqa: F401  (re-exp
 from ..geometry import as_tensor
 
 __all__ = ["MolecularSystem", "ReactionCoordinate", "State", "PeriodicSystemError", "require_nonperiodic",
-           "kT_kJ_per_mol"]
+           "kT_kJ_per_mol", "interval_state", "intervals_state", "dihedral_coordinate"]
 
 @dataclass(frozen=True)
 class ReactionCoordinate:
@@ -54,6 +54,12 @@ class ReactionCoordinate:
         Range used for histograms, profiles and the RC loss.
     unit : str
         Unit of the value (``"rad"``, ``"nm"``).
+    description : str
+        Human-readable definition.
+    spec : dict, optional
+        A JSON-able recipe that rebuilds the coordinate (`openmm_bg.systems.record`), e.g.
+        ``{"kind": "dihedral", "atoms": [4, 6, 8, 14]}``; None where the coordinate is only a
+        function (then model files cannot carry it).
 
     Calling the coordinate accepts a torch tensor (returns a tensor, keeps the graph), a numpy
     array, an OpenMM Quantity or an ``mdtraj.Trajectory`` (returns numpy).
@@ -66,6 +72,7 @@ class ReactionCoordinate:
     bounds: tuple[float, float] = (-np.pi, np.pi)
     unit: str = "rad"
     description: str = ""
+    spec: dict | None = field(default=None, compare=False, hash=False)
 
     def __call__(self, x):
         if isinstance(x, torch.Tensor):
@@ -86,11 +93,15 @@ class State:
         Maps positions ``[batch, n_atoms, 3]`` (nm, torch) to a boolean tensor ``[batch]``.
     description : str
         Human-readable definition, e.g. ``"0 < phi < 2.2 rad"``.
+    spec : dict, optional
+        A JSON-able recipe that rebuilds the state from the system's coordinates
+        (`openmm_bg.systems.record`); None where the state is only a function.
     """
 
     name: str
     indicator: Callable[[torch.Tensor], torch.Tensor]
     description: str = ""
+    spec: dict | None = field(default=None, compare=False, hash=False)
 
     def __call__(self, x) -> np.ndarray:
         """Boolean numpy array ``[batch]``: which configurations lie in the state."""
@@ -102,14 +113,62 @@ class State:
 def interval_state(name: str, rc: ReactionCoordinate, low: float, high: float,
                    complement: bool = False) -> State:
     """State ``low < rc < high`` (or its complement)."""
+    return intervals_state(name, [(rc, low, high, complement)])
+
+
+def intervals_state(name: str, terms) -> State:
+    """State where every term holds: a term ``(rc, low, high, complement)`` is ``low < rc < high``
+    (``complement=True``: its negation).
+
+    Examples
+    --------
+    >>> import openmm_bg.systems as bgs
+    >>> ala = bgs.load("alanine_dipeptide")
+    >>> phi, psi = ala.reaction_coordinates["phi"], ala.reaction_coordinates["psi"]
+    >>> s = intervals_state("ext", [(phi, 0.0, 2.2, True), (psi, -2.2, 1.0, True)])
+    >>> s.description
+    'not (0 < phi < 2.2 rad) and not (-2.2 < psi < 1 rad)'
+    """
+    terms = [(rc, float(low), float(high), bool(complement)) for rc, low, high, complement in terms]
+    if not terms:
+        raise ValueError("intervals_state needs at least one (coordinate, low, high, complement) term")
 
     def indicator(x):
-        v = rc.function(x)
-        inside = (v > low) & (v < high)
-        return ~inside if complement else inside
+        result = None
+        for rc, low, high, complement in terms:
+            v = rc.function(x)
+            inside = (v > low) & (v < high)
+            inside = ~inside if complement else inside
+            result = inside if result is None else result & inside
+        return result
 
-    text = f"{low:g} < {rc.name} < {high:g} {rc.unit}"
-    return State(name, indicator, f"not ({text})" if complement else text)
+    texts = []
+    for rc, low, high, complement in terms:
+        text = f"{low:g} < {rc.name} < {high:g} {rc.unit}"
+        texts.append(f"not ({text})" if complement else text)
+    spec = None
+    if all(rc.spec is not None for rc, *_ in terms):
+        spec = {"kind": "intervals", "terms": [{"coordinate": rc.name, "low": low, "high": high,
+                                                "complement": complement} for rc, low, high, complement in terms]}
+    return State(name, indicator, " and ".join(texts), spec=spec)
+
+
+def dihedral_coordinate(name: str, atoms, description: str | None = None) -> ReactionCoordinate:
+    """The dihedral angle (rad, in ``(-pi, pi]``) of four atoms, serialisable in model files.
+
+    Examples
+    --------
+    >>> rc = dihedral_coordinate("phi", (4, 6, 8, 14))
+    >>> rc.spec, rc.periodic
+    ({'kind': 'dihedral', 'atoms': [4, 6, 8, 14]}, True)
+    """
+    from ..geometry import dihedral
+
+    i, j, k, l = (int(a) for a in atoms)
+    return ReactionCoordinate(name, lambda x: dihedral(x, i, j, k, l), atoms=(i, j, k, l), periodic=True,
+                              bounds=(-np.pi, np.pi), unit="rad",
+                              description=description or f"dihedral {(i, j, k, l)}",
+                              spec={"kind": "dihedral", "atoms": [i, j, k, l]})
 
 
 @dataclass

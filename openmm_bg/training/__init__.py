@@ -4,7 +4,8 @@ Modules: :mod:`.stages` (`Stage`, `default_stages`, `adaptive_stages`, `load_sta
 :mod:`.losses` (`ml_loss`, `kl_loss`, `rc_loss`), :mod:`.fab` (the FAB alpha = 2 loss, its
 annealing target and replay buffer), :mod:`.validation` (held-out time blocks, early stopping),
 :mod:`.regularization` (the lin-log energy cut, training only), :mod:`.trainer` (`Trainer`:
-schedule, metrics, checkpoints, resume). Formulas: ``docs/design.md``, "Key formulas".
+schedule, metrics, checkpoints, resume), :mod:`.distributed` (`DistributedTrainer`: data-parallel
+training on the ranks of a torchrun job, fixed shards). Formulas: ``docs/design.md``, "Key formulas".
 
 Recipes (``Trainer(..., recipe=...)``, ``openmm-bg train --recipe``): ``"classic"`` (the default,
 `default_stages`: ML, then KL + 0.1 ML, tuned on alanine dipeptide) and ``"adaptive"``
@@ -33,6 +34,7 @@ Examples
 (20, 'ml', 0)
 """
 
+from .distributed import DistributedTrainer
 from .fab import ReplayBuffer, fab_loss
 from .losses import kl_loss, ml_loss, rc_loss
 from .regularization import LinLogCut, linlogcut
@@ -40,8 +42,9 @@ from .stages import RECIPES, Stage, adaptive_stages, default_stages, load_stages
 from .trainer import Trainer
 from .validation import EarlyStopping, time_block_split
 
-__all__ = ["Stage", "Trainer", "default_stages", "adaptive_stages", "RECIPES", "load_stages", "ml_loss", "kl_loss",
-           "rc_loss", "fab_loss", "ReplayBuffer", "time_block_split", "EarlyStopping", "linlogcut", "LinLogCut"]
+__all__ = ["Stage", "Trainer", "DistributedTrainer", "default_stages", "adaptive_stages", "RECIPES", "load_stages",
+           "ml_loss", "kl_loss", "rc_loss", "fab_loss", "ReplayBuffer", "time_block_split", "EarlyStopping",
+           "linlogcut", "LinLogCut"]
 
 
 def __getattr__(name: str):

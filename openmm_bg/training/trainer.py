@@ -171,6 +171,9 @@ class Trainer:
         ``rc`` names a coordinate the system does not have.
     """
 
+    #: Shards of a batch (None: one batch from one stream; see `openmm_bg.training.distributed`).
+    shards: int | None = None
+
     def __init__(self, generator: BoltzmannGenerator, data, stages: Sequence[Stage] | None = None, seed: int = 0,
                  rc: str | ReactionCoordinate | None = None, checkpoint: str | os.PathLike | None = None,
                  checkpoint_every: int = 100, metrics: str | os.PathLike | None = None, progress: bool = True,
@@ -274,8 +277,8 @@ class Trainer:
         return self._reference_energy
 
     # ------------------------------------------------------------------ one step
-    def _step(self, k: int, stage: Stage, i: int) -> dict:
-        gen = self.gen
+    def _start_step(self, k: int, stage: Stage, i: int) -> tuple[torch.optim.Optimizer, float, dict]:
+        """The optimiser (learning rate set, gradients cleared), the KL weight and the step's metrics row."""
         opt = self._optimizer_for(k, stage)
         for group in opt.param_groups:
             group["lr"] = stage.learning_rate(i)
@@ -284,6 +287,11 @@ class Trainer:
         row = {"step": self.step + 1, "stage": stage.name, "lr": stage.learning_rate(i), "ml": math.nan,
                "kl": math.nan, "rc": math.nan,
                "w_kl": w_kl, "u_mean": math.nan, "out_of_domain": 0, "inverted": 0}
+        return opt, w_kl, row
+
+    def _step(self, k: int, stage: Stage, i: int) -> dict:
+        gen = self.gen
+        opt, w_kl, row = self._start_step(k, stage, i)
         loss = torch.zeros((), dtype=torch.float64, device=gen.device)
         w_ml = self._ml_weight_of(k, stage)
         if stage.ml_auto:
@@ -316,18 +324,23 @@ class Trainer:
                 loss = loss + stage.rc * rcl
                 row["rc"] = rcl.item()
         row["loss"] = loss.item()
-        if not torch.isfinite(loss):
+        row = self._apply_gradients(opt, stage, row, loss.backward)
+        if fab_index is not None and not row["skipped"]:  # p^2/q moved with q: log w += log q_old - log q_new
+            self._buffer.adjust(fab_index, fab_log_q.detach())
+        return row
+
+    def _apply_gradients(self, opt: torch.optim.Optimizer, stage: Stage, row: dict, backward) -> dict:
+        """Run ``backward()``, clip and step if ``row["loss"]`` is finite (else count the step skipped); the row."""
+        if not math.isfinite(row["loss"]):
             self.n_skipped += 1
             row["skipped"] = 1
             row["grad_norm"] = math.nan
         else:
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(gen.flow.parameters(), stage.clip_grad)
+            backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.gen.flow.parameters(), stage.clip_grad)
             if torch.isfinite(norm):
                 opt.step()
                 row["skipped"] = 0
-                if fab_index is not None:  # the target p^2/q moved with q: log w += log q_old - log q_new
-                    self._buffer.adjust(fab_index, fab_log_q.detach())
             else:
                 self.n_skipped += 1
                 row["skipped"] = 1
@@ -466,8 +479,10 @@ class Trainer:
         (``flow``, ``n_blocks``, ``hidden``, ``build seed``, ``dtype``, ``flow options``), ``"system"`` (its
         fingerprint: atoms, masses, constraints, forces), ``"temperature"`` (the training temperature, K),
         ``"stages"``, ``"seed"`` (the trainer's), ``"rc"`` (the RC loss coordinate's name), ``"recipe"``
-        and ``"validation"`` (the held-out share). A record of an older version without the last two
-        (or without the newer `Stage` fields) reads as the classic recipe with nothing held out.
+        and ``"validation"`` (the held-out share); for a sharded run
+        (`openmm_bg.training.distributed.DistributedTrainer`) also ``"shards"``. A record of an older
+        version without ``"recipe"`` and ``"validation"`` (or without the newer `Stage` fields) reads
+        as the classic recipe with nothing held out.
         """
         config = self.gen.config
         record = {"training data": self._data_hash}
@@ -476,6 +491,8 @@ class Trainer:
                        "stages": [asdict(s) for s in self.stages], "seed": self.seed,
                        "rc": None if self.rc is None else self.rc.name, "recipe": self.recipe,
                        "validation": self.validation})
+        if self.shards is not None:  # sharded runs (training.distributed) depend on the shard count
+            record["shards"] = self.shards
         return record
 
     def state(self) -> dict:
@@ -530,7 +547,7 @@ class Trainer:
                                           ["run record"])
         current = self.run_record()
         saved = _with_defaults(saved)
-        differences = [key for key in current if saved.get(key) != current[key]]
+        differences = [key for key in {**saved, **current} if saved.get(key) != current.get(key)]
         if differences:
             raise CheckpointMismatchError(f"cannot resume from {path}: it was written by another training run "
                                           f"(different {', '.join(differences)}); {restart}", differences)
@@ -538,7 +555,10 @@ class Trainer:
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore a state written by `save_checkpoint` by this run (see `read_checkpoint`)."""
-        state = self.read_checkpoint(path)
+        self._apply_state(self.read_checkpoint(path), path)
+
+    def _apply_state(self, state: dict, path: str | os.PathLike) -> None:
+        """Restore a checked state of `read_checkpoint` (read from ``path``)."""
         try:
             self.gen.flow.load_state_dict(state["flow_state"])
         except RuntimeError as err:  # torch lists every mismatched tensor: keep it to one line

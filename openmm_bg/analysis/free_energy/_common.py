@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..._quiet_imports import pymbar_module  # noqa: F401 (re-exported: the one home is openmm_bg._quiet_imports)
 from ..._validation import temperature_kelvin
 from ...constants import KJ_PER_KCAL, kT_kJ_per_mol
 from ...systems import MolecularSystem, State
@@ -42,35 +40,6 @@ MIN_OVERLAP = 0.03
 #: Default minimum Kish ESS inside a state below which `state_free_energy` refuses to report.
 #: With ESS = 30 the relative error of the state's weight is ~ 1/sqrt(30) = 0.18 (0.18 kT).
 DEFAULT_MIN_ESS = 30.0
-
-
-# ---------------------------------------------------------------------- pymbar, quietly
-_PYMBAR = None
-
-
-def pymbar_module():
-    """Import pymbar once, silencing its "JAX NOT FOUND" banner and timeseries notice.
-
-    pymbar 4 logs both through ``logging`` on import (printed by the last-resort handler to
-    stderr); this raises those loggers' levels and redirects stdout/stderr during the import only.
-    """
-    global _PYMBAR
-    if _PYMBAR is None:
-        names = ["pymbar", "pymbar.mbar_solvers", "pymbar.timeseries", "pymbar.mbar"]
-        loggers = [logging.getLogger(n) for n in names]
-        levels = [lg.level for lg in loggers]
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                import pymbar
-                import pymbar.other_estimators  # noqa: F401
-                import pymbar.timeseries  # noqa: F401
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
-        _PYMBAR = pymbar
-    return _PYMBAR
 
 
 def _kT(temperature: float) -> float:
