@@ -302,10 +302,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from openmm_bg.apps.plots import plot_history
     from openmm_bg.flows.builder import check_flow_arguments
     from openmm_bg.training import Trainer, default_stages, load_stages
+    from openmm_bg.training.stages import adaptive_stages
     from openmm_bg.training.trainer import training_coordinate
+    from openmm_bg.training.validation import time_block_split
 
     # everything that can be checked is checked before the model is built or trained
-    stages = load_stages(args.config) if args.config else default_stages(args.steps_scale)
+    stages = load_stages(args.config) if args.config else None
+    if stages is None and args.recipe == "classic":
+        stages = default_stages(args.steps_scale)
     output = output_file("-o/--output", args.output)
     checkpoint = output_file("--checkpoint", args.checkpoint or output.with_name(output.name + ".ckpt"))
     check_flow_arguments(kind=args.flow, n_blocks=args.n_blocks, hidden=args.hidden, seed=args.seed)
@@ -315,9 +319,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     system = _defined(load_system(spec), args)
     system.require_nonperiodic("openmm-bg train")
     rc = None if args.rc is None else _coordinate_of(system, args.rc, "--rc")
-    training_coordinate(system, rc, stages)
+    training_coordinate(system, rc, stages or [])
     gen = openmm_bg.BoltzmannGenerator.build(system, args.data, flow=args.flow, n_blocks=args.n_blocks,
                                              hidden=tuple(args.hidden), seed=args.seed)
+    if stages is None:  # the adaptive recipe: sizes from the degrees of freedom and the frames trained on
+        n_train = len(time_block_split(gen.config["n_training_frames"])[0])
+        stages = adaptive_stages(gen.n_dof, n_train, args.steps_scale)
     metrics = output.with_name(output.stem + "_training.csv")
     options = {"seed": args.seed, "rc": rc, "checkpoint": checkpoint, "checkpoint_every": args.checkpoint_every,
                "metrics": metrics}
@@ -325,6 +332,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.shards is not None or info.distributed:  # data-parallel: fixed shards, one process per rank
         from openmm_bg.training import DistributedTrainer
 
+        if args.recipe != "classic" or any(s.fab > 0 or s.needs_validation for s in stages):
+            raise CLIError("the adaptive recipe (FAB, held-out data) runs in one process; drop --shards or use "
+                           "--recipe classic")
         info = _join(args)
         _rank_resources(gen, info)
         trainer = DistributedTrainer(gen, args.data, stages, shards=args.shards or _default_shards(),
@@ -332,7 +342,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if info.is_main:
             print(trainer.describe())
     else:
-        trainer = Trainer(gen, args.data, stages, **options)
+        trainer = Trainer(gen, args.data, stages, recipe=args.recipe, **options)
     if info.is_main and checkpoint.exists() and not args.restart:
         step = trainer.read_checkpoint(checkpoint)["step"]  # refuses a checkpoint of another run
         print(f"resuming from {checkpoint} at step {step} of {trainer.total_steps} (use --restart to start over)")
@@ -343,8 +353,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         gen.save(output, extra={"system_spec": spec})
         plot = plot_history(history, output.with_name(output.stem + "_training.png"))
         last = history[-1]
-        print(f"trained {len(history)} steps ({trainer.n_skipped} skipped), final ML {last['ml']:.3f}, "
-              f"KL {last['kl']:.3f} kT; model {output}, metrics {metrics}, curves {plot}")
+        print(f"trained {len(history)} steps ({trainer.n_skipped} skipped, recipe {args.recipe}), final ML "
+              f"{last['ml']:.3f}, KL {last['kl']:.3f} kT; model {output}, metrics {metrics}, curves {plot}")
+        stopped = [f"{s.name} after {n} of {s.steps} steps" for s, n in zip(trainer.stages, trainer.stage_steps)
+                   if n < s.steps]
+        if stopped:
+            print(f"early stopping on held-out time blocks: {', '.join(stopped)}")
         check = gen.sample(args.coverage_samples, seed=args.seed)
         print(f"check on {len(check)} samples: {check.summary()}")
         _print_reliability(check)
@@ -692,6 +706,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "KL + 0.1 ML")
     p.add_argument("--steps-scale", type=_checked(check.positive), default=1.0,
                    help="scale the default stages' step counts (> 0)")
+    p.add_argument("--recipe", choices=["classic", "adaptive"], default="classic",
+                   help="default stages without --config: classic (ML, then KL + 0.1 ML) or adaptive (ML with early "
+                        "stopping on held-out time blocks, then mass-covering FAB fine-tuning with an ML weight set "
+                        "from held-out data; sizes scale with the degrees of freedom)")
     p.add_argument("--flow", choices=["realnvp", "spline"], default="realnvp", help="flow architecture")
     p.add_argument("--n-blocks", type=_checked(check.positive_int), default=4, help="coupling blocks (default 4)")
     p.add_argument("--hidden", type=_checked(check.positive_int), nargs="+", default=[128, 128],

@@ -23,8 +23,8 @@ import torch
 from ..constants import kT_kJ_per_mol
 from .molecular_system import MolecularSystem, ReactionCoordinate, interval_state
 
-__all__ = ["double_well", "mueller_brown", "Z_CONFINEMENT", "DOUBLE_WELL_EXPRESSION",
-           "MUELLER_BROWN_PARAMETERS"]
+__all__ = ["double_well", "mueller_brown", "rare_banana", "rare_banana_samples", "Z_CONFINEMENT",
+           "DOUBLE_WELL_EXPRESSION", "MUELLER_BROWN_PARAMETERS", "RARE_BANANA_PARAMETERS"]
 
 #: Force constant (kT/nm^2) of the harmonic term that keeps 2D particles in the z = 0 plane.
 Z_CONFINEMENT = 1000.0
@@ -56,10 +56,10 @@ def _mueller_brown_expression() -> str:
     return f"{MUELLER_BROWN_SCALE}*(" + " + ".join(terms) + ")"
 
 
-def _one_particle_system(expression: str, temperature: float, mass: float) -> MolecularSystem:
+def _one_particle_system(expression: str, temperature: float, mass: float, definitions: str = ""):
     system = openmm.System()
     system.addParticle(mass)
-    force = openmm.CustomExternalForce(f"kT*({expression} + 0.5*kz*z^2)")
+    force = openmm.CustomExternalForce(f"kT*({expression} + 0.5*kz*z^2){definitions}")
     force.addGlobalParameter("kT", kT_kJ_per_mol(temperature))
     force.addGlobalParameter("kz", Z_CONFINEMENT)
     force.addParticle(0, [])
@@ -152,3 +152,104 @@ def mueller_brown(temperature: float = 300.0, mass: float = 1.0) -> MolecularSys
         rotation_invariant=False, free_dims=_plane_mask(), analytic_energy=mueller_brown_energy,
         description="0.1 x Mueller-Brown potential (kT), 2D",
     )
+
+
+#: The two-state mixture of `rare_banana`: a broad main well and a rare, narrow, curved one.
+RARE_BANANA_PARAMETERS = {"rare_share": 0.04, "main_center": (-1.5, 0.0), "main_sigma": 0.6,
+                          "rare_x": 2.0, "rare_curvature": 0.6, "rare_sigma_x": 0.12, "rare_sigma_y": 0.6}
+
+
+def _rare_banana_terms():
+    """The two unnormalised log densities of the mixture, as (OpenMM expression, torch function) pairs."""
+    p = RARE_BANANA_PARAMETERS
+    (mx, my), s = p["main_center"], p["main_sigma"]
+    share, rx, c, sx, sy = p["rare_share"], p["rare_x"], p["rare_curvature"], p["rare_sigma_x"], p["rare_sigma_y"]
+    log_main = float(np.log((1 - share) / (2 * np.pi * s * s)))
+    log_rare = float(np.log(share / (2 * np.pi * sx * sy)))
+    main = f"{log_main} - ((x-({mx}))^2 + (y-({my}))^2)/{2 * s * s}"
+    rare = f"{log_rare} - (x-{rx}+{c}*y^2)^2/{2 * sx * sx} - y^2/{2 * sy * sy}"
+
+    def torch_terms(x1, x2):
+        return (log_main - ((x1 - mx) ** 2 + (x2 - my) ** 2) / (2 * s * s),
+                log_rare - (x1 - rx + c * x2**2) ** 2 / (2 * sx * sx) - x2**2 / (2 * sy * sy))
+
+    return main, rare, torch_terms
+
+
+def rare_banana_energy(x: torch.Tensor) -> torch.Tensor:
+    """Reduced energy (kT) of `rare_banana`, ``[batch, 1, 3] -> [batch]``."""
+    *_, terms = _rare_banana_terms()
+    a, b = terms(x[..., 0, 0], x[..., 0, 1])
+    return -torch.logaddexp(a, b) + _confinement(x)
+
+
+def rare_banana(temperature: float = 300.0, mass: float = 1.0) -> MolecularSystem:
+    """A 2D system with a rare state: ``u = -log(0.96 N_main + 0.04 B_rare)`` (kT), one particle.
+
+    ``N_main`` is an isotropic Gaussian (sigma 0.6 nm) at (-1.5, 0); ``B_rare`` a narrow curved
+    ("banana") well: ``x' = x - 2 + 0.6 y^2`` is Gaussian with sigma 0.12 nm and ``y`` with sigma 0.6 nm
+    (the shear has unit Jacobian, so ``B_rare`` is normalised). Both are normalised densities, so
+    the state populations are known: the rare state (below) holds 4.001 % by quadrature (the
+    wells barely overlap), and ``int exp(-u) dx dy = 1``. Made to test whether a training
+    recipe keeps a rare, hard-to-fit state: the curved well is what a mode-seeking (KL) fit gives
+    up first. Not in the `load` registry. See `RARE_BANANA_PARAMETERS`.
+
+    States: ``rare`` where the curved well's term is the larger one, ``main`` elsewhere (a straight
+    cut in ``x`` would miss the banana's arms); coordinates ``x``, ``y``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> system = rare_banana()
+    >>> sorted(system.states), round(float(rare_banana_energy(torch.tensor([[[2.0, 0.0, 0.0]]]))), 2)
+    (['main', 'rare'], 2.43)
+    """
+    from .molecular_system import State
+
+    main, rare, terms = _rare_banana_terms()
+
+    def in_rare(t):
+        t = torch.as_tensor(t)
+        a, b = terms(t[..., 0, 0], t[..., 0, 1])
+        return b > a
+
+    # -log(exp(a) + exp(b)) without underflow far from both wells (single-precision platforms)
+    definitions = f"; m = max(a, b); d = abs(a - b); a = {main}; b = {rare}"
+    system, topology = _one_particle_system("-(m + log(1 + exp(-d)))", temperature, mass, definitions)
+    x = _coordinate(0, "x", (-4.0, 3.5))
+    y = _coordinate(1, "y", (-2.5, 2.5))
+    return MolecularSystem(
+        name="rare_banana", system=system, topology=topology,
+        positions=np.array([[-1.5, 0.0, 0.0]]), temperature=temperature,
+        reaction_coordinates={"x": x, "y": y},
+        states={"main": State("main", lambda t: ~in_rare(t), "the broad well (96 %)"),
+                "rare": State("rare", in_rare, "the curved well (4 %): its term of the mixture is the larger")},
+        rotation_invariant=False, free_dims=_plane_mask(), analytic_energy=rare_banana_energy,
+        description="2D mixture: a broad main well (96 %) and a rare curved well (4 %), u in kT",
+    )
+
+
+def rare_banana_samples(n: int, rare_fraction: float | None = None, seed: int = 0) -> np.ndarray:
+    """Exact independent samples of `rare_banana`'s two wells, ``[n, 1, 3]`` (nm, z = 0).
+
+    ``rare_fraction`` (default the Boltzmann share, 0.04) sets how many come from the rare well
+    (rounded), e.g. 0.2 for data that over-represent it the way several MD starts would; the main
+    well's samples come first, then the rare well's (two "runs" one after the other).
+
+    Examples
+    --------
+    >>> x = rare_banana_samples(1000, rare_fraction=0.2, seed=0)
+    >>> x.shape, int(rare_banana().states["rare"](x).sum())
+    ((1000, 1, 3), 199)
+    """
+    p = RARE_BANANA_PARAMETERS
+    share = p["rare_share"] if rare_fraction is None else float(rare_fraction)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"rare_fraction must lie in [0, 1], got {rare_fraction!r}")
+    rng = np.random.default_rng(seed)
+    n_rare = int(round(share * n))
+    main = np.asarray(p["main_center"]) + p["main_sigma"] * rng.standard_normal((n - n_rare, 2))
+    y = p["rare_sigma_y"] * rng.standard_normal(n_rare)
+    x = p["rare_x"] - p["rare_curvature"] * y**2 + p["rare_sigma_x"] * rng.standard_normal(n_rare)
+    xy = np.concatenate([main, np.stack([x, y], 1)])
+    return np.concatenate([xy, np.zeros((n, 1))], 1)[:, None, :]

@@ -16,7 +16,10 @@ from dataclasses import dataclass, fields
 
 from .. import _validation as check
 
-__all__ = ["Stage", "default_stages", "load_stages"]
+__all__ = ["Stage", "default_stages", "adaptive_stages", "load_stages", "RECIPES"]
+
+#: Training recipes: ``"classic"`` (`default_stages`) and ``"adaptive"`` (`adaptive_stages`).
+RECIPES = ("classic", "adaptive")
 
 
 @dataclass
@@ -50,6 +53,22 @@ class Stage:
         Weight of the penalty on inverted stereocentres in the KL term.
     clip_grad : float
         Maximal gradient norm (``math.inf``: no clipping).
+    fab : float
+        Weight of the FAB loss (alpha = 2 divergence estimated by annealing towards ``p^2 / q``
+        with a replay buffer, `openmm_bg.training.fab`); ``kl_batch_size`` particles per annealing
+        run, one run every `FAB_REFRESH` steps.
+    fab_levels : int
+        Most annealing levels of a FAB run (>= 1).
+    patience : int, optional
+        Early stopping: end the stage when the held-out NLL has not improved for this many checks
+        in a row (never in the first fifth of the stage), and restore the weights of the best
+        check, also at the stage's natural end (default: no early stopping).
+    validate_every : int
+        Steps between held-out NLL checks (when ``patience`` or ``ml_auto`` needs them), >= 1.
+    ml_auto : bool
+        Set the ML weight from held-out data: starting at ``ml``, doubled (up to 10) whenever the
+        held-out NLL exceeds its best value of the run by more than its tolerance, halved (down to
+        0.01) when it is back within half of it (see `Trainer`).
 
     Raises
     ------
@@ -57,8 +76,9 @@ class Stage:
         A field out of its range, named with the range: ``steps``, ``batch_size`` and
         ``kl_batch_size`` integers >= 1; ``ml``, ``kl``, ``kl_end``, ``rc``, ``lr_end`` and
         ``chirality_weight`` >= 0 and finite; ``lr`` > 0; ``temperature`` positive and finite (K);
-        ``energy_high`` finite and ``energy_max >= energy_high``; ``clip_grad`` > 0; and a stage
-        whose loss weights are all 0 (it would train nothing).
+        ``energy_high`` finite and ``energy_max >= energy_high``; ``clip_grad`` > 0; ``fab`` >= 0;
+        ``fab_levels``, ``patience`` and ``validate_every`` integers >= 1; and a stage whose loss
+        weights are all 0 (it would train nothing).
 
     Examples
     --------
@@ -83,6 +103,11 @@ class Stage:
     energy_max: float = 1e9
     chirality_weight: float = 10.0
     clip_grad: float = 100.0
+    fab: float = 0.0
+    fab_levels: int = 8
+    patience: int | None = None
+    validate_every: int = 50
+    ml_auto: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -98,7 +123,7 @@ class Stage:
         self.batch_size = check.positive_int("batch_size", self.batch_size)
         if self.kl_batch_size is not None:
             self.kl_batch_size = check.positive_int("kl_batch_size", self.kl_batch_size)
-        for name in ("ml", "kl", "rc", "chirality_weight"):
+        for name in ("ml", "kl", "rc", "chirality_weight", "fab"):
             setattr(self, name, check.non_negative(name, getattr(self, name)))
         if self.kl_end is not None:
             self.kl_end = check.non_negative("kl_end", self.kl_end)
@@ -115,8 +140,22 @@ class Stage:
         if not (_real(self.clip_grad) and self.clip_grad > 0):
             raise ValueError(f"clip_grad must be positive (math.inf: no clipping), got {self.clip_grad!r}")
         self.clip_grad = float(self.clip_grad)
-        if self.ml == 0 and self.kl == 0 and not self.kl_end and self.rc == 0:
-            raise ValueError("all loss weights (ml, kl, kl_end, rc) are 0: the stage would train nothing")
+        self.fab_levels = check.positive_int("fab_levels", self.fab_levels)
+        self.validate_every = check.positive_int("validate_every", self.validate_every)
+        if self.patience is not None:
+            self.patience = check.positive_int("patience", self.patience)
+        if not isinstance(self.ml_auto, bool):
+            raise ValueError(f"ml_auto must be True or False, got {self.ml_auto!r}")
+        if self.ml_auto and self.ml == 0:
+            raise ValueError("ml_auto=True needs a starting ML weight ml > 0")
+        if self.ml == 0 and self.kl == 0 and not self.kl_end and self.rc == 0 and self.fab == 0:
+            raise ValueError("all loss weights (ml, kl, kl_end, rc) are 0: the stage would train nothing; give one of "
+                             "them (or fab) a positive value")
+
+    @property
+    def needs_validation(self) -> bool:
+        """Whether the stage checks held-out data (early stopping or the ML weight from it)."""
+        return self.patience is not None or self.ml_auto
 
     def kl_weight(self, step_in_stage: int) -> float:
         """KL weight at a step of this stage (linear ramp if ``kl_end`` is set)."""
@@ -164,6 +203,54 @@ def default_stages(scale: float = 1.0, kl_scale: float | None = None) -> list[St
     return [Stage("ml", steps=max(1, int(1500 * scale)), lr=5e-4, lr_end=5e-5),
             Stage("kl", steps=max(1, int(3000 * kl_scale)), ml=0.1, kl=1.0, lr=3e-4, lr_end=1e-5,
                   kl_batch_size=256)]
+
+
+def _clip(value: float, low: int, high: int) -> int:
+    return int(min(max(round(value), low), high))
+
+
+def adaptive_stages(n_dof: int, n_frames: int, scale: float = 1.0) -> list[Stage]:
+    """The adaptive recipe: ML with early stopping on held-out time blocks, then FAB fine-tuning.
+
+    Sizes scale with the flow's degrees of freedom ``n_dof``:
+
+    - ``ml``: at most ``clip(50 n_dof, 1000, 20000)`` steps, batches of ``clip(8 n_dof, 128, 1024)``
+      frames (at most the training frames), learning rate 5e-4 decaying (cosine) to 5e-5; the
+      held-out NLL is checked ``40`` times over the stage and the stage stops after 8 checks
+      without improvement, keeping the best weights (`Stage.patience`).
+    - ``fab``: ``clip(20 n_dof, 500, 4000)`` steps of the FAB alpha = 2 loss (mass covering:
+      rare states of the target are kept, `openmm_bg.training.fab`) with an annealing run of
+      ``clip(4 n_dof, 128, 512)`` particles and at most 8 levels every `FAB_REFRESH` steps, plus an
+      ML term whose weight starts at 0.1 and follows the held-out NLL (`Stage.ml_auto`); learning
+      rate 3e-4 to 1e-5, gradients clipped at norm 10. The FAB loss has no energy in it (energies
+      only weight the annealed samples), so a first step cannot be thrown by clashes the way
+      the first KL step of the classic recipe can.
+
+    Parameters
+    ----------
+    n_dof : int
+        Flow dimensions (``BoltzmannGenerator.n_dof``), >= 1.
+    n_frames : int
+        Training frames after the held-out blocks are removed, >= 1.
+    scale : float
+        Multiplies both stages' step counts (> 0).
+
+    Examples
+    --------
+    >>> [(s.name, s.steps, s.batch_size, s.kl_batch_size) for s in adaptive_stages(60, 8000)]
+    [('ml', 3000, 480, None), ('fab', 1200, 480, 240)]
+    """
+    n_dof = check.positive_int("n_dof", n_dof)
+    n_frames = check.positive_int("n_frames", n_frames)
+    scale = check.positive("scale", scale)
+    ml_steps = max(1, int(_clip(50 * n_dof, 1000, 20000) * scale))
+    fab_steps = max(1, int(_clip(20 * n_dof, 500, 4000) * scale))
+    batch = min(_clip(8 * n_dof, 128, 1024), n_frames)
+    particles = _clip(4 * n_dof, 128, 512)
+    return [Stage("ml", steps=ml_steps, lr=5e-4, lr_end=5e-5, batch_size=batch, patience=8,
+                  validate_every=max(1, ml_steps // 40)),
+            Stage("fab", steps=fab_steps, ml=0.1, fab=1.0, lr=3e-4, lr_end=1e-5, batch_size=batch,
+                  kl_batch_size=particles, clip_grad=10.0, ml_auto=True, validate_every=max(1, fab_steps // 40))]
 
 
 def load_stages(path: str | os.PathLike) -> list[Stage]:

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -36,13 +37,24 @@ import torch
 
 from .. import _validation as check
 from .._output import output_file
+from ..model.annealed import latent_path
 from ..model.generator import BoltzmannGenerator, system_fingerprint
+from ..sampling import AnnealConfig, anneal
 from ..systems import MolecularSystem, ReactionCoordinate
 from ..systems.trajectory import check_trajectory
+from .fab import ReplayBuffer, fab_target
 from .losses import kl_loss, ml_loss, rc_loss
-from .stages import Stage, default_stages
+from .stages import RECIPES, Stage, adaptive_stages, default_stages
+from .validation import DEFAULT_VALIDATION_FRACTION, EarlyStopping, held_out_nll, time_block_split
 
-__all__ = ["Trainer", "training_coordinate", "CheckpointMismatchError"]
+__all__ = ["Trainer", "training_coordinate", "CheckpointMismatchError", "FAB_REFRESH", "FAB_BUFFER_RUNS"]
+
+#: Steps between the annealing runs of a FAB stage (the buffer is sampled at every step).
+FAB_REFRESH = 4
+#: The replay buffer holds the samples of this many annealing runs.
+FAB_BUFFER_RUNS = 16
+#: Bounds of the ML weight that held-out data set (`Stage.ml_auto`).
+ML_AUTO_BOUNDS = (0.01, 10.0)
 
 #: Build options of the generator that a resumed run must share: ``BoltzmannGenerator.config`` key -> label.
 _GENERATOR_KEYS = {"flow": "flow", "n_blocks": "n_blocks", "hidden": "hidden", "seed": "build seed",
@@ -85,6 +97,16 @@ def training_coordinate(system: MolecularSystem, rc: str | ReactionCoordinate | 
     return rc
 
 
+def _with_defaults(record: dict) -> dict:
+    """A run record of an older version read with today's defaults (classic recipe, no held-out data)."""
+    record = {"recipe": "classic", "validation": 0.0, **record}
+    try:
+        record["stages"] = [asdict(Stage(**s)) for s in record.get("stages") or []]
+    except (TypeError, ValueError):
+        pass  # not stages this version can read: they will differ
+    return record
+
+
 def _checked_stages(stages) -> list[Stage]:
     """Copies of ``stages``, each checked again (a field may have been changed after construction)."""
     if isinstance(stages, Stage) or not isinstance(stages, Sequence):
@@ -120,12 +142,29 @@ class Trainer:
         CSV (or ``.json``) file of per-step metrics, rewritten at every checkpoint and at the end.
     progress : bool
         Show a progress bar.
+    recipe : {"classic", "adaptive"}
+        The default schedule when ``stages`` is None: ``"classic"`` (`default_stages`: ML, then
+        KL + 0.1 ML) or ``"adaptive"`` (`adaptive_stages`: ML with early stopping on held-out
+        time blocks, then FAB with an ML weight set from held-out data, sizes scaled with the
+        degrees of freedom). Recorded in the run record and in the model (``generator.extra``).
+    validation : float, optional
+        Share of the frames held out as whole contiguous time blocks (`time_block_split`), in
+        [0, 1); default 0.2 when a stage needs held-out data (`Stage.needs_validation`), else 0
+        (train on every frame, as before).
+
+    Notes
+    -----
+    Held-out NLL checks (every ``validate_every`` steps of a stage that needs them) are recorded
+    in the metrics as ``val_nll``. With ``ml_auto`` the tolerance of the ML weight's controller is
+    ``max(3 SE, 0.02 n_dof)`` nats above the best held-out NLL of the run (``SE`` its standard
+    error at that check).
 
     Raises
     ------
     ValueError
         Before any work, for an argument out of its range: not a generator, no stages or a
-        non-`Stage`, a seed that is not an integer >= 0, ``checkpoint_every < 1``, a checkpoint or
+        non-`Stage`, an unknown recipe, a validation share outside [0, 1) or 0 with a stage that
+        needs held-out data, a seed that is not an integer >= 0, ``checkpoint_every < 1``, a checkpoint or
         metrics file in a folder that does not exist or is not writable; then for training frames
         that do not fit the system or the generator's domain.
     KeyError
@@ -137,13 +176,25 @@ class Trainer:
 
     def __init__(self, generator: BoltzmannGenerator, data, stages: Sequence[Stage] | None = None, seed: int = 0,
                  rc: str | ReactionCoordinate | None = None, checkpoint: str | os.PathLike | None = None,
-                 checkpoint_every: int = 100, metrics: str | os.PathLike | None = None, progress: bool = True):
+                 checkpoint_every: int = 100, metrics: str | os.PathLike | None = None, progress: bool = True,
+                 recipe: str = "classic", validation: float | None = None):
         if not isinstance(generator, BoltzmannGenerator):
             raise ValueError(f"generator must be a BoltzmannGenerator, got {type(generator).__name__}")
+        if recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(map(repr, RECIPES))}, got {recipe!r}")
         self.gen = generator
-        self.stages = _checked_stages(stages) if stages is not None else default_stages()
+        self.recipe = recipe
+        if validation is not None:
+            validation = check.number("validation", validation)
+            if not 0.0 <= validation < 1.0:
+                raise ValueError(f"validation (the held-out share of the frames) must lie in [0, 1), "
+                                 f"got {validation!r}")
+        explicit = _checked_stages(stages) if stages is not None else None
+        if explicit is not None and validation == 0 and any(st.needs_validation for st in explicit):
+            raise ValueError("validation=0 but a stage needs held-out data (patience or ml_auto); hold out a share "
+                             "of the frames, e.g. validation=0.2")
         self.seed = check.non_negative_int("seed", seed)
-        self.rc = training_coordinate(generator.system, rc, self.stages)
+        self.rc = training_coordinate(generator.system, rc, explicit or default_stages())  # defaults: no RC
         self.checkpoint = output_file("checkpoint", checkpoint) if checkpoint is not None else None
         self.checkpoint_every = check.positive_int("checkpoint_every", checkpoint_every)
         self.metrics = output_file("metrics", metrics) if metrics is not None else None
@@ -156,8 +207,23 @@ class Trainer:
             raise ValueError(f"{int((~ok).sum())} training frames lie outside the generator's domain")
         self._data_hash = hashlib.sha256(np.ascontiguousarray(traj.xyz, dtype=np.float32).tobytes()).hexdigest()
         self._system_fingerprint = system_fingerprint(generator.system)
-        self.v_data = v.to(generator.flow_dtype).to(generator.device)
+        v = v.to(generator.flow_dtype).to(generator.device)
         del z_data
+        if explicit is None:
+            needs = recipe == "adaptive"
+        else:
+            needs = any(st.needs_validation for st in explicit)
+        default = DEFAULT_VALIDATION_FRACTION if needs else 0.0
+        self.validation = float(validation if validation is not None else default)
+        if self.validation > 0:
+            train_idx, held_idx = time_block_split(len(v), self.validation)
+            self.v_data, self.v_val = v[torch.as_tensor(train_idx)], v[torch.as_tensor(held_idx)]
+        else:
+            self.v_data, self.v_val = v, v[:0]
+        if explicit is None:
+            explicit = (adaptive_stages(generator.n_dof, len(self.v_data)) if recipe == "adaptive"
+                        else default_stages())
+        self.stages = explicit
         self.progress = progress
         self.history: list[dict] = []
         self.step = 0
@@ -167,18 +233,32 @@ class Trainer:
         self._optimizer: torch.optim.Optimizer | None = None
         self._optimizer_stage = -1
         self._reference_energy: float | None = None
+        # adaptive parts: stage lengths after early stopping, held-out checks, ML weight, FAB buffer
+        self._stage_steps = [s.steps for s in self.stages]
+        self._stopping: EarlyStopping | None = None
+        self._best_flow: dict | None = None
+        self._best_val = math.inf
+        self._ml_weight: float | None = None
+        self._buffer: ReplayBuffer | None = None
+        self._fab_step_size = 0.1
+        self._fab_rng = torch.Generator().manual_seed(self.seed)
+
+    @property
+    def stage_steps(self) -> list[int]:
+        """Steps of each stage: its ``steps``, or fewer once it stopped early."""
+        return list(self._stage_steps)
 
     @property
     def total_steps(self) -> int:
-        """Steps of all stages together."""
-        return sum(s.steps for s in self.stages)
+        """Steps of all stages together (a stage that stopped early counts the steps it ran)."""
+        return sum(self._stage_steps)
 
     def _stage_at(self, step: int) -> tuple[int, Stage, int]:
         start = 0
         for k, stage in enumerate(self.stages):
-            if step < start + stage.steps:
+            if step < start + self._stage_steps[k]:
                 return k, stage, step - start
-            start += stage.steps
+            start += self._stage_steps[k]
         raise IndexError(step)
 
     def _optimizer_for(self, k: int, stage: Stage) -> torch.optim.Optimizer:
@@ -213,12 +293,22 @@ class Trainer:
         gen = self.gen
         opt, w_kl, row = self._start_step(k, stage, i)
         loss = torch.zeros((), dtype=torch.float64, device=gen.device)
+        w_ml = self._ml_weight_of(k, stage)
+        if stage.ml_auto:
+            row["w_ml"] = w_ml
         if stage.ml > 0:
             idx = torch.randint(0, len(self.v_data), (min(stage.batch_size, len(self.v_data)),),
                                 generator=self._rng, device=gen.device)
             ml = ml_loss(gen, self.v_data[idx])
-            loss = loss + stage.ml * ml.to(torch.float64)
+            loss = loss + w_ml * ml.to(torch.float64)
             row["ml"] = ml.item()
+        fab_index = fab_log_q = None
+        if stage.fab > 0:
+            fab_index, fab_log_q = self._fab_batch(stage, i, row)
+            if fab_index is not None:
+                fab = -fab_log_q.to(torch.float64).mean()
+                loss = loss + stage.fab * fab
+                row["fab"] = fab.item()
         if w_kl > 0 or stage.rc > 0:
             t = gen.training_temperature if stage.temperature is None else stage.temperature
             z = gen.sample_latent(stage.kl_batch_size or stage.batch_size, self._rng, t)
@@ -234,7 +324,10 @@ class Trainer:
                 loss = loss + stage.rc * rcl
                 row["rc"] = rcl.item()
         row["loss"] = loss.item()
-        return self._apply_gradients(opt, stage, row, loss.backward)
+        row = self._apply_gradients(opt, stage, row, loss.backward)
+        if fab_index is not None and not row["skipped"]:  # p^2/q moved with q: log w += log q_old - log q_new
+            self._buffer.adjust(fab_index, fab_log_q.detach())
+        return row
 
     def _apply_gradients(self, opt: torch.optim.Optimizer, stage: Stage, row: dict, backward) -> dict:
         """Run ``backward()``, clip and step if ``row["loss"]`` is finite (else count the step skipped); the row."""
@@ -273,6 +366,9 @@ class Trainer:
             while self.step < self.total_steps:
                 k, stage, i = self._stage_at(self.step)
                 row = self._step(k, stage, i)
+                if stage.needs_validation and ((i + 1) % stage.validate_every == 0 or i + 1 == self._stage_steps[k]):
+                    self._check_held_out(k, stage, i, row)
+                    bar.total = self.total_steps
                 row["time"] = time.perf_counter() - start
                 self.history.append(row)
                 self.step += 1
@@ -281,11 +377,99 @@ class Trainer:
                 if self.checkpoint is not None and self.step % self.checkpoint_every == 0:
                     self.save_checkpoint(self.checkpoint)
         self.gen.flow.eval()
+        self.gen.extra["training"] = {"recipe": self.recipe, "validation": self.validation,
+                                      "stage_steps": {s.name: n for s, n in zip(self.stages, self._stage_steps)}}
         if self.checkpoint is not None:
             self.save_checkpoint(self.checkpoint)
         elif self.metrics is not None:
             self.write_metrics(self.metrics)
         return self.history
+
+    # ------------------------------------------------------------------ adaptive parts
+    def _ml_weight_of(self, k: int, stage: Stage) -> float:
+        """The ML weight at this step: the stage's, or (``ml_auto``) the one held-out data set."""
+        if not stage.ml_auto:
+            return stage.ml
+        if self._ml_weight is None or self._ml_weight[0] != k:
+            self._ml_weight = (k, stage.ml)
+        return self._ml_weight[1]
+
+    def _check_held_out(self, k: int, stage: Stage, i: int, row: dict) -> None:
+        """A held-out NLL check: early stopping (``patience``) and the ML weight (``ml_auto``)."""
+        gen = self.gen
+        val, se = held_out_nll(gen.flow, self.v_val)
+        row["val_nll"] = val
+        self._best_val = min(self._best_val, val)
+        if stage.patience is not None:
+            if self._stopping is None or self._stopping[0] != k:
+                self._stopping = (k, EarlyStopping(stage.patience))
+                self._best_flow = None
+            stopping = self._stopping[1]
+            stop = stopping.update(val, self.step)
+            if stopping.improved_at(self.step):
+                self._best_flow = {name: t.detach().clone() for name, t in gen.flow.state_dict().items()}
+            last = i + 1 == self._stage_steps[k]
+            stop = stop and i + 1 >= stage.steps // 5
+            if (stop or last) and self._best_flow is not None and stopping.best < val:
+                gen.flow.load_state_dict(self._best_flow)  # the weights of the best check
+                row["restored_step"] = stopping.best_step + 1
+            if stop and not last:
+                self._stage_steps[k] = i + 1
+                row["early_stop"] = 1
+        if stage.ml_auto:
+            tolerance = max(3.0 * se, 0.02 * gen.n_dof)
+            w = self._ml_weight_of(k, stage)
+            if val > self._best_val + tolerance:
+                w = min(2.0 * w, ML_AUTO_BOUNDS[1])
+            elif val < self._best_val + 0.5 * tolerance:
+                w = max(0.5 * w, ML_AUTO_BOUNDS[0])
+            self._ml_weight = (k, w)
+
+    def _fab_batch(self, stage: Stage, i: int, row: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Replay-buffer samples (drawn ∝ weight) and their log q; refreshes the buffer by annealing."""
+        gen = self.gen
+        n = stage.kl_batch_size or stage.batch_size
+        if self._buffer is None:
+            self._buffer = ReplayBuffer(FAB_BUFFER_RUNS * n, gen.n_dof)
+        if i % FAB_REFRESH == 0 or len(self._buffer) == 0:
+            self._fab_refresh(stage, n, row)
+        if len(self._buffer) == 0:
+            return None, None
+        index = self._buffer.sample(n, self._fab_rng)
+        log_q = gen.flow.log_prob(self._buffer.v[index].to(gen.flow_dtype))
+        keep = torch.isfinite(log_q.detach())
+        if not bool(keep.all()):  # now outside the flow's domain: weight zero from here on
+            self._buffer.adjust(index[~keep], log_q.detach()[~keep])
+            index, log_q = index[keep], log_q[keep]
+        return (index, log_q) if index.numel() else (None, None)
+
+    def _fab_refresh(self, stage: Stage, n: int, row: dict) -> None:
+        """One annealing run of ``n`` particles from q towards p^2/q (flow fixed), into the buffer."""
+        gen = self.gen
+        t = gen.training_temperature if stage.temperature is None else stage.temperature
+        path = latent_path(gen, t, batch_size=n)
+        with torch.no_grad():
+            z0 = gen.sample_latent(n, self._rng, t).to(torch.float64)
+        seed = int(torch.randint(0, 2**62, (1,), generator=self._fab_rng))
+        config = AnnealConfig(n_levels=stage.fab_levels, step_size=self._fab_step_size, resample_threshold=0.0,
+                              seed=seed)
+        try:
+            with warnings.catch_warnings(record=True) as caught:  # a jump to beta = 1 is exact, only noisier
+                warnings.simplefilter("always", RuntimeWarning)
+                result = anneal(path.log_q, fab_target(path.log_q, path.log_target), z0, config)
+            row["fab_jump"] = int(any("last level jumps" in str(w.message) for w in caught))
+        except RuntimeError:  # every particle has weight zero (p = 0 at all of them): nothing to add
+            self.energy_evaluations += path.n_energy_evaluations
+            row["fab_failed"] = 1
+            return
+        self.energy_evaluations += path.n_energy_evaluations
+        self._fab_step_size = float(result.step_sizes[-1])
+        with torch.no_grad():
+            v, _ = gen.flow.forward(result.positions.to(gen.flow_dtype))
+            log_q = gen.flow.log_prob(v).to(torch.float64)
+        self._buffer.add(v, result.log_weights, log_q)
+        row["fab_ess"] = result.ess() / n
+        row["fab_levels"] = result.n_levels
 
     # ------------------------------------------------------------------ persistence
     def run_record(self) -> dict:
@@ -294,15 +478,19 @@ class Trainer:
         Keys: ``"training data"`` (SHA-256 of the frames, float32 nm), the generator's build options
         (``flow``, ``n_blocks``, ``hidden``, ``build seed``, ``dtype``, ``flow options``), ``"system"`` (its
         fingerprint: atoms, masses, constraints, forces), ``"temperature"`` (the training temperature, K),
-        ``"stages"``, ``"seed"`` (the trainer's) and ``"rc"`` (the RC loss coordinate's name); for a
-        sharded run (`openmm_bg.training.distributed.DistributedTrainer`) also ``"shards"``.
+        ``"stages"``, ``"seed"`` (the trainer's), ``"rc"`` (the RC loss coordinate's name), ``"recipe"``
+        and ``"validation"`` (the held-out share); for a sharded run
+        (`openmm_bg.training.distributed.DistributedTrainer`) also ``"shards"``. A record of an older
+        version without ``"recipe"`` and ``"validation"`` (or without the newer `Stage` fields) reads
+        as the classic recipe with nothing held out.
         """
         config = self.gen.config
         record = {"training data": self._data_hash}
         record.update({label: config.get(key) for key, label in _GENERATOR_KEYS.items()})
         record.update({"system": self._system_fingerprint, "temperature": float(self.gen.training_temperature),
                        "stages": [asdict(s) for s in self.stages], "seed": self.seed,
-                       "rc": None if self.rc is None else self.rc.name})
+                       "rc": None if self.rc is None else self.rc.name, "recipe": self.recipe,
+                       "validation": self.validation})
         if self.shards is not None:  # sharded runs (training.distributed) depend on the shard count
             record["shards"] = self.shards
         return record
@@ -314,7 +502,14 @@ class Trainer:
                 "optimizer_state": None if self._optimizer is None else self._optimizer.state_dict(),
                 "optimizer_stage": self._optimizer_stage, "rng_state": self._rng.get_state(),
                 "history": list(self.history), "stages": [asdict(s) for s in self.stages], "seed": self.seed,
-                "reference_energy": self._reference_energy, "run": self.run_record()}
+                "reference_energy": self._reference_energy, "run": self.run_record(),
+                "adaptive": {"stage_steps": list(self._stage_steps), "best_val": self._best_val,
+                             "stopping": None if self._stopping is None else
+                             (self._stopping[0], self._stopping[1].state_dict()),
+                             "best_flow": self._best_flow, "ml_weight": self._ml_weight,
+                             "buffer": None if self._buffer is None else
+                             (self._buffer.capacity, self._buffer.state_dict()),
+                             "fab_step_size": self._fab_step_size, "fab_rng": self._fab_rng.get_state()}}
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Write the training state atomically (temporary file, then rename), plus the metrics."""
@@ -351,6 +546,7 @@ class Trainer:
                                           f"that did not record what the run was made from; {restart}",
                                           ["run record"])
         current = self.run_record()
+        saved = _with_defaults(saved)
         differences = [key for key in {**saved, **current} if saved.get(key) != current.get(key)]
         if differences:
             raise CheckpointMismatchError(f"cannot resume from {path}: it was written by another training run "
@@ -374,6 +570,22 @@ class Trainer:
         self.history = list(state["history"])
         self._rng.set_state(state["rng_state"])
         self._reference_energy = state["reference_energy"]
+        adaptive = state.get("adaptive")
+        if adaptive is not None:
+            self._stage_steps = list(adaptive["stage_steps"])
+            self._best_val, self._best_flow = adaptive["best_val"], adaptive["best_flow"]
+            self._ml_weight, self._fab_step_size = adaptive["ml_weight"], adaptive["fab_step_size"]
+            self._fab_rng.set_state(adaptive["fab_rng"])
+            self._stopping = None
+            if adaptive["stopping"] is not None:
+                k, stopping = adaptive["stopping"]
+                self._stopping = (k, EarlyStopping(self.stages[k].patience or 1))
+                self._stopping[1].load_state_dict(stopping)
+            self._buffer = None
+            if adaptive["buffer"] is not None:
+                capacity, buffer = adaptive["buffer"]
+                self._buffer = ReplayBuffer(capacity, self.gen.n_dof)
+                self._buffer.load_state_dict(buffer)
         self._optimizer = None
         if state["optimizer_state"] is not None:
             k = state["optimizer_stage"]
