@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -297,7 +298,8 @@ def biased_md(solvent: str, ns: float, scale: float, seed: int, platform: str, b
     """Method 3, written resumably: every ``chunk_ns`` the samples so far and the context's checkpoint go
     to ``checkpoint`` (an ``.npz``; a run started again with the same file continues from it) and
     ``on_chunk(result_so_far)`` is called. Stops after ``ns`` or after the chunk that passes
-    ``wall_limit_s`` (this invocation's wall time), whichever comes first."""
+    ``wall_limit_s`` (this invocation's wall time), whichever comes first; ``wall_limit_s=0`` with a
+    checkpoint only recomputes the result from it."""
     system = load("alanine_dipeptide", solvent=solvent)
     omm = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system.system))
     coeffs = _vacuum_bias_coefficients(scale)
@@ -313,7 +315,9 @@ def biased_md(solvent: str, ns: float, scale: float, seed: int, platform: str, b
         saved = np.load(checkpoint)
         if not np.allclose(saved["bias_coefficients_kT"], coeffs, rtol=0, atol=1e-12):
             raise ValueError(f"{checkpoint} was written with another bias: delete it or change --seed")
-        done = min(int(saved["n_done"]), n)
+        done = int(saved["n_done"])
+        if done > n:  # a longer run than asked for: keep all of it
+            phis, psis, n = np.resize(phis, done), np.resize(psis, done), done
         phis[:done], psis[:done] = saved["phi"][:done], saved["psi"][:done]
         wall_before = float(saved["wall_s"])
         context.loadCheckpoint(saved["context"].tobytes())
@@ -338,7 +342,7 @@ def biased_md(solvent: str, ns: float, scale: float, seed: int, platform: str, b
             out["bias_basin_shift_kT"] = basin_shift
         return out
 
-    while done < n:
+    while done < n and not (wall_limit_s <= 0 and done):
         stop = min(n, done + chunk)
         for s in range(done, stop):
             integrator.step(stride)
@@ -488,7 +492,7 @@ def main(argv=None) -> None:
                            basin_shift=args.bias_basin_shift, chunk_ns=args.chunk_ns, wall_limit_s=args.wall_limit_s,
                            checkpoint=CACHE / f"alanine_{args.solvent}_{key}_checkpoint.npz",
                            on_chunk=lambda r: _record(args, dict(r, seed=args.seed, complete=False), quiet=True))
-        result["complete"] = result["n_samples"] == int(args.ns * 1e4)
+        result["complete"] = result["n_samples"] >= int(args.ns * 1e4)
     else:
         result = umbrella(args.solvent, args.windows, args.k, args.equilibration_ps, args.production_ps,
                           args.seed, args.platform, reverse=args.reverse)
@@ -504,13 +508,17 @@ def _run_key(args) -> str:
 
 def _record(args, result: dict, quiet: bool = False) -> None:
     """Add or replace this run's entry in the result file and recompute the combined value."""
-    table = json.loads(RESULT.read_text()) if RESULT.exists() else {}
-    entry = table.setdefault(args.solvent, {})
-    entry.setdefault("runs", {})[_run_key(args)] = result
-    entry.update(combine(entry["runs"]))
-    tmp = RESULT.with_suffix(".tmp")
-    tmp.write_text(json.dumps(table, indent=1) + "\n")
-    tmp.replace(RESULT)
+    import fcntl
+
+    with open(RESULT.with_suffix(".lock"), "w") as lock:  # several runs (seeds) may record at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        table = json.loads(RESULT.read_text()) if RESULT.exists() else {}
+        entry = table.setdefault(args.solvent, {})
+        entry.setdefault("runs", {})[_run_key(args)] = result
+        entry.update(combine(entry["runs"]))
+        tmp = RESULT.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, indent=1) + "\n")
+        tmp.replace(RESULT)
     if not quiet:
         print(f"{args.solvent}: Delta A(C7ax - C7eq) = {entry['delta_a_kT']:.3f} +- {entry['error_kT']:.3f} kT "
               f"(runs: {', '.join(entry['runs'])}; consistent: {entry['consistent']}) -> {RESULT}")
