@@ -15,12 +15,11 @@ Examples
 
 from __future__ import annotations
 
-import openmm.unit as unit
-
 __all__ = ["MOLAR_GAS_CONSTANT", "KJ_PER_KCAL", "ONE_4PI_EPS0", "kT_kJ_per_mol", "kT_kcal_per_mol"]
 
-#: Molar gas constant R in kJ/(mol K), as OpenMM uses it (``openmm.unit.MOLAR_GAS_CONSTANT_R``).
-MOLAR_GAS_CONSTANT: float = (unit.MOLAR_GAS_CONSTANT_R).value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
+#: Molar gas constant R in kJ/(mol K), OpenMM's value (``openmm.unit.MOLAR_GAS_CONSTANT_R``; the tests check
+#: that they are equal). A literal, so that this module and the torch force field import without OpenMM.
+MOLAR_GAS_CONSTANT: float = 8.31446261815324e-3
 
 #: kJ per kcal (thermochemical calorie).
 KJ_PER_KCAL: float = 4.184

@@ -23,3 +23,9 @@ def test_old_homes_re_export_the_same_objects():
     assert MOLAR_GAS_CONSTANT == constants.MOLAR_GAS_CONSTANT
     assert KJ_PER_KCAL == constants.KJ_PER_KCAL == 4.184
     assert ONE_4PI_EPS0 == constants.ONE_4PI_EPS0
+
+
+def test_gas_constant_literal_is_openmms_value():
+    # a literal (the torch force field imports without OpenMM); it must stay OpenMM's value exactly
+    assert constants.MOLAR_GAS_CONSTANT == (unit.MOLAR_GAS_CONSTANT_R).value_in_unit(
+        unit.kilojoule_per_mole / unit.kelvin)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -262,7 +263,7 @@ def _vacuum_bias_coefficients(scale: float) -> np.ndarray:
     table = json.loads(RESULT.read_text()) if RESULT.exists() else {}
     for entry in table.values():
         for run in entry.get("runs", {}).values():
-            if "bias_coefficients_kT" in run:
+            if "bias_coefficients_kT" in run and not run.get("bias_basin_shift_kT"):
                 return scale / run["bias_scale"] * np.array(run["bias_coefficients_kT"])
     return scale * phi_bias_coefficients()
 
@@ -279,38 +280,91 @@ def _phi_bias(phi: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
     return sum(c * (np.cos if i % 2 == 0 else np.sin)((i // 2 + 1) * phi) for i, c in enumerate(coeffs))
 
 
-def biased_md(solvent: str, ns: float, scale: float, seed: int, platform: str) -> dict:
+def c7ax_step_coefficients(shift: float, n_harmonics: int = 8, bins: int = 720) -> np.ndarray:
+    """Fourier coefficients (kT, layout of `phi_bias_coefficients`) of ``shift`` x the C7ax indicator.
+
+    Subtracted from a bias, they lower C7ax by about ``shift`` kT: the vacuum profile corrected towards
+    the implicit-solvent one (whose C7ax lies ~1.4 kT higher). The fit's ripple only changes the
+    variance, never the estimate (the reweighting uses the coefficients as fitted)."""
+    centres = -math.pi + (np.arange(bins) + 0.5) * (2 * math.pi / bins)
+    basis = np.stack([g((n + 1) * centres) for n in range(n_harmonics) for g in (np.cos, np.sin)], axis=1)
+    coeffs, *_ = np.linalg.lstsq(np.c_[basis, np.ones_like(centres)], shift * _in_c7ax(centres), rcond=None)
+    return coeffs[:-1]
+
+
+def biased_md(solvent: str, ns: float, scale: float, seed: int, platform: str, basin_shift: float = 0.0,
+              chunk_ns: float = 0.25, wall_limit_s: float = math.inf, checkpoint: Path | None = None,
+              on_chunk=None) -> dict:
+    """Method 3, written resumably: every ``chunk_ns`` the samples so far and the context's checkpoint go
+    to ``checkpoint`` (an ``.npz``; a run started again with the same file continues from it) and
+    ``on_chunk(result_so_far)`` is called. Stops after ``ns`` or after the chunk that passes
+    ``wall_limit_s`` (this invocation's wall time), whichever comes first; ``wall_limit_s=0`` with a
+    checkpoint only recomputes the result from it."""
     system = load("alanine_dipeptide", solvent=solvent)
     omm = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system.system))
     coeffs = _vacuum_bias_coefficients(scale)
+    if basin_shift:
+        coeffs = coeffs - scale * c7ax_step_coefficients(basin_shift)
     omm.addForce(_phi_bias_force(coeffs, system.kT))
     context, integrator = _biased_context(system, omm, seed, platform)
-    integrator.step(20_000)  # 20 ps equilibration
     stride = 100  # 0.1 ps between samples
     n = int(ns * 1e6 / stride)
     phis, psis = np.empty(n), np.empty(n)
+    done, wall_before = 0, 0.0
+    if checkpoint is not None and checkpoint.exists():
+        saved = np.load(checkpoint)
+        if not np.allclose(saved["bias_coefficients_kT"], coeffs, rtol=0, atol=1e-12):
+            raise ValueError(f"{checkpoint} was written with another bias: delete it or change --seed")
+        done = int(saved["n_done"])
+        if done > n:  # a longer run than asked for: keep all of it
+            phis, psis, n = np.resize(phis, done), np.resize(psis, done), done
+        phis[:done], psis[:done] = saved["phi"][:done], saved["psi"][:done]
+        wall_before = float(saved["wall_s"])
+        context.loadCheckpoint(saved["context"].tobytes())
+        print(f"  resumed from {checkpoint}: {done * stride * 1e-6:.2f} ns done", flush=True)
+    else:
+        integrator.step(20_000)  # 20 ps equilibration
+    chunk = max(1, int(chunk_ns * 1e6 / stride))
     start = time.perf_counter()
-    for s in range(n):
-        integrator.step(stride)
-        pos = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-        phis[s], psis[s] = _phi_psi(np.asarray(pos))
-        if (s + 1) % max(1, n // 20) == 0:
-            lw = _phi_bias(phis[:s + 1], coeffs)
-            print(f"  biased MD {(s + 1) * stride * 1e-6:.2f}/{ns:g} ns: Delta A so far "
-                  f"{_delta_a(_in_c7ax(phis[:s + 1]), np.exp(lw - lw.max())):.3f} kT, "
-                  f"{time.perf_counter() - start:.0f} s", flush=True)
-    log_w = _phi_bias(phis, coeffs)
-    _save_samples(f"alanine_{solvent}_biased_md", phi=phis, psi=psis, log_weights=log_w)
-    delta = _delta_a(_in_c7ax(phis), np.exp(log_w - log_w.max()))
-    order = np.arange(n)
 
-    def estimate(idx: np.ndarray) -> float:
-        return _delta_a(_in_c7ax(phis[idx]), np.exp(log_w[idx] - log_w.max()))
+    def result(m: int) -> dict:
+        log_w = _phi_bias(phis[:m], coeffs)
 
-    error = _block_bootstrap(order, 20, estimate, 500, np.random.default_rng(seed))
-    crossings = int(np.count_nonzero(np.diff(_in_c7ax(phis).astype(int)) != 0))
-    return {"delta_a_kT": delta, "error_kT": error, "ns": ns, "bias_scale": scale, "c7ax_crossings": crossings,
-            "bias_coefficients_kT": [float(c) for c in coeffs], "n_samples": n, "wall_s": time.perf_counter() - start}
+        def estimate(idx: np.ndarray) -> float:
+            return _delta_a(_in_c7ax(phis[idx]), np.exp(log_w[idx] - log_w.max()))
+
+        error = _block_bootstrap(np.arange(m), 20, estimate, 500, np.random.default_rng(seed))
+        crossings = int(np.count_nonzero(np.diff(_in_c7ax(phis[:m]).astype(int)) != 0))
+        out = {"delta_a_kT": estimate(np.arange(m)), "error_kT": error, "ns": m * stride * 1e-6, "bias_scale": scale,
+               "c7ax_crossings": crossings, "bias_coefficients_kT": [float(c) for c in coeffs], "n_samples": m,
+               "wall_s": wall_before + time.perf_counter() - start}
+        if basin_shift:
+            out["bias_basin_shift_kT"] = basin_shift
+        return out
+
+    while done < n and not (wall_limit_s <= 0 and done):
+        stop = min(n, done + chunk)
+        for s in range(done, stop):
+            integrator.step(stride)
+            pos = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+            phis[s], psis[s] = _phi_psi(np.asarray(pos))
+        done = stop
+        so_far = result(done)
+        if checkpoint is not None:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            tmp = checkpoint.with_suffix(".tmp.npz")
+            np.savez(tmp, phi=phis[:done], psi=psis[:done], n_done=done, wall_s=so_far["wall_s"],
+                     bias_coefficients_kT=coeffs, context=np.frombuffer(context.createCheckpoint(), dtype=np.uint8))
+            tmp.replace(checkpoint)
+        print(f"  biased MD {so_far['ns']:.2f}/{ns:g} ns: Delta A so far {so_far['delta_a_kT']:.3f} "
+              f"+- {so_far['error_kT']:.3f} kT, {so_far['wall_s']:.0f} s", flush=True)
+        if on_chunk is not None:
+            on_chunk(so_far)
+        if time.perf_counter() - start > wall_limit_s:
+            break
+    log_w = _phi_bias(phis[:done], coeffs)
+    _save_samples(f"alanine_{solvent}_biased_md", phi=phis[:done], psi=psis[:done], log_weights=log_w)
+    return result(done)
 
 
 def metadynamics(solvent: str, ns: float, seed: int, platform: str, bias_factor: float = 6.0,
@@ -410,6 +464,14 @@ def main(argv=None) -> None:
     parser.add_argument("--reverse", action="store_true", help="umbrella windows in descending phi order")
     parser.add_argument("--ns", type=float, default=8.0, help="biased MD length (ns)")
     parser.add_argument("--bias-scale", type=float, default=0.9, help="share of the phi profile the bias cancels")
+    parser.add_argument("--bias-basin-shift", type=float, default=0.0,
+                        help="biased MD: lower C7ax in the bias by this much more (kT) than the vacuum profile "
+                             "does (1.42: the implicit-minus-vacuum Delta A)")
+    parser.add_argument("--chunk-ns", type=float, default=0.25,
+                        help="biased MD: checkpoint and record the result so far every this many ns")
+    parser.add_argument("--wall-limit-s", type=float, default=math.inf,
+                        help="biased MD: stop (and record) after the chunk that passes this wall time; run the "
+                             "same command again to continue from the checkpoint")
     parser.add_argument("--platform", default="Reference",
                         help="OpenMM platform (Reference is fastest in vacuum, CPU with OBC implicit solvent)")
     parser.add_argument("--seed", type=int, default=0)
@@ -425,21 +487,41 @@ def main(argv=None) -> None:
     elif args.method == "metadynamics":
         result = metadynamics(args.solvent, args.ns, args.seed, args.platform)
     elif args.method == "biased-md":
-        result = biased_md(args.solvent, args.ns, args.bias_scale, args.seed, args.platform)
+        key = _run_key(args)
+        result = biased_md(args.solvent, args.ns, args.bias_scale, args.seed, args.platform,
+                           basin_shift=args.bias_basin_shift, chunk_ns=args.chunk_ns, wall_limit_s=args.wall_limit_s,
+                           checkpoint=CACHE / f"alanine_{args.solvent}_{key}_checkpoint.npz",
+                           on_chunk=lambda r: _record(args, dict(r, seed=args.seed, complete=False), quiet=True))
+        result["complete"] = result["n_samples"] >= int(args.ns * 1e4)
     else:
         result = umbrella(args.solvent, args.windows, args.k, args.equilibration_ps, args.production_ps,
                           args.seed, args.platform, reverse=args.reverse)
     result["seed"] = args.seed
     print(json.dumps(result, indent=1))
-    table = json.loads(RESULT.read_text()) if RESULT.exists() else {}
-    entry = table.setdefault(args.solvent, {})
+    _record(args, result)
+
+
+def _run_key(args) -> str:
     key = args.method.replace("-", "_") + ("_reverse" if args.method == "umbrella" and args.reverse else "")
-    key += f"_seed{args.seed}" if args.seed else ""
-    entry.setdefault("runs", {})[key] = result
-    entry.update(combine(entry["runs"]))
-    RESULT.write_text(json.dumps(table, indent=1) + "\n")
-    print(f"{args.solvent}: Delta A(C7ax - C7eq) = {entry['delta_a_kT']:.3f} +- {entry['error_kT']:.3f} kT "
-          f"(runs: {', '.join(entry['runs'])}; consistent: {entry['consistent']}) -> {RESULT}")
+    return key + (f"_seed{args.seed}" if args.seed else "")
+
+
+def _record(args, result: dict, quiet: bool = False) -> None:
+    """Add or replace this run's entry in the result file and recompute the combined value."""
+    import fcntl
+
+    with open(RESULT.with_suffix(".lock"), "w") as lock:  # several runs (seeds) may record at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        table = json.loads(RESULT.read_text()) if RESULT.exists() else {}
+        entry = table.setdefault(args.solvent, {})
+        entry.setdefault("runs", {})[_run_key(args)] = result
+        entry.update(combine(entry["runs"]))
+        tmp = RESULT.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, indent=1) + "\n")
+        tmp.replace(RESULT)
+    if not quiet:
+        print(f"{args.solvent}: Delta A(C7ax - C7eq) = {entry['delta_a_kT']:.3f} +- {entry['error_kT']:.3f} kT "
+              f"(runs: {', '.join(entry['runs'])}; consistent: {entry['consistent']}) -> {RESULT}")
 
 
 #: Runs of a reweighting method with fewer effective samples in C7ax than this are recorded, not combined:

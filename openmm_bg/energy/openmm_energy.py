@@ -49,6 +49,7 @@ from ..constants import kT_kJ_per_mol
 from ..geometry import as_tensor
 from ..systems.molecular_system import MolecularSystem, PeriodicSystemError, require_nonperiodic
 from .context import ContextEvaluator
+from .devices import openmm_platform_for, resolve_device
 from .platforms import PlatformChoice, available_platforms, default_properties, select_platform
 from .workers import WorkerPool
 
@@ -115,7 +116,10 @@ class OpenMMEnergy(torch.nn.Module):
         ``[n_atoms, 3]`` nm; defaults to a `MolecularSystem`'s positions. Used for platform timing,
         the torch self-check and `reference_energy`.
     device : str or torch.device, optional
-        Device of the torch backend (default ``"cpu"``); inputs are moved there and outputs back.
+        Where the energies are evaluated: ``"cpu"`` (default) or ``"cuda"`` / ``"cuda:N"``
+        (`openmm_bg.energy.devices.resolve_device`; anything else is refused). The torch backend runs
+        there; OpenMM contexts use the ``CUDA`` platform on that GPU unless ``platform`` names another.
+        Outputs are on the input's device.
     timeout : float, optional
         Seconds to wait for a worker before raising (default: wait while workers live).
 
@@ -185,7 +189,7 @@ class OpenMMEnergy(torch.nn.Module):
         self.platform_properties = dict(platform_properties or {})
         self.requested_backend = backend
         self.allow_periodic = allow_periodic
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = resolve_device(device)
         self.timeout = timeout
         self.reference_positions = None if reference_positions is None else as_tensor(
             reference_positions, torch.float64).detach().cpu().numpy().reshape(self.n_atoms, 3)
@@ -215,7 +219,15 @@ class OpenMMEnergy(torch.nn.Module):
                     raise
                 logger.info("energy backend: openmm (torch force field not used: %s)", err)
         self.backend = "openmm"
-        if self.requested_platform is None:
+        on_device = openmm_platform_for(self.device) if self.requested_platform is None else None
+        if on_device is not None:  # a GPU was asked for: OpenMM's CUDA platform on that device
+            name, props = on_device
+            if name not in available_platforms():
+                raise ValueError(f"device={str(self.device)!r} with backend='openmm' needs OpenMM's {name} platform, "
+                                 f"which is not available here (available: {available_platforms()}); use "
+                                 "backend='torch', name a platform, or device='cpu'")
+            self.platform_choice = PlatformChoice(name, {**default_properties(name), **props})
+        elif self.requested_platform is None:
             self.platform_choice = select_platform(self.system, self.reference_positions)
         else:
             if self.requested_platform not in available_platforms():
@@ -225,7 +237,7 @@ class OpenMMEnergy(torch.nn.Module):
                                                   default_properties(self.requested_platform))
         self.platform_name = self.platform_choice.name
         user = self.platform_properties
-        if self.requested_platform is None:  # keep only the properties the chosen platform knows
+        if self.requested_platform is None and on_device is None:  # keep only the properties the platform knows
             known = set(openmm.Platform.getPlatformByName(self.platform_name).getPropertyNames())
             dropped = sorted(set(user) - known)
             if dropped:

@@ -50,6 +50,7 @@ import torch
 
 from ..geometry import as_tensor
 from ..systems.molecular_system import MolecularSystem
+from .devices import resolve_device
 from .openmm_energy import OpenMMEnergy, _strip_temperature
 from .platforms import _system_key
 
@@ -81,10 +82,10 @@ def _positions_key(positions: Any) -> str | None:
 
 def _options_key(options: dict[str, Any]) -> tuple:
     props = options["platform_properties"]
-    device = options["device"]
+    device = resolve_device(options["device"])  # checked here, before any work; "cpu" shares the default's energy
     return (options["platform"], int(options["n_workers"]),
             tuple(sorted((str(k), str(v)) for k, v in (props or {}).items())), options["backend"],
-            bool(options["allow_periodic"]), None if device is None else str(torch.device(device)),
+            bool(options["allow_periodic"]), None if device.type == "cpu" else str(device),
             options["timeout"])
 
 

@@ -37,6 +37,7 @@ from torch import nn
 from .._validation import non_negative_int, one_line, positive_int, temperature_kelvin
 from ..analysis.samples import Samples
 from ..energy import OpenMMEnergy, energy_for
+from ..energy.devices import resolve_device
 from ..flows import Domain, Flow, Standardize, build_flow
 from ..flows.builder import check_flow_arguments
 from ..geometry import as_tensor
@@ -203,13 +204,17 @@ class BoltzmannGenerator(nn.Module):
         dtype : torch.dtype
             Flow precision (float32 default); transforms, energies and weights are float64.
         device : str or torch.device, optional
-            Where the flow runs (e.g. ``"cuda"``).
+            Where the flow runs: ``"cpu"`` (default) or ``"cuda"`` / ``"cuda:N"`` (anything else, or a GPU
+            torch cannot see, is refused before any work). Without an ``energy``, the target energy runs
+            on the same device (`energy`).
         energy : OpenMMEnergy, optional
             Target energy to use (e.g. with worker processes or the torch backend).
         **flow_options
             Passed to `openmm_bg.flows.build_flow` (``bins``, ``scale_bound``, ...).
         """
         system.require_nonperiodic("a Boltzmann Generator")
+        if device is not None:
+            device = resolve_device(device)
         unknown = sorted(set(flow_options) - _FLOW_OPTIONS)
         if unknown:
             raise ValueError(f"unknown flow option(s) {unknown}: BoltzmannGenerator.build passes only "
@@ -268,9 +273,12 @@ class BoltzmannGenerator(nn.Module):
     @property
     def energy(self) -> OpenMMEnergy:
         """The target energy: the one given, or the system's shared energy service
-        (`openmm_bg.energy.energy_for`, in-process, fastest platform) on first use."""
-        if self._energy is None or (self._energy_shared and self._energy.closed):
-            self._energy = energy_for(self.system)
+        (`openmm_bg.energy.energy_for`, in-process) on first use, on the flow's device: the fastest
+        platform on the CPU, OpenMM's CUDA platform on that GPU when the flow is on one."""
+        moved = self._energy_shared and self._energy is not None and self._energy.device != self.device
+        if self._energy is None or moved or (self._energy_shared and self._energy.closed):
+            on_gpu = self.device.type != "cpu"
+            self._energy = energy_for(self.system, device=self.device) if on_gpu else energy_for(self.system)
             self._energy_shared = True
         return self._energy
 
@@ -629,6 +637,8 @@ class BoltzmannGenerator(nn.Module):
         ModelMismatchError
             Trained for another topology, masses or constraints (other force parameters warn).
         """
+        if device is not None:
+            device = resolve_device(device)  # before reading the file
         payload = read_model_file(path)  # checksum, presence and types of every entry used here
         if system is None:
             system = stored_system(payload, path)

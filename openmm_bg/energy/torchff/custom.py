@@ -26,9 +26,9 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import openmm
 import torch
 
 from .expressions import Expression, ExpressionError
@@ -49,6 +49,9 @@ from .terms import (
     _Unsupported,
 )
 
+if TYPE_CHECKING:  # the evaluation needs no OpenMM (benchmarks/gpu_check.py runs it without)
+    import openmm
+
 __all__: list[str] = []
 
 
@@ -65,12 +68,12 @@ def _tabulated(force, term: _Term, dtype) -> dict[str, tuple[int, Callable]]:
         name = force.getTabulatedFunctionName(k)
         fn = force.getTabulatedFunction(k)
         kind = type(fn).__name__
-        if isinstance(fn, openmm.Discrete1DFunction):
+        if kind == "Discrete1DFunction":
             values, sizes = fn.getFunctionParameters(), ()
-        elif isinstance(fn, openmm.Discrete2DFunction):
+        elif kind == "Discrete2DFunction":
             nx, ny, values = fn.getFunctionParameters()
             sizes = (nx,)
-        elif isinstance(fn, openmm.Discrete3DFunction):
+        elif kind == "Discrete3DFunction":
             nx, ny, nz, values = fn.getFunctionParameters()
             sizes = (nx, ny)
         else:
@@ -78,23 +81,28 @@ def _tabulated(force, term: _Term, dtype) -> dict[str, tuple[int, Callable]]:
                                "Discrete1D/2D/3DFunction are supported)")
         buf = f"table_{k}"
         term._buf(buf, list(values), dtype, column=False)
-        table[name] = (len(sizes) + 1, _discrete_lookup(term, buf, sizes))
+        table[name] = (len(sizes) + 1, _DiscreteLookup(term, buf, sizes))
     return table
 
 
-def _discrete_lookup(term: _Term, buf: str, sizes: tuple[int, ...]) -> Callable:
-    def lookup(*args):
-        values = getattr(term, buf)
+class _DiscreteLookup:
+    """A discrete tabulated function of a term: ``lookup(*indices)`` reads the term's buffer ``buf``
+    (a callable object rather than a closure, so that a force field pickles)."""
+
+    def __init__(self, term: _Term, buf: str, sizes: tuple[int, ...]):
+        self.term, self.buf, self.sizes = term, buf, tuple(sizes)
+
+    def __call__(self, *args):
+        values = getattr(self.term, self.buf)
         index = None
         stride = 1
         for n, arg in enumerate(args):
             a = torch.as_tensor(arg, device=values.device)
             a = torch.round(a.detach()).long() if a.is_floating_point() else a.long()
             index = a * stride if index is None else index + a * stride
-            if n < len(sizes):
-                stride *= sizes[n]
+            if n < len(self.sizes):
+                stride *= self.sizes[n]
         return values[index]
-    return lookup
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,9 +224,9 @@ class _CustomExternal(_CustomItems):
 
 #: The getters' word, the atoms per item, the geometric variable and its function, per force.
 _BONDED_KINDS = {
-    openmm.CustomBondForce: ("Bond", 2, "r", _distance),
-    openmm.CustomAngleForce: ("Angle", 3, "theta", _angle),
-    openmm.CustomTorsionForce: ("Torsion", 4, "theta", _dihedral),
+    "CustomBondForce": ("Bond", 2, "r", _distance),
+    "CustomAngleForce": ("Angle", 3, "theta", _angle),
+    "CustomTorsionForce": ("Torsion", 4, "theta", _dihedral),
 }
 
 
@@ -228,7 +236,7 @@ class _CustomBonded(_CustomItems):
     def __init__(self, force, dtype):
         _no_periodic(force)
         super().__init__(force, dtype)
-        word, n_atoms, self.variable, self.geometry = _BONDED_KINDS[type(force)]
+        word, n_atoms, self.variable, self.geometry = _BONDED_KINDS[type(force).__name__]
         rows = [getattr(force, f"get{word}Parameters")(b) for b in range(getattr(force, f"getNum{word}s")())]
         names = [getattr(force, f"getPer{word}ParameterName")(k)
                  for k in range(getattr(force, f"getNumPer{word}Parameters")())]

@@ -24,9 +24,9 @@ Examples
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import openmm
 import torch
 
 from .custom import _CustomTerm, _pair_names, _set_pair_values
@@ -37,12 +37,16 @@ from .terms import (
     _exclusions,
     _gather,
     _kept,
+    _rebuild,
     _require_no_cutoff,
     _sum_rows,
     _Term,
     _Unsupported,
     _value,
 )
+
+if TYPE_CHECKING:  # the evaluation needs no OpenMM (benchmarks/gpu_check.py runs it without)
+    import openmm
 
 __all__: list[str] = []
 
@@ -52,18 +56,27 @@ class _GBSAOBC(_Term):
 
     def __init__(self, force: openmm.GBSAOBCForce, dtype):
         super().__init__("GBSAOBCForce")
-        if force.getNonbondedMethod() != openmm.GBSAOBCForce.NoCutoff:
+        if force.getNonbondedMethod() != type(force).NoCutoff:
             raise _Unsupported("GBSAOBCForce (nonbondedMethod with a cutoff; only NoCutoff is supported)")
-        n = force.getNumParticles()
-        rows = [force.getParticleParameters(p) for p in range(n)]
-        q = np.array([_value(r[0]) for r in rows])
-        radius = np.array([_value(r[1]) for r in rows])
-        scale = np.array([float(r[2]) for r in rows])
+        rows = [force.getParticleParameters(p) for p in range(force.getNumParticles())]
+        spec = {"q": np.array([_value(r[0]) for r in rows], dtype=np.float64),
+                "radius": np.array([_value(r[1]) for r in rows], dtype=np.float64),
+                "scale": np.array([float(r[2]) for r in rows], dtype=np.float64),
+                "solute_dielectric": float(force.getSoluteDielectric()),
+                "solvent_dielectric": float(force.getSolventDielectric()),
+                "surface_area_energy": _value(force.getSurfaceAreaEnergy())}
+        self._setup(spec, dtype)
+
+    def _setup(self, spec: dict, dtype) -> None:
+        """The per-pair buffers from the per-particle parameters in ``spec``."""
+        self.spec, self.spec_dtype = spec, dtype
+        q, radius, scale = spec["q"], spec["radius"], spec["scale"]
+        n = len(q)
         offset = 0.009
         ro = radius - offset
-        eps_in, eps_out = force.getSoluteDielectric(), force.getSolventDielectric()
+        eps_in, eps_out = spec["solute_dielectric"], spec["solvent_dielectric"]
         prefactor = -ONE_4PI_EPS0 * (1.0 / eps_in - 1.0 / eps_out) if eps_in != 0 and eps_out != 0 else 0.0
-        self.sa = 4.0 * math.pi * _value(force.getSurfaceAreaEnergy())
+        self.sa = 4.0 * math.pi * spec["surface_area_energy"]
         i, j = _all_pairs(n)
         self._buf("i", i, torch.long)
         self._buf("j", j, torch.long)
@@ -80,6 +93,10 @@ class _GBSAOBC(_Term):
         self._buf("qq", prefactor * q[i] * q[j], dtype)
         self._buf("qself", 0.5 * prefactor * q * q, dtype)
         self._buf("sa_coef", self.sa * (radius + 0.14) ** 2 * radius ** 6, dtype)
+
+    def __reduce__(self):
+        # pickled as its per-particle parameters (the pair buffers grow as n_atoms^2)
+        return _rebuild, (type(self), "GBSAOBCForce", self.spec, self.spec_dtype)
 
     def n_pairs(self) -> int:
         return 2 * int(self.i.numel())
@@ -128,13 +145,12 @@ def _broadcast(value, n: int, batch: int, like: torch.Tensor) -> torch.Tensor:
 class _CustomGB(_CustomTerm):
     """CustomGBForce: computed values and energy terms of single-particle and pair types."""
 
-    SINGLE = openmm.CustomGBForce.SingleParticle
-    PAIR = openmm.CustomGBForce.ParticlePair
-    PAIR_NOEX = openmm.CustomGBForce.ParticlePairNoExclusions
-
     def __init__(self, force: openmm.CustomGBForce, dtype):
         _require_no_cutoff(force)
         super().__init__(force, dtype)
+        # OpenMM's computation types, read from the force (instance attributes: no OpenMM needed to evaluate)
+        self.SINGLE, self.PAIR = type(force).SingleParticle, type(force).ParticlePair
+        self.PAIR_NOEX = type(force).ParticlePairNoExclusions
         n = force.getNumParticles()
         self.n = n
         self._set_particle_parameters(force, dtype)

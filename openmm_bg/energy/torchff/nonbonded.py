@@ -22,11 +22,15 @@ tensor([-138.9355], dtype=torch.float64)
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import openmm
 import torch
 
-from .terms import ONE_4PI_EPS0, _all_pairs, _dot, _gather, _require_no_cutoff, _Term, _Unsupported, _value
+from .terms import ONE_4PI_EPS0, _all_pairs, _dot, _gather, _rebuild, _require_no_cutoff, _Term, _Unsupported, _value
+
+if TYPE_CHECKING:  # the evaluation needs no OpenMM (benchmarks/gpu_check.py runs it without)
+    import openmm
 
 __all__: list[str] = []
 
@@ -44,20 +48,25 @@ class _Nonbonded(_Term):
             [_value(v) for v in force.getParticleParameters(p)] for p in range(n)], strict=True)) \
             if n else (np.zeros(0),) * 3
         exc = [force.getExceptionParameters(e) for e in range(force.getNumExceptions())]
-        excluded = {(min(e[0], e[1]), max(e[0], e[1])) for e in exc}
-        i, j = _all_pairs(n, excluded)
-        qq = q[i] * q[j]
-        s = 0.5 * (sig[i] + sig[j])
-        e = np.sqrt(eps[i] * eps[j])
-        ei = np.array([[a, b] for a, b, *_ in exc], dtype=np.int64).reshape(-1, 2)
-        eqq = np.array([_value(x[2]) for x in exc], dtype=np.float64)
-        es = np.array([_value(x[3]) for x in exc], dtype=np.float64)
-        ee = np.array([_value(x[4]) for x in exc], dtype=np.float64)
+        spec = {"q": q, "sigma": sig, "epsilon": eps,
+                "exception_pairs": np.array([[a, b] for a, b, *_ in exc], dtype=np.int64).reshape(-1, 2),
+                "exception_qq": np.array([_value(x[2]) for x in exc], dtype=np.float64),
+                "exception_sigma": np.array([_value(x[3]) for x in exc], dtype=np.float64),
+                "exception_epsilon": np.array([_value(x[4]) for x in exc], dtype=np.float64)}
+        self._setup(spec, dtype)
+
+    def _setup(self, spec: dict, dtype) -> None:
+        """The per-pair buffers from the per-particle parameters and exceptions in ``spec``."""
+        self.spec, self.spec_dtype = spec, dtype
+        q, sig, eps, ei = spec["q"], spec["sigma"], spec["epsilon"], spec["exception_pairs"]
+        excluded = {(int(min(a, b)), int(max(a, b))) for a, b in ei}
+        i, j = _all_pairs(len(q), excluded)
         i = np.concatenate([i, ei[:, 0]])
         j = np.concatenate([j, ei[:, 1]])
-        qq = np.concatenate([qq, eqq])
-        s = np.concatenate([s, es])
-        e = np.concatenate([e, ee])
+        n_all = len(i) - len(ei)
+        qq = np.concatenate([q[i[:n_all]] * q[j[:n_all]], spec["exception_qq"]])
+        s = np.concatenate([0.5 * (sig[i[:n_all]] + sig[j[:n_all]]), spec["exception_sigma"]])
+        e = np.concatenate([np.sqrt(eps[i[:n_all]] * eps[j[:n_all]]), spec["exception_epsilon"]])
         keep = (qq != 0) | (e != 0)
         i, j, qq, s, e = i[keep], j[keep], qq[keep], s[keep], e[keep]
         s6 = s ** 6
@@ -66,6 +75,10 @@ class _Nonbonded(_Term):
         self._buf("kqq", ONE_4PI_EPS0 * qq, dtype)
         self._buf("a", 4.0 * e * s6 * s6, dtype)
         self._buf("c", 4.0 * e * s6, dtype)
+
+    def __reduce__(self):
+        # pickled as its per-particle parameters (the pair buffers grow as n_atoms^2: ~0.2 GB for 2600 atoms)
+        return _rebuild, (type(self), "NonbondedForce", self.spec, self.spec_dtype)
 
     def n_pairs(self) -> int:
         return int(self.i.numel())

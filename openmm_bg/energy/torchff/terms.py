@@ -21,7 +21,6 @@ tensor([[0.5000]])
 from __future__ import annotations
 
 import numpy as np
-import openmm
 import torch
 from torch import nn
 
@@ -123,6 +122,8 @@ def _sum_rows(value, batch: int, n: int, like: torch.Tensor) -> torch.Tensor:
 def _value(quantity) -> float:
     """Strip OpenMM units (MD unit system) from a scalar."""
     if hasattr(quantity, "value_in_unit_system"):
+        import openmm.unit
+
         return float(quantity.value_in_unit_system(openmm.unit.md_unit_system))
     return float(quantity)
 
@@ -165,9 +166,22 @@ class _Term(nn.Module):
             tensor = tensor[:, None]
         self.register_buffer(name, tensor, persistent=False)
 
+    def _setup(self, spec: dict, dtype) -> None:  # pragma: no cover - terms that pickle compactly
+        """Build the buffers from ``spec``, the term's parameters as plain numbers and numpy arrays."""
+        raise NotImplementedError
+
     def n_pairs(self) -> int:
         """Pair interactions evaluated per configuration (sets the automatic chunk size); 0 if none."""
         return 0
 
     def energy(self, x: torch.Tensor, params: dict[str, float]) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+
+def _rebuild(cls: type, name: str, spec: dict, dtype) -> _Term:
+    """Unpickle a term that pickles as its parameters (``__reduce__``): rebuild its buffers (on the CPU)
+    with ``_setup``; no OpenMM force is needed."""
+    term = cls.__new__(cls)
+    _Term.__init__(term, name)
+    term._setup(spec, dtype)
+    return term

@@ -1,0 +1,100 @@
+"""The ``device=`` choice: where flows and energies run (``"cpu"`` by default, ``"cuda"`` / ``"cuda:N"``).
+
+One code path for CPU and GPU: `resolve_device` checks the user's choice once, before any work, and
+every layer receives the resulting ``torch.device``. The energy layer maps it to its backends: the
+torch force field runs on that device; OpenMM contexts use the ``CUDA`` platform (``DeviceIndex`` =
+the CUDA index) when the device is a GPU and no platform was named (`openmm_platform_for`), the
+platform chosen by timing otherwise.
+
+Examples
+--------
+>>> resolve_device(None)
+device(type='cpu')
+>>> resolve_device("cpu")
+device(type='cpu')
+>>> resolve_device("gpu")
+Traceback (most recent call last):
+...
+ValueError: device must be 'cpu', 'cuda' or 'cuda:N' (a torch device), got 'gpu'
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["resolve_device", "openmm_platform_for"]
+
+
+def resolve_device(device: str | torch.device | None, argument: str = "device") -> torch.device:
+    """The checked ``torch.device`` for a ``device=`` argument.
+
+    Parameters
+    ----------
+    device : str, torch.device or None
+        ``None`` or ``"cpu"`` (the default everywhere), ``"cuda"`` (the current GPU) or ``"cuda:N"``.
+    argument : str
+        The argument's name, for the error message.
+
+    Returns
+    -------
+    torch.device
+        ``cpu`` or ``cuda:N`` (``"cuda"`` resolves to the current CUDA device's index).
+
+    Raises
+    ------
+    ValueError
+        For any other string or device type, a CUDA device when torch has no CUDA (not compiled with
+        it or no GPU visible), or a CUDA index beyond the visible GPUs; the message says what to pass.
+
+    Examples
+    --------
+    >>> resolve_device(torch.device("cpu"))
+    device(type='cpu')
+    """
+    if device is None:
+        return torch.device("cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise ValueError(f"{argument} must be a string or torch.device ('cpu', 'cuda', 'cuda:N'), got "
+                         f"{type(device).__name__}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"{argument} must be 'cpu', 'cuda' or 'cuda:N' (a torch device), got {str(device)!r}")
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"{argument}={str(device)!r}: torch sees no CUDA GPU here (not compiled with CUDA, or "
+                         "no device visible); use device='cpu'")
+    index = torch.cuda.current_device() if dev.index is None else dev.index
+    if not 0 <= index < torch.cuda.device_count():
+        raise ValueError(f"{argument}={str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) are "
+                         f"visible (cuda:0 ... cuda:{torch.cuda.device_count() - 1})")
+    return torch.device("cuda", index)
+
+
+def openmm_platform_for(device: torch.device) -> tuple[str, dict[str, str]] | None:
+    """The OpenMM platform and properties that put contexts on ``device``.
+
+    Parameters
+    ----------
+    device : torch.device
+        A device from `resolve_device`.
+
+    Returns
+    -------
+    tuple of (str, dict) or None
+        ``("CUDA", {"DeviceIndex": "N"})`` for ``cuda:N``; ``None`` for the CPU (the platform is then
+        chosen by timing, as without a device).
+
+    Examples
+    --------
+    >>> openmm_platform_for(torch.device("cpu")) is None
+    True
+    >>> openmm_platform_for(torch.device("cuda", 1))
+    ('CUDA', {'DeviceIndex': '1'})
+    """
+    if device.type != "cuda":
+        return None
+    return "CUDA", {"DeviceIndex": str(0 if device.index is None else device.index)}
