@@ -14,9 +14,11 @@ uniform). Working in latent space leaves no frame, rigid-body or constraint ques
 is a valid configuration of the generator's coordinates.
 
 Domains: latent dimensions with a bounded prior (torsions on a circle, angles on an interval) are
-*not* wrapped or clamped: a proposal outside the prior's domain has density zero and is rejected
-(counted in the annealer's ``n_invalid``), as is one whose configuration is out of the
-transform's domain, has an inverted stereocentre or a failed energy (``log w = -inf``).
+given to the annealer as its `Support` (`LatentPath.support`): proposals are wrapped onto the
+circles and reflected into the intervals, with the folded proposal densities in the Metropolis
+test (exact; never clamped). A proposal whose configuration is out of the transform's domain, has
+an inverted stereocentre or a failed energy (``log w = -inf``) is rejected (counted in the
+annealer's ``n_invalid``).
 
 Random streams: the initial particles are exactly the latent points plain sampling draws,
 ``sample(n, seed=seed)`` (one ``torch.Generator`` seeded with ``seed``, ``batch_size`` at a time);
@@ -51,7 +53,8 @@ import torch
 
 from .._validation import positive_int
 from ..analysis.samples import Samples
-from ..sampling import AnnealConfig, AnnealResult, ValueAndGrad, anneal
+from ..flows.domain import CIRCULAR
+from ..sampling import AnnealConfig, AnnealResult, Support, ValueAndGrad, anneal
 from .batches import ordered_map, torch_threads
 
 __all__ = ["sample_annealed", "latent_path", "LatentPath", "ANNEAL_STREAM"]
@@ -82,6 +85,8 @@ class LatentPath:
         the weight is zero.
     n_energy_evaluations : int
         Configurations evaluated with energy and forces so far.
+    support : Support
+        The prior's domain: circular latent dimensions periodic, interval ones reflecting.
     """
 
     def __init__(self, generator, temperature: float, batch_size: int, threads: int):
@@ -91,6 +96,8 @@ class LatentPath:
         self.n_energy_evaluations = 0
         self._lock = threading.Lock()
         self.log_target = ValueAndGrad(self._target_value_and_grad)
+        domain = generator.flow.prior.domain
+        self.support = Support(domain.low, domain.high, [k == CIRCULAR for k in domain.kinds])
 
     def log_q(self, z: torch.Tensor) -> torch.Tensor:
         """``[n]`` float64 log density of the temperature-scaled prior (normalised)."""
@@ -207,7 +214,7 @@ def sample_annealed(generator, n: int, anneal_option: AnnealConfig | bool = True
     sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
     with torch_threads(1):
         z0 = torch.cat([generator.sample_latent(m, latent, t) for m in sizes]).to(torch.float64)
-        result = anneal(path.log_q, path.log_target, z0, config)
+        result = anneal(path.log_q, path.log_target, z0, config, support=path.support)
         z = result.positions.to(generator.flow_dtype)
         batches = list(ordered_map(lambda zc: generator._evaluate_batch(zc, t), z.split(batch_size), threads))
     positions = np.concatenate([b.positions for b in batches])
