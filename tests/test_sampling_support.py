@@ -10,8 +10,7 @@ upper end (many reflections) and smooth across the circle's seam. ``Z`` by quadr
   50 steps from exact samples), never proposes outside the box (``n_invalid = 0``); a MALA that
   folds its proposal but keeps the unfolded Gaussian densities in its test fails the same check;
 - fixed-schedule ``Z-hat`` on the box is unbiased (mean of 100 runs of 256 particles within 3 SE),
-  preconditioned
-  with frozen scales too; the adaptive preconditioned run is consistent (0.05 in log Z at N = 8000);
+  preconditioned with frozen scales too; the adaptive preconditioned run is consistent (0.05 in log Z at N = 8000);
 - `population_scale` recovers weighted and circular standard deviations.
 """
 
