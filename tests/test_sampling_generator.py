@@ -236,8 +236,7 @@ def test_cli_sample_and_free_energy_with_anneal(poor, tmp_path, capsys):
     assert s.provenance["betas"] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     # free-energy --anneal in-process, HMC
     assert main(["free-energy", str(model), "--states", "left,right", "-n", "600", "--bootstrap", "20", "--anneal",
-                 "--anneal-kernel", "hmc", "--anneal-steps", "2", "--anneal-levels", "10",
-                 "-o", str(tmp_path / "fe")]) == 0
+                 "--anneal-kernel", "hmc", "--anneal-steps", "2", "-o", str(tmp_path / "fe")]) == 0
     printed = capsys.readouterr().out
     assert "energy evaluations" in printed and "A(right) - A(left)" in printed
     # bad options: exit code 2 with one error line, before any work

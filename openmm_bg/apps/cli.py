@@ -248,8 +248,7 @@ def _anneal_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--anneal", action="store_true", help="anneal the samples from the generator to the Boltzmann "
                                                          "distribution (SMC in the flow's latent space)")
     g.add_argument("--anneal-levels", type=_positive_int, metavar="K",
-                   help="levels (adaptive: at most K, default 200, conditional ESS 0.999 per level; "
-                        "--anneal-fixed: K, default 32)")
+                   help="levels (adaptive: at most K; default 32)")
     g.add_argument("--anneal-kernel", choices=["mala", "hmc"], help="MCMC kernel of every level (default mala)")
     g.add_argument("--anneal-steps", type=_positive_int, metavar="M", help="kernel steps per level (default 1)")
     g.add_argument("--anneal-step-size", type=_positive_float, metavar="S",
@@ -271,12 +270,7 @@ def _anneal_config(args: argparse.Namespace):
         if given:
             raise CLIError(f"{', '.join(given)} only apply with --anneal; add --anneal or drop them")
         return None
-    from dataclasses import replace
-
-    from openmm_bg.model.annealed import GENERATOR_DEFAULT
-
-    base = GENERATOR_DEFAULT if not args.anneal_fixed else AnnealConfig()
-    return replace(base, adaptive=not args.anneal_fixed, **{k: v for k, v in options.items() if v is not None})
+    return AnnealConfig(adaptive=not args.anneal_fixed, **{k: v for k, v in options.items() if v is not None})
 
 
 def _draw(gen, args: argparse.Namespace):

@@ -59,7 +59,8 @@ from .batches import ordered_map, torch_threads
 
 __all__ = ["sample_annealed", "latent_path", "LatentPath", "ANNEAL_STREAM", "GENERATOR_DEFAULT"]
 
-#: What ``anneal=True`` (and the CLI's ``--anneal``) means: many small levels, one MALA step each
+#: What ``anneal=True`` means (the CLI's ``--anneal`` keeps `AnnealConfig`'s defaults): many small
+#: levels, one MALA step each
 #: (conditional ESS 0.999 per level, at most 200 levels; resampling below ESS/N = 0.5). On the
 #: shipped alanine-dipeptide generator it costs ~35 energy+force evaluations per particle and
 #: lifts ESS/N from ~0.2 to ~0.85 (``benchmarks/annealed_sampling.py``); `AnnealConfig`'s own
