@@ -509,7 +509,8 @@ class BoltzmannGenerator(nn.Module):
             Show a progress bar (samples; annealed: levels).
         anneal : AnnealConfig, True or None
             None or False: plain samples (independent draws, ``kind="plain"``). An
-            `openmm_bg.sampling.AnnealConfig` (True: its defaults): annealed importance sampling /
+            `openmm_bg.sampling.AnnealConfig` (True: `openmm_bg.model.annealed.GENERATOR_DEFAULT`,
+            conditional ESS 0.999 per level, one MALA step each): annealed importance sampling /
             SMC from the generator to the Boltzmann distribution in the flow's latent space, see
             `openmm_bg.model.annealed.sample_annealed` (``kind="annealed"``; its ``seed`` must be
             None: this ``seed`` seeds the run).

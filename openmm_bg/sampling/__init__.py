@@ -7,6 +7,7 @@ nothing of flows or OpenMM; it sits above ``analysis`` and below ``model`` in th
 - :mod:`.path`: the geometric path ``pi_b ∝ q^(1-b) p^b`` (`GeometricPath`, `ValueAndGrad`);
 - :mod:`.kernels`: `MALA` and `HMC`, Metropolis-Hastings kernels exactly invariant for ``pi_b``;
 - :mod:`.schedule`: `FixedSchedule` (exactly unbiased) and `AdaptiveSchedule` (conditional ESS);
+- :mod:`.support`: `Support`, circles and reflecting intervals: proposals folded in, exactly;
 - :mod:`.resampling`: ESS-triggered systematic resampling (`Resampler`);
 - :mod:`.anneal`: `anneal` and its `AnnealConfig`; :mod:`.result`: `AnnealResult`.
 
@@ -21,13 +22,14 @@ Examples
 True
 """
 
-from .anneal import AnnealConfig, anneal
+from .anneal import AnnealConfig, anneal, population_scale
 from .kernels import HMC, MALA, Kernel, MoveStats
 from .path import GeometricPath, PathPoint, ValueAndGrad
 from .resampling import Resampler, log_mean_exp
 from .result import AnnealResult
 from .schedule import AdaptiveSchedule, FixedSchedule, conditional_ess_fraction
+from .support import Support
 
 __all__ = ["anneal", "AnnealConfig", "AnnealResult", "FixedSchedule", "AdaptiveSchedule", "MALA", "HMC",
            "Kernel", "MoveStats", "GeometricPath", "PathPoint", "ValueAndGrad", "Resampler", "log_mean_exp",
-           "conditional_ess_fraction"]
+           "conditional_ess_fraction", "Support", "population_scale"]

@@ -39,6 +39,7 @@ True
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,8 +51,9 @@ from .path import GeometricPath, PathPoint
 from .resampling import Resampler, log_mean_exp
 from .result import AnnealResult
 from .schedule import AdaptiveSchedule, FixedSchedule
+from .support import Support
 
-__all__ = ["AnnealConfig", "anneal"]
+__all__ = ["AnnealConfig", "anneal", "population_scale"]
 
 _KERNELS = ("mala", "hmc")
 _SEED_SALT = 0xA22EA1  # decorrelates the run's generator from torch.manual_seed(seed)
@@ -93,6 +95,11 @@ class AnnealConfig:
     schedule : FixedSchedule or None
         Frozen betas and step sizes (e.g. ``FixedSchedule.from_result(pilot)``); they replace
         ``n_levels`` and ``step_size``. Requires ``adaptive=False``.
+    precondition : bool
+        Adaptive mode: scale each dimension's moves by the population's weighted standard
+        deviation there (circles: the circular one), measured after the level's reweighting and
+        resampling, before its kernel runs (a diagonal preconditioner; consistent, O(1/N) bias).
+        Fixed mode takes the scales from the schedule (`FixedSchedule.scales`).
     progress : bool
         Show a progress bar (tqdm).
     """
@@ -108,6 +115,7 @@ class AnnealConfig:
     leapfrog_steps: int = 5
     seed: int | None = None
     schedule: FixedSchedule | None = None
+    precondition: bool = False
     progress: bool = False
 
     def __post_init__(self):
@@ -128,6 +136,9 @@ class AnnealConfig:
                 raise ValueError(f"schedule must be a FixedSchedule, got {type(self.schedule).__name__}")
             if self.adaptive:
                 raise ValueError("a fixed schedule was given with adaptive=True; pass adaptive=False")
+        if self.precondition and not self.adaptive:
+            raise ValueError("precondition=True estimates scales from the particles (adaptive mode); with "
+                             "adaptive=False pass frozen scales in FixedSchedule(..., scales=...)")
 
     def make_kernel(self) -> Kernel:
         """The configured kernel."""
@@ -143,12 +154,36 @@ class AnnealConfig:
         return AdaptiveSchedule(self.step_size, self.target_cess, target, self.n_levels)
 
 
+def population_scale(x: torch.Tensor, log_w: torch.Tensor, support: Support | None = None) -> torch.Tensor:
+    """``[d]`` weighted standard deviation of the particles ``x [n, d]`` per dimension (float64).
+
+    Circular dimensions of ``support``: the circular standard deviation ``sqrt(-2 ln R) P / (2 pi)``
+    (``R`` the weighted mean resultant length, ``P`` the period), capped at ``P / sqrt(12)`` (uniform);
+    interval dimensions are capped at ``width / sqrt(12)`` too. A degenerate dimension (all particles
+    equal) gets ``1e-12`` times the largest scale, never 0.
+    """
+    w = torch.softmax(torch.where(torch.isfinite(log_w), log_w, -math.inf), 0)[:, None]
+    mean = (w * x).sum(0)
+    sd = ((w * (x - mean) ** 2).sum(0)).sqrt()
+    if support is not None and not support.is_real:
+        low, width = support.low.to(x), support.width.to(x)
+        angle = 2.0 * math.pi * (x - low) / width
+        r = torch.hypot((w * angle.cos()).sum(0), (w * angle.sin()).sum(0)).clamp(1e-300, 1.0)
+        circ_sd = (-2.0 * r.log()).sqrt() * width / (2.0 * math.pi)
+        bounded = (support.circular | support.interval).to(x.device)
+        sd = torch.where(support.circular.to(x.device), circ_sd, sd)
+        sd = torch.where(bounded, torch.minimum(sd, width / math.sqrt(12.0)), sd)
+    return torch.clamp(sd, min=1e-12 * float(sd.max()) if float(sd.max()) > 0 else 1.0)
+
+
 def _initial_state(path: GeometricPath, x0) -> PathPoint:
     if not isinstance(x0, torch.Tensor) or x0.dim() != 2 or x0.shape[0] < 1 or x0.shape[1] < 1:
         shape = list(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
         raise ValueError(f"x0 must be a tensor [n, d] of samples from q with n, d >= 1, got {shape}")
     if not torch.isfinite(x0).all():
         raise ValueError("x0 has non-finite entries; drop the failed samples from q before annealing")
+    if path.support is not None:
+        path.support.check(x0.detach().to(torch.float64))
     state = path.evaluate(x0.detach().to(torch.float64))
     bad_q = int((~torch.isfinite(state.log_q)).sum())
     if bad_q:
@@ -160,7 +195,8 @@ def _initial_state(path: GeometricPath, x0) -> PathPoint:
     return state
 
 
-def anneal(log_q, log_target, x0: torch.Tensor, config: AnnealConfig | None = None) -> AnnealResult:
+def anneal(log_q, log_target, x0: torch.Tensor, config: AnnealConfig | None = None,
+           support: Support | None = None) -> AnnealResult:
     """Anneal samples of a normalised ``q`` to an unnormalised ``p``; estimate ``Z`` and weights.
 
     Parameters
@@ -173,6 +209,10 @@ def anneal(log_q, log_target, x0: torch.Tensor, config: AnnealConfig | None = No
         ``[n, d]`` samples from ``q`` (computed in float64).
     config : AnnealConfig, optional
         Schedule, kernel, resampling and seed; default ``AnnealConfig()``.
+    support : Support, optional
+        The domain of ``q`` and ``p`` per dimension (circles, intervals): proposals are folded into
+        it exactly instead of being rejected at its edges; ``x0`` must lie in it. Default: the real
+        line in every dimension.
 
     Returns
     -------
@@ -182,7 +222,8 @@ def anneal(log_q, log_target, x0: torch.Tensor, config: AnnealConfig | None = No
     Raises
     ------
     ValueError
-        Bad ``x0``, ``log_q`` not finite at ``x0``, or ``log_target`` NaN / ``+inf`` at ``x0``.
+        Bad ``x0`` (or outside ``support``), ``log_q`` not finite at ``x0``, or ``log_target`` NaN /
+        ``+inf`` at ``x0``.
     RuntimeError
         Every particle lost its weight (``p`` is zero at all of them).
     """
@@ -191,7 +232,7 @@ def anneal(log_q, log_target, x0: torch.Tensor, config: AnnealConfig | None = No
     config = AnnealConfig() if config is None else config
     if not isinstance(config, AnnealConfig):
         raise ValueError(f"config must be an AnnealConfig, got {type(config).__name__}")
-    path = GeometricPath(log_q, log_target)
+    path = GeometricPath(log_q, log_target, support)
     state = _initial_state(path, x0)
     kernel = config.make_kernel()
     schedule = config.make_schedule(kernel)
@@ -202,11 +243,11 @@ def anneal(log_q, log_target, x0: torch.Tensor, config: AnnealConfig | None = No
     else:
         generator.manual_seed(int(np.random.SeedSequence([config.seed, _SEED_SALT]).generate_state(1, np.uint64)[0]))
 
-    n = state.x.shape[0]
+    n, n_dim = state.x.shape
     log_w = torch.zeros(n, dtype=torch.float64, device=state.x.device)
     lineage = torch.arange(n, device=state.x.device)
     log_z, ancestors = 0.0, []
-    betas, steps, acceptance, invalid, resampled = [0.0], [], [], [], []
+    betas, steps, acceptance, invalid, resampled, scales = [0.0], [], [], [], [], []
     with tqdm(total=schedule.max_levels, disable=not config.progress, desc="annealing", unit="level") as bar:
         while betas[-1] < 1.0:
             level, beta = len(betas), betas[-1]
@@ -227,9 +268,14 @@ def anneal(log_q, log_target, x0: torch.Tensor, config: AnnealConfig | None = No
                 ancestors.append(index)
                 log_w = torch.zeros_like(log_w)
             step = schedule.step_size(level, steps[-1] if steps else None, acceptance[-1] if acceptance else None)
+            if config.precondition:
+                scale = population_scale(state.x, log_w, support)
+            else:
+                scale = schedule.scale(level) if isinstance(schedule, FixedSchedule) else None
+            scales.append(scale)
             stats = MoveStats()
             for _ in range(config.mcmc_steps_per_level):
-                state, s = kernel.step(path, state, new_beta, step, generator)
+                state, s = kernel.step(path, state, new_beta, step, generator, scale)
                 stats = stats + s
             betas.append(new_beta)
             steps.append(step)
@@ -248,5 +294,7 @@ def anneal(log_q, log_target, x0: torch.Tensor, config: AnnealConfig | None = No
         log_normalizer=log_z,
         betas=f64(betas), step_sizes=f64(steps), acceptance=f64(acceptance),
         n_invalid=torch.tensor(invalid, dtype=torch.long), resampled=torch.tensor(resampled, dtype=torch.bool),
+        scales=None if all(c is None for c in scales) else torch.stack(
+            [torch.ones(n_dim, dtype=torch.float64) if c is None else c.cpu() for c in scales]),
         ancestors=ancestors, lineage=lineage,
         n_target_evaluations=path.n_target_evaluations, n_gradient_evaluations=path.n_gradient_evaluations)

@@ -7,6 +7,10 @@ acceptance):
 - `MALA`: ``x' = x + (h^2 / 2) grad log pi_b(x) + h xi``, ``xi ~ N(0, I)``;
 - `HMC`: ``L`` leapfrog steps of size ``h`` with unit masses and fresh momenta.
 
+On a path with a `Support` (circles, intervals) proposals are folded back into the domain:
+`MALA` then uses the folded proposal densities in its test, `HMC` wraps (circle) or reflects with
+a momentum flip (interval); both stay exact, and such proposals are no longer wasted.
+
 A proposal is rejected, counted in ``n_invalid`` and never applied when a position, log density or
 gradient it needs is non-finite (out of domain: ``log p = -inf``; a failed evaluation: NaN or
 ``+inf``). HMC applies that test to every leapfrog point; the criterion is the same for a
@@ -72,6 +76,16 @@ def _finite_rows(*tensors: torch.Tensor) -> torch.Tensor:
     return ok
 
 
+def _scales(step_size: float, scale, x: torch.Tensor):
+    """``h`` (no preconditioner) or ``[d]`` ``h s`` with ``s`` the per-dimension scales."""
+    if scale is None:
+        return step_size
+    scale = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
+    if scale.shape != x.shape[1:] or not bool((torch.isfinite(scale) & (scale > 0)).all()):
+        raise ValueError(f"scale must be [d] = {list(x.shape[1:])} finite values > 0, got {list(scale.shape)}")
+    return step_size * scale
+
+
 def _accept(state: PathPoint, proposal: PathPoint, log_alpha: torch.Tensor, alive: torch.Tensor,
             valid: torch.Tensor, generator: torch.Generator) -> tuple[PathPoint, MoveStats]:
     log_u = torch.rand(log_alpha.shape, generator=generator, dtype=torch.float64,
@@ -88,7 +102,7 @@ class Kernel:
     target_acceptance: float = 0.5
 
     def step(self, path: GeometricPath, state: PathPoint, beta: float, step_size: float,
-             generator: torch.Generator) -> tuple[PathPoint, MoveStats]:
+             generator: torch.Generator, scale: torch.Tensor | None = None) -> tuple[PathPoint, MoveStats]:
         """One proposal and Metropolis-Hastings test per particle.
 
         Parameters
@@ -103,28 +117,44 @@ class Kernel:
             ``h`` in units of ``x``.
         generator : torch.Generator
             Source of randomness (same generator state, same result).
+        scale : torch.Tensor, optional
+            ``[d]`` per-dimension scales ``s > 0`` (diagonal preconditioner): the proposal moves
+            dimension ``i`` by about ``h s_i``. Fixed during the step; default 1.
         """
         raise NotImplementedError
 
 
 class MALA(Kernel):
-    """Metropolis-adjusted Langevin: one gradient evaluation per step."""
+    """Metropolis-adjusted Langevin: one gradient evaluation per step.
+
+    ``y = x + (h^2 / 2) s^2 grad log pi_b(x) + h s xi`` with per-dimension scales ``s`` (the
+    preconditioner, default 1), folded into the path's `Support` when it has one; the test then
+    uses the folded proposal densities (exact).
+    """
 
     target_acceptance = 0.574
 
-    def step(self, path, state, beta, step_size, generator):
-        h2 = step_size**2
+    def step(self, path, state, beta, step_size, generator, scale=None):
+        sd = _scales(step_size, scale, state.x)
+        support = path.support
         lp_x = state.log_density(beta)
         alive = torch.isfinite(lp_x)
-        mean_x = state.x + 0.5 * h2 * state.grad(beta)
+        mean_x = state.x + 0.5 * sd**2 * state.grad(beta)
         noise = torch.randn(state.x.shape, generator=generator, dtype=state.x.dtype, device=state.x.device)
-        y = mean_x + step_size * noise
+        y = mean_x + sd * noise
         valid = alive & _finite_rows(y)
+        if support is not None:
+            y = support.fold(torch.where(valid[:, None], y, state.x))
         proposal = path.evaluate(torch.where(valid[:, None], y, state.x))
         lp_y, grad_y = proposal.log_density(beta), proposal.grad(beta)
         valid &= _finite_rows(lp_y, grad_y)
-        log_forward = -0.5 * (noise**2).sum(1)
-        log_reverse = -((state.x - proposal.x - 0.5 * h2 * grad_y) ** 2).sum(1) / (2.0 * h2)
+        mean_y = proposal.x + 0.5 * sd**2 * grad_y
+        if support is None or support.is_real:
+            log_forward = -0.5 * (noise**2).sum(1)
+            log_reverse = -0.5 * (((state.x - mean_y) / sd) ** 2).sum(1)
+        else:
+            log_forward = support.log_density(proposal.x, mean_x, sd)
+            log_reverse = support.log_density(state.x, torch.where(valid[:, None], mean_y, mean_x), sd)
         log_alpha = lp_y - lp_x + log_reverse - log_forward
         return _accept(state, proposal, log_alpha, alive, valid, generator)
 
@@ -143,19 +173,26 @@ class HMC(Kernel):
     def __init__(self, leapfrog_steps: int = 5):
         self.leapfrog_steps = check_count("leapfrog_steps", leapfrog_steps)
 
-    def step(self, path, state, beta, step_size, generator):
+    def step(self, path, state, beta, step_size, generator, scale=None):
+        sd = _scales(step_size, scale, state.x)  # position steps h s; masses 1 / s^2
+        support = path.support
         lp_x = state.log_density(beta)
         alive = torch.isfinite(lp_x)
         p0 = torch.randn(state.x.shape, generator=generator, dtype=state.x.dtype, device=state.x.device)
         valid = alive.clone()
-        x, p = state.x, p0 + 0.5 * step_size * state.grad(beta)
+        # in units where the momentum is ``s p``: drift x += h s (s p), kick (s p) += h s grad
+        x, p = state.x, p0 + 0.5 * sd * state.grad(beta)
         point = state
         for i in range(self.leapfrog_steps):
-            x = x + step_size * p
+            x = x + sd * p
             valid &= _finite_rows(x)
-            point = path.evaluate(torch.where(valid[:, None], x, state.x))
+            x = torch.where(valid[:, None], x, state.x)
+            if support is not None:  # wrap on circles; reflect on intervals, flipping that momentum
+                p = torch.where(support.reflected(x), -p, p)
+                x = support.fold(x)
+            point = path.evaluate(x)
             grad = point.grad(beta)
             valid &= _finite_rows(point.log_density(beta), grad)
-            p = p + (0.5 if i == self.leapfrog_steps - 1 else 1.0) * step_size * grad
+            p = p + (0.5 if i == self.leapfrog_steps - 1 else 1.0) * sd * grad
         log_alpha = point.log_density(beta) - lp_x - 0.5 * ((p**2).sum(1) - (p0**2).sum(1))
         return _accept(state, point, log_alpha, alive, valid, generator)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .support import Support
+
 __all__ = ["ValueAndGrad", "PathPoint", "GeometricPath"]
 
 
@@ -123,6 +125,9 @@ class GeometricPath:
     log_target : callable or ValueAndGrad
         ``[n, d] -> [n]`` unnormalised log density of the target; ``-inf`` for states outside its
         domain (never clamp: a move into such a state is rejected).
+    support : Support, optional
+        The domain both densities live on (circles, intervals); kernels fold their proposals
+        into it. None: the real line in every dimension.
 
     Attributes
     ----------
@@ -132,12 +137,14 @@ class GeometricPath:
         Rows of ``log_q`` evaluated.
     """
 
-    def __init__(self, log_q, log_target):
+    def __init__(self, log_q, log_target, support: Support | None = None):
         for name, fn in (("log_q", log_q), ("log_target", log_target)):
             if not callable(fn) and not isinstance(fn, ValueAndGrad):
                 raise ValueError(f"{name} must be a callable [n, d] -> [n] or a ValueAndGrad, "
                                  f"got {type(fn).__name__}")
-        self.log_q, self.log_target = log_q, log_target
+        if support is not None and not isinstance(support, Support):
+            raise ValueError(f"support must be an openmm_bg.sampling.Support or None, got {type(support).__name__}")
+        self.log_q, self.log_target, self.support = log_q, log_target, support
         self.n_target_evaluations = self.n_gradient_evaluations = self.n_base_evaluations = 0
 
     def evaluate(self, x: torch.Tensor) -> PathPoint:

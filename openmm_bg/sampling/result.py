@@ -44,6 +44,8 @@ class AnnealResult:
         ``[n]`` long: the index in ``x0`` each final particle descends from.
     n_target_evaluations, n_gradient_evaluations : int
         Rows of ``log_target`` evaluated (calls x batch), and of those with a gradient.
+    scales : torch.Tensor or None
+        ``[K, d]`` float64 per-dimension kernel scales of each level (preconditioned runs), else None.
     """
 
     positions: torch.Tensor
@@ -59,6 +61,7 @@ class AnnealResult:
     lineage: torch.Tensor = field(repr=False)
     n_target_evaluations: int = 0
     n_gradient_evaluations: int = 0
+    scales: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def n_levels(self) -> int:

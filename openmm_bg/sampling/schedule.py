@@ -63,10 +63,14 @@ class FixedSchedule:
         ``[K + 1]``, strictly increasing from 0 to 1.
     step_sizes : sequence of float
         ``[K]``, the step size of level ``k = 1..K`` (units of ``x``), each > 0.
+    scales : sequence of sequences of float, optional
+        ``[K, d]`` per-dimension kernel scales (diagonal preconditioner) of each level, each > 0;
+        None: 1 everywhere.
     """
 
     betas: tuple[float, ...]
     step_sizes: tuple[float, ...]
+    scales: tuple[tuple[float, ...], ...] | None = None
 
     def __post_init__(self):
         betas = tuple(float(b) for b in self.betas)
@@ -79,6 +83,13 @@ class FixedSchedule:
             raise ValueError(f"one step size per level: {len(betas) - 1} levels but {len(steps)} step sizes")
         object.__setattr__(self, "betas", betas)
         object.__setattr__(self, "step_sizes", steps)
+        if self.scales is not None:
+            scales = tuple(tuple(float(v) for v in row) for row in self.scales)
+            if len(scales) != len(steps) or len({len(row) for row in scales}) != 1:
+                raise ValueError(f"scales must be [K, d] with K = {len(steps)} levels, one row of d scales each")
+            if not all(math.isfinite(v) and v > 0.0 for row in scales for v in row):
+                raise ValueError("every scale must be finite and > 0")
+            object.__setattr__(self, "scales", scales)
 
     @property
     def max_levels(self) -> int:
@@ -95,7 +106,8 @@ class FixedSchedule:
     @classmethod
     def from_result(cls, result) -> FixedSchedule:
         """The betas and step sizes an (adaptive) pilot `AnnealResult` used, frozen for new runs."""
-        return cls(tuple(result.betas.tolist()), tuple(result.step_sizes.tolist()))
+        scales = None if result.scales is None else tuple(map(tuple, result.scales.tolist()))
+        return cls(tuple(result.betas.tolist()), tuple(result.step_sizes.tolist()), scales)
 
     def next_beta(self, level: int, beta: float, log_w: torch.Tensor, slope: torch.Tensor) -> float:
         """``b_level``."""
@@ -104,6 +116,10 @@ class FixedSchedule:
     def step_size(self, level: int, previous: float | None, acceptance: float | None) -> float:
         """The step size of ``level`` (1-based)."""
         return self.step_sizes[level - 1]
+
+    def scale(self, level: int) -> torch.Tensor | None:
+        """``[d]`` float64 kernel scales of ``level`` (1-based), or None (1 everywhere)."""
+        return None if self.scales is None else torch.tensor(self.scales[level - 1], dtype=torch.float64)
 
 
 @dataclass(frozen=True)
