@@ -217,9 +217,9 @@ def check_shards(n_shards, world_size: int) -> int:
 def energy_options(info: RankInfo | None = None) -> dict:
     """Options of `openmm_bg.energy.energy_for` that give this rank its own energy resources.
 
-    ``platform_properties={"DeviceIndex": local rank}`` where OpenMM has a CUDA platform and torch
-    sees GPUs (applied only if CUDA is the platform chosen), and ``n_workers`` = the node's usable
-    cores / its ranks (at least 1).
+    ``device="cuda:K"`` (K = local rank modulo the visible GPUs: OpenMM's CUDA platform on that GPU,
+    see `openmm_bg.energy.devices`) where OpenMM has a CUDA platform and torch sees GPUs, and
+    ``n_workers`` = the node's usable cores / its ranks (at least 1).
 
     Examples
     --------
@@ -234,6 +234,7 @@ def energy_options(info: RankInfo | None = None) -> dict:
 
         names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
         if "CUDA" in names:
-            options["platform_properties"] = {"DeviceIndex": str(info.local_rank % torch.cuda.device_count())}
+            # the energy layer's device (openmm_bg.energy.devices): OpenMM's CUDA platform on this GPU
+            options["device"] = f"cuda:{info.local_rank % torch.cuda.device_count()}"
             options["n_workers"] = 1  # one context on the rank's GPU
     return options
