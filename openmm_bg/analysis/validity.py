@@ -33,7 +33,8 @@ import numpy as np
 from ..geometry import dihedral
 from ..systems import MolecularSystem
 from ..systems.chirality import stereocentres
-from ..systems.graph import topology_graph
+from ..systems.graph import adjacency as _adjacency
+from ..systems.graph import ring_closure_bonds
 
 __all__ = ["ValidityReport", "valid_samples", "ring_closure_bonds", "peptide_omegas"]
 
@@ -76,45 +77,6 @@ class ValidityReport:
 
     def __str__(self) -> str:
         return ", ".join(f"{k} {v:.1%}" for k, v in self.fraction.items())
-
-
-def _adjacency(topology) -> tuple[list[list[int]], np.ndarray, list]:
-    atoms, znum, _, res, bonds = topology_graph(topology)
-    adj: list[list[int]] = [[] for _ in atoms]
-    for a, b in bonds:
-        adj[a].append(b)
-        adj[b].append(a)
-    return adj, znum, res
-
-
-def ring_closure_bonds(topology) -> list[tuple[int, int]]:
-    """Bonds that close a ring: those a breadth-first spanning tree of the bond graph leaves out.
-
-    Examples
-    --------
-    >>> from openmm_bg.systems import load
-    >>> len(ring_closure_bonds(load("trpzip2").topology))   # two rings in each of the four Trp
-    8
-    """
-    adj, _, _ = _adjacency(topology)
-    seen = np.zeros(len(adj), dtype=bool)
-    tree = set()
-    for s in range(len(adj)):
-        if seen[s]:
-            continue
-        seen[s] = True
-        frontier = [s]
-        while frontier:
-            nxt = []
-            for a in frontier:
-                for b in adj[a]:
-                    if not seen[b]:
-                        seen[b] = True
-                        tree.add((min(a, b), max(a, b)))
-                        nxt.append(b)
-            frontier = nxt
-    all_bonds = {(min(a, b), max(a, b)) for a in range(len(adj)) for b in adj[a]}
-    return sorted(all_bonds - tree)
 
 
 def peptide_omegas(topology) -> np.ndarray:

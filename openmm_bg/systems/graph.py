@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["topology_graph"]
+__all__ = ["topology_graph", "adjacency", "ring_closure_bonds"]
 
 
 def topology_graph(topology) -> tuple[list, np.ndarray, list[str], list[tuple[int, str, str]], list[tuple[int, int]]]:
@@ -51,3 +51,43 @@ def topology_graph(topology) -> tuple[list, np.ndarray, list[str], list[tuple[in
         names.append(f"{a.residue.name}{a.residue.index + 1}:{a.name}")
         res.append((a.residue.index, a.residue.name, a.name))
     return atoms, np.array(znum, dtype=int), names, res, bonds
+
+
+def adjacency(topology) -> tuple[list[list[int]], np.ndarray, list]:
+    """Neighbour lists ``[n_atoms]`` of the bond graph, element numbers ``[n_atoms]`` and residues."""
+    atoms, znum, _, res, bonds = topology_graph(topology)
+    adj: list[list[int]] = [[] for _ in atoms]
+    for a, b in bonds:
+        adj[a].append(b)
+        adj[b].append(a)
+    return adj, znum, res
+
+
+def ring_closure_bonds(topology) -> list[tuple[int, int]]:
+    """Bonds that close a ring: those a breadth-first spanning tree of the bond graph leaves out.
+
+    Examples
+    --------
+    >>> from openmm_bg.systems import load
+    >>> len(ring_closure_bonds(load("trpzip2").topology))   # two rings in each of the four Trp
+    8
+    """
+    adj, _, _ = adjacency(topology)
+    seen = np.zeros(len(adj), dtype=bool)
+    tree = set()
+    for s in range(len(adj)):
+        if seen[s]:
+            continue
+        seen[s] = True
+        frontier = [s]
+        while frontier:
+            nxt = []
+            for a in frontier:
+                for b in adj[a]:
+                    if not seen[b]:
+                        seen[b] = True
+                        tree.add((min(a, b), max(a, b)))
+                        nxt.append(b)
+            frontier = nxt
+    all_bonds = {(min(a, b), max(a, b)) for a in range(len(adj)) for b in adj[a]}
+    return sorted(all_bonds - tree)

@@ -33,7 +33,10 @@ RING_TOLERANCE = 0.03
 
 
 def ring_closure_bonds(topology) -> list[tuple[int, int]]:
-    """``(CD, N)`` atom indices of every proline (residue name PRO) of an ``openmm.app.Topology``."""
+    """``(CD, N)`` atom indices of every proline (residue name PRO) of an ``openmm.app.Topology``.
+
+    The proline subset of `openmm_bg.systems.graph.ring_closure_bonds` (every ring's closing bond).
+    """
     out = []
     for residue in topology.residues():
         if residue.name != "PRO":
