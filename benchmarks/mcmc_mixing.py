@@ -115,8 +115,10 @@ def run_plain_md(system: MolecularSystem, wall_seconds: float, temperature: floa
 
 
 def run_chain(system: MolecularSystem, gen: openmm_bg.BoltzmannGenerator, wall_seconds: float, seed: int = 0,
-              md_steps: int = 200, n_proposals: int = 20, temperature: float = 300.0) -> dict:
-    """Langevin + BG move in an openmmtools ``MCMCSampler`` for ``wall_seconds``."""
+              md_steps: int = 200, n_proposals: int = 20, temperature: float = 300.0,
+              iterations: int | None = None) -> dict:
+    """Langevin + BG move in an openmmtools ``MCMCSampler`` for ``wall_seconds``, or for exactly
+    ``iterations`` iterations when given (then the chain does not depend on the machine's load)."""
     from openmmtools import cache, mcmc, states
 
     name, props = fastest_platform(system)
@@ -133,9 +135,9 @@ def run_chain(system: MolecularSystem, gen: openmm_bg.BoltzmannGenerator, wall_s
     bg.reset_statistics()
     counter = CoreTransitions()
     in_ax = []
-    iterations = 0
+    n_iterations, iterations = iterations, 0
     t0, c0 = time.perf_counter(), time.process_time()
-    while time.perf_counter() - t0 < wall_seconds:
+    while (iterations < n_iterations if n_iterations is not None else time.perf_counter() - t0 < wall_seconds):
         sampler.run(1, context_cache=context_cache)
         iterations += 1
         phi = float(_phi(sampler.sampler_state.positions.value_in_unit(unit.nanometer)))

@@ -468,7 +468,8 @@ def test_alanine_c7ax_population_against_reference():
     """Langevin + BG move in vacuum at 300 K: C7ax free energy against the lead's reference.
 
     Uses the generator in ``$OPENMM_BG_ALANINE_MODEL`` if set (e.g. the alanine benchmark's model),
-    otherwise trains one for 6 minutes; the chain runs for 10 minutes of wall clock."""
+    otherwise the shipped vacuum model; the chain runs a fixed number of iterations (an earlier
+    version trained and ran for fixed wall-clock times and failed under load)."""
     ref_file = Path(__file__).resolve().parents[1] / "benchmarks" / "reference" / "alanine_reference.json"
     if not ref_file.is_file():
         pytest.skip(f"reference {ref_file} not written yet (the lead produces it)")
@@ -481,10 +482,11 @@ def test_alanine_c7ax_population_against_reference():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     ala = load("alanine_dipeptide")
-    model = os.environ.get("OPENMM_BG_ALANINE_MODEL")
-    gen = (openmm_bg.BoltzmannGenerator.load(model, ala) if model
-           else bench.train_generator(ala, seed=0, minutes=6.0))
-    result = bench.run_chain(ala, gen, wall_seconds=600.0, seed=1, md_steps=100, n_proposals=50)
+    model = os.environ.get("OPENMM_BG_ALANINE_MODEL") or (ref_file.parents[2] / "systems" / "models"
+                                                           / "alanine_dipeptide_vacuum.bg")
+    gen = openmm_bg.BoltzmannGenerator.load(model, ala)
+    result = bench.run_chain(ala, gen, wall_seconds=math.inf, seed=1, md_steps=100, n_proposals=50,
+                             iterations=2000)
     assert result["transitions"] >= 10, (
         f"only {result['transitions']} C7eq <-> C7ax transitions (acceptance {result['acceptance']:.2g}): "
         "the generator is too weak for a population estimate; set OPENMM_BG_ALANINE_MODEL to a better one")
