@@ -1,5 +1,6 @@
 """The adaptive training recipe: FAB gradient, time-block validation split, early stopping, rare states."""
 
+import json
 import math
 
 import numpy as np
@@ -10,7 +11,13 @@ from openmm_bg import BoltzmannGenerator
 from openmm_bg.sampling import AnnealConfig, ValueAndGrad, anneal
 from openmm_bg.training import Stage, Trainer
 from openmm_bg.training.fab import ReplayBuffer, fab_loss, fab_target
-from openmm_bg.training.validation import EarlyStopping, held_out_nll, time_block_split
+from openmm_bg.training.validation import (
+    EarlyStopping,
+    cluster_block_split,
+    held_out_nll,
+    time_block_split,
+    validation_split,
+)
 
 
 # ---------------------------------------------------------------- FAB: gradient of the alpha = 2 divergence
@@ -96,6 +103,86 @@ def test_time_block_split_holds_out_whole_contiguous_blocks_spread_over_the_run(
     # uneven lengths: blocks differ by at most one frame, every block held out whole
     train, held = time_block_split(103, fraction=0.3, n_blocks=10)
     assert len(held) in (30, 31, 32) and len(np.intersect1d(train, held)) == 0
+
+
+def _pieces(indices):
+    """Contiguous runs of sorted frame indices."""
+    return np.split(indices, np.flatnonzero(np.diff(indices) != 1) + 1)
+
+
+def test_time_block_split_with_origins_holds_out_blocks_within_every_start():
+    """Three starts of 600, 300 and 40 frames (the last one in a rare basin): each has ~20 % held out in
+    contiguous blocks; the old split (one run) held out nothing of the last start."""
+    origins = np.repeat([0, 1, 2], [600, 300, 40])
+    train, held = time_block_split(len(origins), groups=origins)
+    assert np.array_equal(np.sort(np.concatenate([train, held])), np.arange(len(origins)))
+    for k in range(3):
+        share = np.isin(np.flatnonzero(origins == k), held).mean()
+        assert 0.15 <= share <= 0.25, (k, share)
+    # no held-out block straddles two starts, and blocks are long (>= 8 frames) and contiguous
+    assert all(len(np.unique(origins[piece])) == 1 and len(piece) >= 8 for piece in _pieces(held))
+    assert not np.isin(np.arange(900, 940), time_block_split(len(origins))[1]).any()  # the old split
+    # groups=None and one group are the same split (evenly spread blocks)
+    one = time_block_split(1000, groups=np.zeros(1000, dtype=int))
+    assert all(np.array_equal(a, b) for a, b in zip(one, time_block_split(1000), strict=True))
+    with pytest.raises(ValueError, match="groups must be a 1D array of integer labels, one per frame \\(10\\)"):
+        time_block_split(10, n_blocks=2, groups=np.zeros(9, dtype=int))
+    with pytest.raises(ValueError, match="groups must hold integer labels"):
+        time_block_split(10, n_blocks=2, groups=np.zeros(10))
+
+
+def test_cluster_block_split_gives_a_rare_stretch_its_share_and_keeps_mixed_clusters_in_long_blocks():
+    rng = np.random.default_rng(0)
+    labels = np.concatenate([rng.integers(0, 2, 960), np.full(40, 2)])  # two mixed clusters, a rare stretch
+    train, held = cluster_block_split(labels)
+    assert np.array_equal(np.sort(np.concatenate([train, held])), np.arange(1000))
+    for k in range(3):
+        share = np.isin(np.flatnonzero(labels == k), held).mean()
+        assert 0.15 <= share <= 0.25, (k, share)
+    pieces = _pieces(held)
+    assert sorted(len(p) for p in pieces if p[0] < 960) == [40] * 5  # the first split's blocks, untouched
+    assert all(len(p) >= 4 for p in pieces)
+    # a cluster that one evenly spread block would swallow whole keeps most of its frames for training
+    labels = np.zeros(1000, dtype=int)
+    labels[880:920] = 1  # exactly the held-out block 22 of 25
+    train, held = cluster_block_split(labels)
+    assert 0.15 <= np.isin(np.arange(880, 920), held).mean() <= 0.25
+    with pytest.raises(ValueError, match="min_share must lie in \\[0, 1\\)"):
+        cluster_block_split(labels, min_share=1.0)
+
+
+def test_validation_split_uses_origins_then_clusters_then_plain_blocks(dw, dw_data):
+    from openmm_bg.systems.toy import rare_banana, rare_banana_samples
+
+    system, data = rare_banana(), rare_banana_samples(1000, rare_fraction=0.04, seed=0)
+    rare = np.asarray(system.states["rare"](data))
+    by_cluster = validation_split(system, data)
+    assert by_cluster.method == "clusters"
+    assert 4 <= rare[by_cluster.held_out].sum() <= 12  # 8 of the 40 rare frames (the old split: 0)
+    by_origin = validation_split(system, data, origins=np.repeat([0, 1], [960, 40]))
+    assert by_origin.method == "origins" and "within each of 2 MD starts" in by_origin.describe()
+    assert rare[by_origin.held_out].sum() == 8
+    one_start = validation_split(system, data, origins=np.zeros(1000, dtype=int))
+    assert one_start.method == "clusters"  # one start says nothing: clusters
+    plain = validation_split(dw, dw_data.xyz[:200] * 0 + dw_data.xyz[:1])  # one configuration: one cluster
+    assert plain.method == "time blocks" and len(plain.held_out) == 40
+    assert by_cluster.digest != by_origin.digest and len(by_cluster.digest) == 16
+
+
+def test_trainer_reads_the_origins_beside_its_data_file(tmp_path, dw, dw_data, dw_gen):
+    from openmm_bg.md.multistart import origins_path
+
+    data = tmp_path / "md.h5"
+    dw_data.save(str(data))
+    origins_path(data).write_text(json.dumps({"format": "openmm-bg multi-start 1", "n_frames": 300, "starts": [
+        {"index": 0, "first_frame": 0, "n_frames": 250}, {"index": 1, "first_frame": 250, "n_frames": 50}]}))
+    stages = [Stage("ml", steps=1, batch_size=16, patience=2)]
+    trainer = Trainer(dw_gen, str(data), stages, progress=False)
+    assert trainer.split.method == "origins" and trainer.split.n_groups == 2
+    assert np.isin(np.arange(250, 300), trainer.split.held_out).sum() == 10
+    given = Trainer(dw_gen, dw_data, stages, progress=False, origins=np.repeat([0, 1], [250, 50]))
+    assert np.array_equal(given.split.held_out, trainer.split.held_out)
+    assert trainer.run_record()["validation split"].startswith("origins ")
 
 
 @pytest.mark.parametrize("kwargs, message", [
