@@ -432,6 +432,7 @@ def _load_model(path: str):
     """
     import openmm_bg
     from openmm_bg.model import read_model_file
+    from openmm_bg.model.fileformat import stored_system
 
     payload = read_model_file(path)
     spec = payload.get("extra", {}).get("system_spec")
@@ -441,7 +442,19 @@ def _load_model(path: str):
         raise CLIError(f"{path} does not say which system it belongs to (saved outside the CLI); load it "
                        "in Python with BoltzmannGenerator.load(path, system)")
     system = load_system(spec)  # built-in systems by name (with their coordinates); older files by path
+    if payload.get("system_record") is not None:  # plus the coordinates and states given to train
+        system = _with_stored_definitions(system, stored_system(payload, path))
     return openmm_bg.BoltzmannGenerator.load(path, system)
+
+
+def _with_stored_definitions(system, stored):
+    """A copy of ``system`` with the coordinates and states of ``stored`` that it lacks (``train --state``)."""
+    import copy
+
+    out = copy.copy(system)
+    out.reaction_coordinates = {**stored.reaction_coordinates, **system.reaction_coordinates}
+    out.states = {**stored.states, **system.states}
+    return out
 
 
 def _positive_int(text: str) -> int:
