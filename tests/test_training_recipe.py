@@ -326,3 +326,57 @@ def test_adaptive_recipe_keeps_the_rare_state_fast_variant(banana):
     gen = _trained(system, data, stages=stages, recipe="adaptive")
     population, ess = _rare_state(gen, system)
     assert abs(population / share - 1) < 0.2 and ess >= 50, (population, ess)
+
+
+# ---------------------------------------------------------------- a killed adaptive run resumes exactly
+class _Killed(Exception):
+    pass
+
+
+def _adaptive_run(dw, data, checkpoint, kill_at=None):
+    """ML with early stopping, then FAB with the ML weight set from held-out data (float64, small)."""
+    gen = BoltzmannGenerator.build(dw, data, n_blocks=2, hidden=(16,), seed=0, dtype=torch.float64)
+    stages = [Stage("ml", steps=40, lr=5e-3, batch_size=32, patience=2, validate_every=4),
+              Stage("fab", steps=14, ml=0.1, fab=1.0, lr=1e-3, batch_size=32, kl_batch_size=32, fab_levels=2,
+                    clip_grad=10.0, ml_auto=True, validate_every=3)]
+
+    class Trainer_(Trainer):
+        def _step(self, k, stage, i):
+            if kill_at is not None and self.step == kill_at:
+                raise _Killed(self.step)
+            return super()._step(k, stage, i)
+
+    trainer = Trainer_(gen, data, stages, seed=3, checkpoint=checkpoint, checkpoint_every=5, progress=False,
+                       recipe="adaptive")
+    return gen, trainer
+
+
+def _without_time(history):
+    """The metrics without wall times, NaN written as "nan" (NaN != NaN)."""
+    return [{k: "nan" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items() if k != "time"}
+            for row in history]
+
+
+def test_a_killed_adaptive_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(dw, dw_data, tmp_path):
+    """Killed twice (in the ML stage between checkpoints, and in the FAB stage between buffer refreshes), resumed
+    each time: the weights, metrics, stage lengths (early stopping), ML weight, replay buffer and energy
+    evaluations equal those of a run that was never stopped (float64, bit for bit)."""
+    gen_a, whole = _adaptive_run(dw, dw_data, tmp_path / "whole.ckpt")
+    history = whole.fit()
+    assert whole.stage_steps[0] < 40 and any("fab" in row for row in history)  # ML stopped early, FAB ran
+    assert len({row["w_ml"] for row in history if "w_ml" in row}) > 1  # held-out checks moved the ML weight
+    first_fab = whole.stage_steps[0]
+    ckpt = tmp_path / "killed.ckpt"
+    for kill_at in (7, first_fab + 6):
+        _, trainer = _adaptive_run(dw, dw_data, ckpt, kill_at=kill_at)
+        with pytest.raises(_Killed):
+            trainer.fit(resume=True)
+    gen_b, resumed = _adaptive_run(dw, dw_data, ckpt)
+    history_b = resumed.fit(resume=True)
+    assert _without_time(history_b) == _without_time(history)
+    assert resumed.stage_steps == whole.stage_steps and resumed.energy_evaluations == whole.energy_evaluations
+    assert resumed._ml_weight == whole._ml_weight
+    assert torch.equal(resumed._buffer.log_weights, whole._buffer.log_weights)
+    for (name, a), b in zip(gen_a.flow.state_dict().items(), gen_b.flow.state_dict().values(), strict=True):
+        assert (a.dtype == torch.float64 or not a.is_floating_point()) and torch.equal(a, b), name
+    np.testing.assert_array_equal(gen_a.sample(50, seed=1).log_weights, gen_b.sample(50, seed=1).log_weights)
