@@ -158,7 +158,8 @@ def test_validation_split_uses_origins_then_clusters_then_plain_blocks(dw, dw_da
     rare = np.asarray(system.states["rare"](data))
     by_cluster = validation_split(system, data)
     assert by_cluster.method == "clusters"
-    assert 4 <= rare[by_cluster.held_out].sum() <= 12  # 8 of the 40 rare frames (the old split: 0)
+    assert 4 <= rare[by_cluster.held_out].sum() <= 12  # 8 of the 40 rare frames
+    assert rare[time_block_split(1000)[1]].sum() == 0  # evenly spread blocks (the old split) miss them all
     by_origin = validation_split(system, data, origins=np.repeat([0, 1], [960, 40]))
     assert by_origin.method == "origins" and "within each of 2 MD starts" in by_origin.describe()
     assert rare[by_origin.held_out].sum() == 8
@@ -301,13 +302,35 @@ def test_adaptive_recipe_keeps_the_rare_state(banana):
     state at 20 %: its reweighted population within 20 % (relative) of quadrature, >= 50 effective samples.
 
     Measured (seed 0, 2 x 16 flow): population 0.0432 (quadrature 0.0400), 90 effective samples
-    in the rare state, 1500 steps, 48k energy evaluations. The classic default (4500 steps, 768k
-    energy evaluations) keeps this rare state too (0.0367, 158 effective samples; with a 4 x 32
-    flow 0.0398, 646), so on this toy the test cannot show the classic recipe dropping it; with
-    the rare state at only 4 % of the data the adaptive recipe loses it (0.006, 2 effective
-    samples: the held-out blocks hold no rare frames and the ML stage stops after 225 steps).
+    in the rare state, 1500 steps, 48k energy evaluations (the same with the split by clusters of
+    `validation_split`). The classic default (4500 steps, 768k energy evaluations) keeps this rare
+    state too (0.0367, 158 effective samples; with a 4 x 32 flow 0.0398, 646), so on this toy the
+    test cannot show the classic recipe dropping it. With the rare state at only 4 % of the data
+    see `test_adaptive_recipe_loses_a_rare_state_of_four_percent_of_the_data`.
     """
     system, data, share = banana
+    gen = _trained(system, data, recipe="adaptive")
+    population, ess = _rare_state(gen, system)
+    assert abs(population / share - 1) < 0.2 and ess >= 50, (population, ess)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known failure: at 4 % of the data the adaptive recipe loses the rare state")
+def test_adaptive_recipe_loses_a_rare_state_of_four_percent_of_the_data(banana):
+    """The rare state at 4 % of the frames (its Boltzmann share), all in the last stretch of the data.
+
+    The held-out blocks now hold 8 of its 40 frames (`validation_split` by clusters; the evenly spread
+    blocks held none), yet the recipe still loses it (seed 0; 2026-12-02): population 0.0016, 2.3
+    effective samples, ML stopped after 225 steps, 36k energy evaluations. Not the split: the
+    held-out NLL sits on a plateau for ~500 ML steps before the flow finds the rare well, so early
+    stopping (8 checks x 25 steps) ends ML first; without early stopping (1000 ML steps) ML alone
+    reaches 0.053 with 11.5 effective samples, and the 500 FAB steps then lose it (0.0011, 1.8).
+    Strict xfail: when the recipe is fixed this test fails and the marker goes.
+    """
+    from openmm_bg.systems.toy import rare_banana_samples
+
+    system, _, share = banana
+    data = rare_banana_samples(1000, rare_fraction=0.04, seed=0)
     gen = _trained(system, data, recipe="adaptive")
     population, ess = _rare_state(gen, system)
     assert abs(population / share - 1) < 0.2 and ess >= 50, (population, ess)
