@@ -1,5 +1,6 @@
 """The adaptive training recipe: FAB gradient, time-block validation split, early stopping, rare states."""
 
+import json
 import math
 
 import numpy as np
@@ -10,7 +11,13 @@ from openmm_bg import BoltzmannGenerator
 from openmm_bg.sampling import AnnealConfig, ValueAndGrad, anneal
 from openmm_bg.training import Stage, Trainer
 from openmm_bg.training.fab import ReplayBuffer, fab_loss, fab_target
-from openmm_bg.training.validation import EarlyStopping, held_out_nll, time_block_split
+from openmm_bg.training.validation import (
+    EarlyStopping,
+    cluster_block_split,
+    held_out_nll,
+    time_block_split,
+    validation_split,
+)
 
 
 # ---------------------------------------------------------------- FAB: gradient of the alpha = 2 divergence
@@ -96,6 +103,87 @@ def test_time_block_split_holds_out_whole_contiguous_blocks_spread_over_the_run(
     # uneven lengths: blocks differ by at most one frame, every block held out whole
     train, held = time_block_split(103, fraction=0.3, n_blocks=10)
     assert len(held) in (30, 31, 32) and len(np.intersect1d(train, held)) == 0
+
+
+def _pieces(indices):
+    """Contiguous runs of sorted frame indices."""
+    return np.split(indices, np.flatnonzero(np.diff(indices) != 1) + 1)
+
+
+def test_time_block_split_with_origins_holds_out_blocks_within_every_start():
+    """Three starts of 600, 300 and 40 frames (the last one in a rare basin): each has ~20 % held out in
+    contiguous blocks; the old split (one run) held out nothing of the last start."""
+    origins = np.repeat([0, 1, 2], [600, 300, 40])
+    train, held = time_block_split(len(origins), groups=origins)
+    assert np.array_equal(np.sort(np.concatenate([train, held])), np.arange(len(origins)))
+    for k in range(3):
+        share = np.isin(np.flatnonzero(origins == k), held).mean()
+        assert 0.15 <= share <= 0.25, (k, share)
+    # no held-out block straddles two starts, and blocks are long (>= 8 frames) and contiguous
+    assert all(len(np.unique(origins[piece])) == 1 and len(piece) >= 8 for piece in _pieces(held))
+    assert not np.isin(np.arange(900, 940), time_block_split(len(origins))[1]).any()  # the old split
+    # groups=None and one group are the same split (evenly spread blocks)
+    one = time_block_split(1000, groups=np.zeros(1000, dtype=int))
+    assert all(np.array_equal(a, b) for a, b in zip(one, time_block_split(1000), strict=True))
+    with pytest.raises(ValueError, match="groups must be a 1D array of integer labels, one per frame \\(10\\)"):
+        time_block_split(10, n_blocks=2, groups=np.zeros(9, dtype=int))
+    with pytest.raises(ValueError, match="groups must hold integer labels"):
+        time_block_split(10, n_blocks=2, groups=np.zeros(10))
+
+
+def test_cluster_block_split_gives_a_rare_stretch_its_share_and_keeps_mixed_clusters_in_long_blocks():
+    rng = np.random.default_rng(0)
+    labels = np.concatenate([rng.integers(0, 2, 960), np.full(40, 2)])  # two mixed clusters, a rare stretch
+    train, held = cluster_block_split(labels)
+    assert np.array_equal(np.sort(np.concatenate([train, held])), np.arange(1000))
+    for k in range(3):
+        share = np.isin(np.flatnonzero(labels == k), held).mean()
+        assert 0.15 <= share <= 0.25, (k, share)
+    pieces = _pieces(held)
+    assert sorted(len(p) for p in pieces if p[0] < 960) == [40] * 5  # the first split's blocks, untouched
+    assert all(len(p) >= 4 for p in pieces)
+    # a cluster that one evenly spread block would swallow whole keeps most of its frames for training
+    labels = np.zeros(1000, dtype=int)
+    labels[880:920] = 1  # exactly the held-out block 22 of 25
+    train, held = cluster_block_split(labels)
+    assert 0.15 <= np.isin(np.arange(880, 920), held).mean() <= 0.25
+    with pytest.raises(ValueError, match="min_share must lie in \\[0, 1\\)"):
+        cluster_block_split(labels, min_share=1.0)
+
+
+def test_validation_split_uses_origins_then_clusters_then_plain_blocks(dw, dw_data):
+    from openmm_bg.systems.toy import rare_banana, rare_banana_samples
+
+    system, data = rare_banana(), rare_banana_samples(1000, rare_fraction=0.04, seed=0)
+    rare = np.asarray(system.states["rare"](data))
+    by_cluster = validation_split(system, data)
+    assert by_cluster.method == "clusters"
+    assert 4 <= rare[by_cluster.held_out].sum() <= 12  # 8 of the 40 rare frames
+    assert rare[time_block_split(1000)[1]].sum() == 0  # evenly spread blocks (the old split) miss them all
+    by_origin = validation_split(system, data, origins=np.repeat([0, 1], [960, 40]))
+    assert by_origin.method == "origins" and "within each of 2 MD starts" in by_origin.describe()
+    assert rare[by_origin.held_out].sum() == 8
+    one_start = validation_split(system, data, origins=np.zeros(1000, dtype=int))
+    assert one_start.method == "clusters"  # one start says nothing: clusters
+    plain = validation_split(dw, dw_data.xyz[:200] * 0 + dw_data.xyz[:1])  # one configuration: one cluster
+    assert plain.method == "time blocks" and len(plain.held_out) == 40
+    assert by_cluster.digest != by_origin.digest and len(by_cluster.digest) == 16
+
+
+def test_trainer_reads_the_origins_beside_its_data_file(tmp_path, dw, dw_data, dw_gen):
+    from openmm_bg.md.multistart import origins_path
+
+    data = tmp_path / "md.h5"
+    dw_data.save(str(data))
+    origins_path(data).write_text(json.dumps({"format": "openmm-bg multi-start 1", "n_frames": 300, "starts": [
+        {"index": 0, "first_frame": 0, "n_frames": 250}, {"index": 1, "first_frame": 250, "n_frames": 50}]}))
+    stages = [Stage("ml", steps=1, batch_size=16, patience=2)]
+    trainer = Trainer(dw_gen, str(data), stages, progress=False)
+    assert trainer.split.method == "origins" and trainer.split.n_groups == 2
+    assert np.isin(np.arange(250, 300), trainer.split.held_out).sum() == 10
+    given = Trainer(dw_gen, dw_data, stages, progress=False, origins=np.repeat([0, 1], [250, 50]))
+    assert np.array_equal(given.split.held_out, trainer.split.held_out)
+    assert trainer.run_record()["validation split"].startswith("origins ")
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -214,13 +302,35 @@ def test_adaptive_recipe_keeps_the_rare_state(banana):
     state at 20 %: its reweighted population within 20 % (relative) of quadrature, >= 50 effective samples.
 
     Measured (seed 0, 2 x 16 flow): population 0.0432 (quadrature 0.0400), 90 effective samples
-    in the rare state, 1500 steps, 48k energy evaluations. The classic default (4500 steps, 768k
-    energy evaluations) keeps this rare state too (0.0367, 158 effective samples; with a 4 x 32
-    flow 0.0398, 646), so on this toy the test cannot show the classic recipe dropping it; with
-    the rare state at only 4 % of the data the adaptive recipe loses it (0.006, 2 effective
-    samples: the held-out blocks hold no rare frames and the ML stage stops after 225 steps).
+    in the rare state, 1500 steps, 48k energy evaluations (the same with the split by clusters of
+    `validation_split`). The classic default (4500 steps, 768k energy evaluations) keeps this rare
+    state too (0.0367, 158 effective samples; with a 4 x 32 flow 0.0398, 646), so on this toy the
+    test cannot show the classic recipe dropping it. With the rare state at only 4 % of the data
+    see `test_adaptive_recipe_loses_a_rare_state_of_four_percent_of_the_data`.
     """
     system, data, share = banana
+    gen = _trained(system, data, recipe="adaptive")
+    population, ess = _rare_state(gen, system)
+    assert abs(population / share - 1) < 0.2 and ess >= 50, (population, ess)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known failure: at 4 % of the data the adaptive recipe loses the rare state")
+def test_adaptive_recipe_loses_a_rare_state_of_four_percent_of_the_data(banana):
+    """The rare state at 4 % of the frames (its Boltzmann share), all in the last stretch of the data.
+
+    The held-out blocks now hold 8 of its 40 frames (`validation_split` by clusters; the evenly spread
+    blocks held none), yet the recipe still loses it (seed 0; 2026-12-02): population 0.0016, 2.3
+    effective samples, ML stopped after 225 steps, 36k energy evaluations. Not the split: the
+    held-out NLL sits on a plateau for ~500 ML steps before the flow finds the rare well, so early
+    stopping (8 checks x 25 steps) ends ML first; without early stopping (1000 ML steps) ML alone
+    reaches 0.053 with 11.5 effective samples, and the 500 FAB steps then lose it (0.0011, 1.8).
+    Strict xfail: when the recipe is fixed this test fails and the marker goes.
+    """
+    from openmm_bg.systems.toy import rare_banana_samples
+
+    system, _, share = banana
+    data = rare_banana_samples(1000, rare_fraction=0.04, seed=0)
     gen = _trained(system, data, recipe="adaptive")
     population, ess = _rare_state(gen, system)
     assert abs(population / share - 1) < 0.2 and ess >= 50, (population, ess)
@@ -239,3 +349,57 @@ def test_adaptive_recipe_keeps_the_rare_state_fast_variant(banana):
     gen = _trained(system, data, stages=stages, recipe="adaptive")
     population, ess = _rare_state(gen, system)
     assert abs(population / share - 1) < 0.2 and ess >= 50, (population, ess)
+
+
+# ---------------------------------------------------------------- a killed adaptive run resumes exactly
+class _Killed(Exception):
+    pass
+
+
+def _adaptive_run(dw, data, checkpoint, kill_at=None):
+    """ML with early stopping, then FAB with the ML weight set from held-out data (float64, small)."""
+    gen = BoltzmannGenerator.build(dw, data, n_blocks=2, hidden=(16,), seed=0, dtype=torch.float64)
+    stages = [Stage("ml", steps=40, lr=5e-3, batch_size=32, patience=2, validate_every=4),
+              Stage("fab", steps=14, ml=0.1, fab=1.0, lr=1e-3, batch_size=32, kl_batch_size=32, fab_levels=2,
+                    clip_grad=10.0, ml_auto=True, validate_every=3)]
+
+    class Trainer_(Trainer):
+        def _step(self, k, stage, i):
+            if kill_at is not None and self.step == kill_at:
+                raise _Killed(self.step)
+            return super()._step(k, stage, i)
+
+    trainer = Trainer_(gen, data, stages, seed=3, checkpoint=checkpoint, checkpoint_every=5, progress=False,
+                       recipe="adaptive")
+    return gen, trainer
+
+
+def _without_time(history):
+    """The metrics without wall times, NaN written as "nan" (NaN != NaN)."""
+    return [{k: "nan" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items() if k != "time"}
+            for row in history]
+
+
+def test_a_killed_adaptive_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(dw, dw_data, tmp_path):
+    """Killed twice (in the ML stage between checkpoints, and in the FAB stage between buffer refreshes), resumed
+    each time: the weights, metrics, stage lengths (early stopping), ML weight, replay buffer and energy
+    evaluations equal those of a run that was never stopped (float64, bit for bit)."""
+    gen_a, whole = _adaptive_run(dw, dw_data, tmp_path / "whole.ckpt")
+    history = whole.fit()
+    assert whole.stage_steps[0] < 40 and any("fab" in row for row in history)  # ML stopped early, FAB ran
+    assert len({row["w_ml"] for row in history if "w_ml" in row}) > 1  # held-out checks moved the ML weight
+    first_fab = whole.stage_steps[0]
+    ckpt = tmp_path / "killed.ckpt"
+    for kill_at in (7, first_fab + 6):
+        _, trainer = _adaptive_run(dw, dw_data, ckpt, kill_at=kill_at)
+        with pytest.raises(_Killed):
+            trainer.fit(resume=True)
+    gen_b, resumed = _adaptive_run(dw, dw_data, ckpt)
+    history_b = resumed.fit(resume=True)
+    assert _without_time(history_b) == _without_time(history)
+    assert resumed.stage_steps == whole.stage_steps and resumed.energy_evaluations == whole.energy_evaluations
+    assert resumed._ml_weight == whole._ml_weight
+    assert torch.equal(resumed._buffer.log_weights, whole._buffer.log_weights)
+    for (name, a), b in zip(gen_a.flow.state_dict().items(), gen_b.flow.state_dict().values(), strict=True):
+        assert (a.dtype == torch.float64 or not a.is_floating_point()) and torch.equal(a, b), name
+    np.testing.assert_array_equal(gen_a.sample(50, seed=1).log_weights, gen_b.sample(50, seed=1).log_weights)

@@ -301,10 +301,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import openmm_bg
     from openmm_bg.apps.plots import plot_history
     from openmm_bg.flows.builder import check_flow_arguments
+    from openmm_bg.systems.trajectory import check_trajectory
     from openmm_bg.training import Trainer, default_stages, load_stages
     from openmm_bg.training.stages import adaptive_stages
     from openmm_bg.training.trainer import training_coordinate
-    from openmm_bg.training.validation import time_block_split
+    from openmm_bg.training.validation import data_origins, validation_split
 
     # everything that can be checked is checked before the model is built or trained
     stages = load_stages(args.config) if args.config else None
@@ -323,7 +324,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     gen = openmm_bg.BoltzmannGenerator.build(system, args.data, flow=args.flow, n_blocks=args.n_blocks,
                                              hidden=tuple(args.hidden), seed=args.seed)
     if stages is None:  # the adaptive recipe: sizes from the degrees of freedom and the frames trained on
-        n_train = len(time_block_split(gen.config["n_training_frames"])[0])
+        frames = check_trajectory(system, args.data).xyz
+        n_train = len(validation_split(system, frames, origins=data_origins(args.data),
+                                       reference=gen.coverage_reference).train)
         stages = adaptive_stages(gen.n_dof, n_train, args.steps_scale)
     metrics = output.with_name(output.stem + "_training.csv")
     options = {"seed": args.seed, "rc": rc, "checkpoint": checkpoint, "checkpoint_every": args.checkpoint_every,
@@ -357,6 +360,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
               f"{last['ml']:.3f}, KL {last['kl']:.3f} kT; model {output}, metrics {metrics}, curves {plot}")
         stopped = [f"{s.name} after {n} of {s.steps} steps" for s, n in zip(trainer.stages, trainer.stage_steps)
                    if n < s.steps]
+        if trainer.split is not None:
+            print(trainer.split.describe())
         if stopped:
             print(f"early stopping on held-out time blocks: {', '.join(stopped)}")
         check = gen.sample(args.coverage_samples, seed=args.seed)
@@ -427,6 +432,7 @@ def _load_model(path: str):
     """
     import openmm_bg
     from openmm_bg.model import read_model_file
+    from openmm_bg.model.fileformat import stored_system
 
     payload = read_model_file(path)
     spec = payload.get("extra", {}).get("system_spec")
@@ -436,7 +442,19 @@ def _load_model(path: str):
         raise CLIError(f"{path} does not say which system it belongs to (saved outside the CLI); load it "
                        "in Python with BoltzmannGenerator.load(path, system)")
     system = load_system(spec)  # built-in systems by name (with their coordinates); older files by path
+    if payload.get("system_record") is not None:  # plus the coordinates and states given to train
+        system = _with_stored_definitions(system, stored_system(payload, path))
     return openmm_bg.BoltzmannGenerator.load(path, system)
+
+
+def _with_stored_definitions(system, stored):
+    """A copy of ``system`` with the coordinates and states of ``stored`` that it lacks (``train --state``)."""
+    import copy
+
+    out = copy.copy(system)
+    out.reaction_coordinates = {**stored.reaction_coordinates, **system.reaction_coordinates}
+    out.states = {**stored.states, **system.states}
+    return out
 
 
 def _positive_int(text: str) -> int:

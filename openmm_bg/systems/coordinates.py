@@ -20,7 +20,9 @@ against the system before any work. The grammar (spaces are ignored around ``:``
 - ``rmsd:FILE[SELECTION]``: RMSD (nm) after optimal superposition to the structure in FILE (any
   file mdtraj reads, with the system's atoms in the system's order), over the atoms of the mdtraj
   SELECTION (default ``not element H``, the heavy atoms), as ``mdtraj.rmsd``. A relative FILE is
-  relative to the current folder (in a TOML file: to the file's folder).
+  relative to the current folder (in a TOML file: to the file's folder). The coordinate keeps the
+  reference positions of the selected atoms (its ``spec``), so a model file that stores it needs
+  the file no more.
 - A bare NAME is one of the system's own coordinates (e.g. ``phi`` of alanine dipeptide), or one of
   ``extra`` (coordinates defined in the same state file).
 
@@ -43,18 +45,19 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .._validation import one_line
-from ..geometry import angle, dihedral, distance
+from ..geometry import angle, distance
 from .backbone import backbone_coordinates, backbone_states
-from .molecular_system import MolecularSystem, ReactionCoordinate
+from .molecular_system import MolecularSystem, ReactionCoordinate, dihedral_coordinate
 
 __all__ = ["coordinate", "CoordinateError", "backbone_definitions", "BACKBONE_BASINS", "resolve_atom",
-           "rmsd_coordinate", "COORDINATE_KINDS"]
+           "rmsd_coordinate", "coordinate_from_spec", "COORDINATE_KINDS"]
 
 
 class CoordinateError(ValueError):
@@ -257,36 +260,75 @@ def rmsd_coordinate(system: MolecularSystem, path: str | Path, selection: str = 
         k = next(i for i, (a, b) in enumerate(zip(mine, theirs, strict=True)) if a != b)
         raise CoordinateError(f"{text!r}: atom {int(atoms[k])} is {mine[k]!r} in the system but {theirs[k]!r} in "
                               f"{path.name}; the reference must list the system's atoms in the same order")
-    index = torch.as_tensor(atoms, dtype=torch.long)
-    reference = torch.as_tensor(ref.xyz[0][atoms], dtype=torch.float64)
-
-    def function(x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-2], 3)[:, index.to(x.device)]
-        return _kabsch_rmsd(flat, reference.to(x.device)).reshape(x.shape[:-2])
-
+    spec = {"kind": "rmsd", "atoms": [int(i) for i in atoms], "reference": ref.xyz[0][atoms].astype(float).tolist(),
+            "selection": selection, "file": path.name}
+    rc = coordinate_from_spec(text, spec)
     with torch.no_grad():
-        r0 = float(function(torch.as_tensor(system.positions[None]))[0])
-    return ReactionCoordinate(text, function, atoms=tuple(int(i) for i in atoms), periodic=False,
-                              bounds=(0.0, max(0.5, 3.0 * r0)), unit="nm",
-                              description=f"RMSD to {path.name} over '{selection}' after superposition")
+        r0 = float(rc.function(torch.as_tensor(system.positions[None]))[0])
+    return replace(rc, bounds=(0.0, max(0.5, 3.0 * r0)))
+
+
+def coordinate_from_spec(name: str, spec: dict, description: str | None = None) -> ReactionCoordinate | None:
+    """The coordinate of a stored recipe (``ReactionCoordinate.spec``), or None for a kind this version does not know.
+
+    Kinds: ``dihedral``, ``angle``, ``distance`` (``atoms``: 4, 3 or 2 indices) and ``rmsd``
+    (``atoms``: the fitted atoms, ``reference``: their reference positions ``[m, 3]`` in nm, so
+    the coordinate needs no structure file; ``selection`` and ``file`` for its description).
+    Bounds are the defaults of the kind (the stored ones are set by `openmm_bg.systems.record`).
+
+    Examples
+    --------
+    >>> rc = coordinate_from_spec("ends", {"kind": "distance", "atoms": [0, 1]})
+    >>> round(float(rc(np.array([[[0.0, 0, 0], [0.3, 0.4, 0]]]))[0]), 6), rc.unit, rc.spec["kind"]
+    (0.5, 'nm', 'distance')
+    """
+    kind = spec.get("kind")
+    if kind == "dihedral":
+        return dihedral_coordinate(name, spec["atoms"], description=description)
+    if kind in ("angle", "distance"):
+        atoms = tuple(int(a) for a in spec["atoms"])
+        if len(atoms) != _N_ATOMS[kind]:
+            raise ValueError(f"coordinate {name!r}: a stored {kind} needs {_N_ATOMS[kind]} atoms, got {list(atoms)}")
+        if kind == "angle":
+            i, j, k = atoms
+            return ReactionCoordinate(name, lambda x: angle(x, i, j, k), atoms=atoms, periodic=False,
+                                      bounds=(0.0, math.pi), unit="rad", spec={"kind": kind, "atoms": list(atoms)},
+                                      description=description or f"angle of atoms {atoms}")
+        i, j = atoms
+        return ReactionCoordinate(name, lambda x: distance(x, i, j), atoms=atoms, periodic=False,
+                                  bounds=(0.0, 1.0), unit="nm", spec={"kind": kind, "atoms": list(atoms)},
+                                  description=description or f"distance of atoms {atoms}")
+    if kind == "rmsd":
+        atoms = tuple(int(a) for a in spec["atoms"])
+        reference = torch.as_tensor(np.asarray(spec["reference"], dtype=np.float64))
+        if reference.shape != (len(atoms), 3) or len(atoms) < 3:
+            raise ValueError(f"coordinate {name!r}: a stored RMSD needs >= 3 atoms and their reference positions "
+                             f"[m, 3], got {len(atoms)} atoms and positions of shape {tuple(reference.shape)}")
+        index = torch.as_tensor(atoms, dtype=torch.long)
+
+        def function(x: torch.Tensor) -> torch.Tensor:
+            flat = x.reshape(-1, x.shape[-2], 3)[:, index.to(x.device)]
+            return _kabsch_rmsd(flat, reference.to(x.device)).reshape(x.shape[:-2])
+
+        stored = {"kind": "rmsd", "atoms": list(atoms), "reference": reference.tolist(),
+                  "selection": spec.get("selection"), "file": spec.get("file")}
+        return ReactionCoordinate(name, function, atoms=atoms, periodic=False, bounds=(0.0, 0.5), unit="nm",
+                                  spec=stored, description=description or f"RMSD to {spec.get('file')} over "
+                                  f"'{spec.get('selection')}' after superposition")
+    return None
 
 
 # ---------------------------------------------------------------------- expressions
 def _geometric(name: str, kind: str, atoms: tuple[int, ...], system: MolecularSystem,
                description: str) -> ReactionCoordinate:
     if kind in ("dihedral", "phi", "psi", "omega", *_CHI):
-        i, j, k, l = atoms
-        return ReactionCoordinate(name, lambda x: dihedral(x, i, j, k, l), atoms=atoms, periodic=True,
-                                  bounds=(-math.pi, math.pi), unit="rad", description=description,
-                                  spec={"kind": "dihedral", "atoms": [i, j, k, l]})
-    if kind == "angle":
-        i, j, k = atoms
-        return ReactionCoordinate(name, lambda x: angle(x, i, j, k), atoms=atoms, periodic=False,
-                                  bounds=(0.0, math.pi), unit="rad", description=description)
-    i, j = atoms
-    d0 = float(np.linalg.norm(system.positions[i] - system.positions[j]))
-    return ReactionCoordinate(name, lambda x: distance(x, i, j), atoms=atoms, periodic=False,
-                              bounds=(0.0, 2.0 * d0 + 0.5), unit="nm", description=description)
+        return coordinate_from_spec(name, {"kind": "dihedral", "atoms": list(atoms)}, description)
+    rc = coordinate_from_spec(name, {"kind": kind, "atoms": list(atoms)}, description)
+    if kind == "distance":
+        i, j = atoms
+        d0 = float(np.linalg.norm(system.positions[i] - system.positions[j]))
+        rc = replace(rc, bounds=(0.0, 2.0 * d0 + 0.5))
+    return rc
 
 
 def coordinate(system: MolecularSystem, expression: str, name: str | None = None,
@@ -377,8 +419,6 @@ def _compact(text: str) -> str:
 
 
 def _renamed(rc: ReactionCoordinate, name: str) -> ReactionCoordinate:
-    from dataclasses import replace
-
     return replace(rc, name=name)
 
 

@@ -10,9 +10,15 @@ that are only functions cannot be stored; their names are listed under ``"not_st
 gzip-compressed bytes and back. A toy system's ``analytic_energy`` (a shortcut for tests) is not
 stored: the rebuilt system computes the same energy with OpenMM.
 
-Spec kinds: ``"dihedral"`` (coordinates; ``atoms``) and ``"intervals"`` (states; ``terms``, a list
-of ``{"coordinate", "low", "high", "complement"}``, all of which must hold). A record written by a
-later version with kinds this one does not know rebuilds without them (a warning names them).
+Spec kinds (`openmm_bg.systems.coordinates.coordinate_from_spec`): coordinates ``"dihedral"``,
+``"angle"``, ``"distance"`` (``atoms``) and ``"rmsd"`` (``atoms`` and their reference positions,
+embedded: no structure file is needed to rebuild it); states ``"intervals"`` (``terms``, a list of
+``{"coordinate", "low", "high", "complement"}`` naming stored coordinates, all of which must
+hold) and ``"clauses"`` (the states of `openmm_bg.systems.state_files.state`: each clause embeds its
+coordinate's entry and ``{"op", "low", "high"}``). A record written by a later version with kinds
+this one does not know rebuilds without them (a warning names them); the ``"angle"``,
+``"distance"``, ``"rmsd"`` and ``"clauses"`` kinds are newer than the first records, whose readers
+rebuild without them.
 
 Examples
 --------
@@ -36,7 +42,8 @@ import numpy as np
 import openmm
 import openmm.app as app
 
-from .molecular_system import MolecularSystem, ReactionCoordinate, State, dihedral_coordinate, intervals_state
+from .molecular_system import MolecularSystem, ReactionCoordinate, State, intervals_state
+from .state_files import coordinate_entry, coordinate_from_entry, state_from_spec
 
 __all__ = ["RECORD_VERSION", "system_record", "system_from_record", "encode_record", "decode_record"]
 
@@ -78,14 +85,11 @@ def _topology_from_record(record: dict) -> app.Topology:
     return topology
 
 
-def _coordinate_record(rc: ReactionCoordinate) -> dict:
-    return {"name": rc.name, "spec": rc.spec, "periodic": rc.periodic, "bounds": list(rc.bounds), "unit": rc.unit,
-            "description": rc.description}
 
 
 def system_record(system: MolecularSystem) -> dict:
     """The system as a JSON-able dictionary (see the module docstring)."""
-    coordinates = [_coordinate_record(rc) for rc in system.reaction_coordinates.values() if rc.spec is not None]
+    coordinates = [coordinate_entry(rc) for rc in system.reaction_coordinates.values() if rc.spec is not None]
     stored = {c["name"] for c in coordinates}
     states = [{"name": s.name, "spec": s.spec, "description": s.description} for s in system.states.values()
               if s.spec is not None and all(t["coordinate"] in stored for t in s.spec.get("terms", []))]
@@ -101,16 +105,10 @@ def system_record(system: MolecularSystem) -> dict:
     }
 
 
-def _rebuild_coordinate(entry: dict) -> ReactionCoordinate | None:
-    spec = entry["spec"]
-    if spec.get("kind") != "dihedral":
-        return None
-    rc = dihedral_coordinate(entry["name"], spec["atoms"], description=entry.get("description") or None)
-    return dataclasses.replace(rc, periodic=bool(entry["periodic"]), bounds=tuple(entry["bounds"]), unit=entry["unit"])
-
-
 def _rebuild_state(entry: dict, coordinates: dict[str, ReactionCoordinate]) -> State | None:
     spec = entry["spec"]
+    if spec.get("kind") == "clauses":
+        return state_from_spec(entry["name"], spec, entry.get("description", ""))
     if spec.get("kind") != "intervals" or not all(t["coordinate"] in coordinates for t in spec["terms"]):
         return None
     terms = [(coordinates[t["coordinate"]], t["low"], t["high"], t["complement"]) for t in spec["terms"]]
@@ -126,7 +124,7 @@ def system_from_record(record: dict) -> MolecularSystem:
     system = openmm.XmlSerializer.deserialize(record["system_xml"])
     coordinates, skipped = {}, []
     for entry in record["coordinates"]:
-        rc = _rebuild_coordinate(entry)
+        rc = coordinate_from_entry(entry)
         if rc is None:
             skipped.append(entry["name"])
         else:

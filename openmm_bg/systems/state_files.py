@@ -46,16 +46,16 @@ import copy
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from .coordinates import CoordinateError, backbone_definitions, coordinate
+from .coordinates import CoordinateError, backbone_definitions, coordinate, coordinate_from_spec
 from .molecular_system import MolecularSystem, ReactionCoordinate, State
 
 __all__ = ["state", "parse_state_option", "parse_coordinate_option", "Definitions", "read_state_file",
-           "define"]
+           "define", "state_from_spec", "coordinate_entry", "coordinate_from_entry"]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.+-]*")
 _RANGE = re.compile(r"^(?P<expr>.+?)\s+(?P<op>not\s+in|in)\s*\((?P<body>[^()]*)\)$", re.IGNORECASE)
@@ -116,8 +116,18 @@ def _interval(rc: ReactionCoordinate, low: float, high: float, clause: str):
     return lambda v: (v > low) & (v < high)
 
 
+def _test(rc: ReactionCoordinate, op: str, low: float, high: float, clause: str):
+    """Indicator of a clause's values: ``op`` ``in``/``not in`` (a range), ``<`` (``high``), ``>`` (``low``)."""
+    if op == "<":
+        return lambda v: v < high
+    if op == ">":
+        return lambda v: v > low
+    inside = _interval(rc, low, high, clause)
+    return inside if op == "in" else (lambda v: ~inside(v))
+
+
 def _clause(system: MolecularSystem, text: str, extra, base):
-    """``(coordinate, indicator of its values)`` of one CLAUSE."""
+    """``(coordinate, indicator of its values, its recipe)`` of one CLAUSE (recipe: op, low, high)."""
     m = _RANGE.match(text)
     if m:
         rc = coordinate(system, m.group("expr"), extra=extra, base=base)
@@ -125,14 +135,15 @@ def _clause(system: MolecularSystem, text: str, extra, base):
         if len(ends) != 2 or not all(e.strip() for e in ends):
             raise CoordinateError(f"{text!r}: malformed range ({m.group('body')}); write (LOW, HIGH), e.g. (0, 2.2)")
         low, high = (_number(e, rc, text) for e in ends)
-        inside = _interval(rc, low, high, text)
-        negate = m.group("op").lower() != "in"
-        return rc, (lambda v: ~inside(v)) if negate else inside
+        op = "in" if m.group("op").lower() == "in" else "not in"
+        return rc, _test(rc, op, low, high, text), {"op": op, "low": low, "high": high}
     m = _COMPARE.match(text)
     if m:
         rc = coordinate(system, m.group("expr"), extra=extra, base=base)
         value = _number(m.group("value"), rc, text)
-        return rc, (lambda v: v < value) if m.group("op") == "<" else (lambda v: v > value)
+        op = m.group("op")
+        low, high = (-math.inf, value) if op == "<" else (value, math.inf)
+        return rc, _test(rc, op, low, high, text), {"op": op, "low": low, "high": high}
     raise CoordinateError(f"{text!r}: malformed condition; write EXPR in (LOW, HIGH), EXPR not in (LOW, HIGH), "
                           "EXPR < VALUE or EXPR > VALUE, joined by 'and' (e.g. phi:2 in (0, 2.2) and psi:2 < 0)")
 
@@ -162,7 +173,15 @@ def state(system: MolecularSystem, name: str, condition: str,
     if not isinstance(condition, str) or not condition.strip():
         raise CoordinateError(f"state {name!r}: the condition is empty; write e.g. 'phi:2 in (0, 2.2)'")
     clauses = [_clause(system, c, extra, base) for c in _split_and(condition)]
+    spec = None
+    if all(rc.spec is not None for rc, *_ in clauses):  # stored in model files (openmm_bg.systems.record)
+        spec = {"kind": "clauses", "clauses": [{"coordinate": coordinate_entry(rc), **recipe}
+                                               for rc, _, recipe in clauses]}
+    return _clauses_state(name, [(rc, test) for rc, test, _ in clauses],
+                          " and ".join(_split_and(" ".join(condition.split()))), spec)
 
+
+def _clauses_state(name: str, clauses, description: str, spec: dict | None) -> State:
     def indicator(x: torch.Tensor) -> torch.Tensor:
         inside = None
         for rc, test in clauses:
@@ -170,7 +189,51 @@ def state(system: MolecularSystem, name: str, condition: str,
             inside = ok if inside is None else inside & ok
         return inside
 
-    return State(name, indicator, " and ".join(_split_and(" ".join(condition.split()))))
+    return State(name, indicator, description, spec=spec)
+
+
+def coordinate_entry(rc: ReactionCoordinate) -> dict:
+    """A coordinate as plain data (its recipe, period, bounds, unit): what a model file stores."""
+    return {"name": rc.name, "spec": rc.spec, "periodic": rc.periodic, "bounds": [float(b) for b in rc.bounds],
+            "unit": rc.unit, "description": rc.description}
+
+
+def coordinate_from_entry(entry: dict) -> ReactionCoordinate | None:
+    """The coordinate of a stored entry (`openmm_bg.systems.record`), or None for an unknown kind."""
+    rc = coordinate_from_spec(entry["name"], entry["spec"], description=entry.get("description") or None)
+    if rc is None:
+        return None
+    return replace(rc, periodic=bool(entry["periodic"]), bounds=tuple(float(b) for b in entry["bounds"]),
+                   unit=entry["unit"])
+
+
+def state_from_spec(name: str, spec: dict, description: str = "") -> State | None:
+    """The state of a stored ``"clauses"`` recipe (what `state` records), or None if a part is of an unknown kind.
+
+    The recipe embeds every coordinate it uses (an RMSD with its reference positions), so the
+    state needs neither the system's other coordinates nor any file.
+
+    Examples
+    --------
+    >>> import openmm_bg.systems as bgs
+    >>> ala = bgs.load("alanine_dipeptide")
+    >>> s = state(ala, "ax", "phi:2 in (0, 2.2) and distance:0,1 < 0.2")
+    >>> again = state_from_spec("ax", s.spec, s.description)
+    >>> bool(again(ala.positions[None])[0] == s(ala.positions[None])[0]), again.description
+    (True, 'phi:2 in (0, 2.2) and distance:0,1 < 0.2')
+    """
+    if spec.get("kind") != "clauses":
+        return None
+    clauses = []
+    for clause in spec["clauses"]:
+        rc = coordinate_from_entry(clause["coordinate"])
+        if rc is None:
+            return None
+        op, low, high = clause["op"], float(clause["low"]), float(clause["high"])
+        if op not in ("in", "not in", "<", ">"):
+            return None
+        clauses.append((rc, _test(rc, op, low, high, f"state {name!r}")))
+    return _clauses_state(name, clauses, description, spec)
 
 
 def _check_name(name, what: str) -> None:

@@ -45,7 +45,14 @@ from ..systems.trajectory import check_trajectory
 from .fab import ReplayBuffer, fab_target
 from .losses import kl_loss, ml_loss, rc_loss
 from .stages import RECIPES, Stage, adaptive_stages, default_stages
-from .validation import DEFAULT_VALIDATION_FRACTION, EarlyStopping, held_out_nll, time_block_split
+from .validation import (
+    DEFAULT_VALIDATION_FRACTION,
+    EarlyStopping,
+    ValidationSplit,
+    data_origins,
+    held_out_nll,
+    validation_split,
+)
 
 __all__ = ["Trainer", "training_coordinate", "CheckpointMismatchError", "FAB_REFRESH", "FAB_BUFFER_RUNS"]
 
@@ -148,9 +155,15 @@ class Trainer:
         time blocks, then FAB with an ML weight set from held-out data, sizes scaled with the
         degrees of freedom). Recorded in the run record and in the model (``generator.extra``).
     validation : float, optional
-        Share of the frames held out as whole contiguous time blocks (`time_block_split`), in
+        Share of the frames held out as whole contiguous time blocks (`validation_split`), in
         [0, 1); default 0.2 when a stage needs held-out data (`Stage.needs_validation`), else 0
-        (train on every frame, as before).
+        (train on every frame, as before). The held-out blocks lie within each MD start when the
+        frames' origins are known, else within each cluster of the data (`validation_split`);
+        ``Trainer.split`` says how they were chosen.
+    origins : array-like of int, optional
+        ``[n_frames]``: the MD start of each frame (`openmm_bg.md.read_origins`); default: read from
+        the origins file beside ``data`` (`openmm_bg.md.multistart.origins_path`) when ``data`` is a
+        path and that file exists.
 
     Notes
     -----
@@ -177,7 +190,7 @@ class Trainer:
     def __init__(self, generator: BoltzmannGenerator, data, stages: Sequence[Stage] | None = None, seed: int = 0,
                  rc: str | ReactionCoordinate | None = None, checkpoint: str | os.PathLike | None = None,
                  checkpoint_every: int = 100, metrics: str | os.PathLike | None = None, progress: bool = True,
-                 recipe: str = "classic", validation: float | None = None):
+                 recipe: str = "classic", validation: float | None = None, origins=None):
         if not isinstance(generator, BoltzmannGenerator):
             raise ValueError(f"generator must be a BoltzmannGenerator, got {type(generator).__name__}")
         if recipe not in RECIPES:
@@ -215,9 +228,12 @@ class Trainer:
             needs = any(st.needs_validation for st in explicit)
         default = DEFAULT_VALIDATION_FRACTION if needs else 0.0
         self.validation = float(validation if validation is not None else default)
+        self.split: ValidationSplit | None = None
         if self.validation > 0:
-            train_idx, held_idx = time_block_split(len(v), self.validation)
-            self.v_data, self.v_val = v[torch.as_tensor(train_idx)], v[torch.as_tensor(held_idx)]
+            self.split = validation_split(generator.system, traj.xyz, self.validation,
+                                          origins=data_origins(data, origins), reference=generator.coverage_reference)
+            self.v_data = v[torch.as_tensor(self.split.train)]
+            self.v_val = v[torch.as_tensor(self.split.held_out)]
         else:
             self.v_data, self.v_val = v, v[:0]
         if explicit is None:
@@ -479,7 +495,8 @@ class Trainer:
         (``flow``, ``n_blocks``, ``hidden``, ``build seed``, ``dtype``, ``flow options``), ``"system"`` (its
         fingerprint: atoms, masses, constraints, forces), ``"temperature"`` (the training temperature, K),
         ``"stages"``, ``"seed"`` (the trainer's), ``"rc"`` (the RC loss coordinate's name), ``"recipe"``
-        and ``"validation"`` (the held-out share); for a sharded run
+        and ``"validation"`` (the held-out share) with ``"validation split"`` (how the held-out frames
+        were chosen and a digest of their indices); for a sharded run
         (`openmm_bg.training.distributed.DistributedTrainer`) also ``"shards"``. A record of an older
         version without ``"recipe"`` and ``"validation"`` (or without the newer `Stage` fields) reads
         as the classic recipe with nothing held out.
@@ -490,7 +507,8 @@ class Trainer:
         record.update({"system": self._system_fingerprint, "temperature": float(self.gen.training_temperature),
                        "stages": [asdict(s) for s in self.stages], "seed": self.seed,
                        "rc": None if self.rc is None else self.rc.name, "recipe": self.recipe,
-                       "validation": self.validation})
+                       "validation": self.validation,
+                       "validation split": None if self.split is None else f"{self.split.method} {self.split.digest}"})
         if self.shards is not None:  # sharded runs (training.distributed) depend on the shard count
             record["shards"] = self.shards
         return record

@@ -13,6 +13,16 @@ on the main basin alone).
 ``min_delta`` counts against ``patience``; when ``patience`` checks in a row have failed, the stage
 stops and the best weights are restored.
 
+Rare parts of the data need held-out frames too: evenly spread blocks miss a basin that holds 4 %
+of the frames in one stretch (rare-state data merged after the main run), and early stopping then
+judges the flow on the main basin alone. `validation_split` therefore holds out blocks *within*
+each part of the data: within each MD start when the frames' origins are known
+(`openmm_bg.md.simulate_starts` records them), otherwise within each cluster of the data
+(`openmm_bg.analysis.coverage`, the clusters of the coverage table) that holds at least
+`MIN_CLUSTER_SHARE` of the frames (`cluster_block_split`: short contiguous time units, each
+labelled by the cluster most of its frames are in; whole units are held out, so correlated
+neighbours never straddle the split inside a unit).
+
 Examples
 --------
 >>> train, held_out = time_block_split(100, fraction=0.2, n_blocks=10)
@@ -23,39 +33,101 @@ Examples
 [False, False, False, True]
 >>> stop.best, stop.best_step
 (4.0, 1)
+>>> origins = np.repeat([0, 1], [90, 10])  # a long run, then a short one in a rare basin
+>>> train, held_out = time_block_split(100, fraction=0.2, n_blocks=10, groups=origins)
+>>> len(held_out), int((held_out >= 90).sum())  # the short run has held-out frames too
+(20, 2)
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .. import _validation as check
 
-__all__ = ["time_block_split", "held_out_nll", "EarlyStopping", "DEFAULT_VALIDATION_FRACTION",
-           "DEFAULT_VALIDATION_BLOCKS"]
+__all__ = ["time_block_split", "cluster_block_split", "validation_split", "ValidationSplit", "data_origins",
+           "held_out_nll",
+           "EarlyStopping", "DEFAULT_VALIDATION_FRACTION", "DEFAULT_VALIDATION_BLOCKS", "MIN_CLUSTER_SHARE"]
 
 #: Fraction of the frames the adaptive recipe holds out.
 DEFAULT_VALIDATION_FRACTION = 0.2
 #: Contiguous blocks the trajectory is cut into for the split.
 DEFAULT_VALIDATION_BLOCKS = 25
+#: Clusters holding at least this share of the frames get held-out blocks of their own.
+MIN_CLUSTER_SHARE = 0.01
+
+
+def _checked_split_options(fraction, n_blocks) -> tuple[float, int]:
+    n_blocks = check.positive_int("n_blocks", n_blocks)
+    fraction = check.number("fraction", fraction)
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction (the held-out share) must lie in (0, 1), got {fraction!r}")
+    if n_blocks < 2:
+        raise ValueError(f"n_blocks must be >= 2 (one to train on, one to hold out), got {n_blocks}")
+    return fraction, n_blocks
+
+
+def _checked_labels(name: str, labels, n_frames: int | None = None) -> np.ndarray:
+    raw = np.asarray(labels)
+    if raw.ndim != 1 or len(raw) == 0 or (n_frames is not None and len(raw) != n_frames):
+        want = "one per frame" if n_frames is None else f"one per frame ({n_frames})"
+        raise ValueError(f"{name} must be a 1D array of integer labels, {want}; got shape {raw.shape}")
+    if not np.issubdtype(raw.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer labels (e.g. the start index of each frame), got {raw.dtype}")
+    return raw.astype(np.int64)
+
+
+def _held_units(sizes: np.ndarray, groups: np.ndarray, fraction: float, n_blocks: int) -> np.ndarray:
+    """``bool [n_units]``: whole units held out, ``fraction`` of each group's frames in evenly spread blocks.
+
+    A group of ``n_g`` frames (its units in time order) counts as ``b`` blocks: its share of the
+    ``n_blocks`` blocks, at least ``ceil(1 / fraction)`` (so that a small group has a held-out
+    block of about ``fraction`` of it) and at most its units. It is cut into ``h = round(fraction
+    b)`` (>= 1, < b) equal segments and the middle ``fraction`` of each segment is held out: ``h``
+    blocks of ``n_g / b`` frames, evenly spread. A group with one unit is trained on.
+    """
+    held = np.zeros(len(sizes), dtype=bool)
+    n_frames = int(sizes.sum())
+    at_least = math.ceil(1.0 / fraction - 1e-9)
+    for g in np.unique(groups):
+        units = np.flatnonzero(groups == g)
+        n_g = int(sizes[units].sum())
+        b = min(n_blocks, len(units), max(at_least, round(n_g * n_blocks / n_frames)))
+        if b < 2:
+            continue
+        n_held = min(b - 1, max(1, round(fraction * b)))
+        segment = n_g / n_held
+        middle = np.cumsum(sizes[units]) - sizes[units] / 2  # frame position of each unit's centre
+        offset = np.mod(middle, segment) - (1 - fraction) * segment / 2
+        held[units] = (offset >= 0) & (offset < fraction * segment)
+    return held
 
 
 def time_block_split(n_frames: int, fraction: float = DEFAULT_VALIDATION_FRACTION,
-                     n_blocks: int = DEFAULT_VALIDATION_BLOCKS) -> tuple[np.ndarray, np.ndarray]:
+                     n_blocks: int = DEFAULT_VALIDATION_BLOCKS, groups=None) -> tuple[np.ndarray, np.ndarray]:
     """Training and held-out frame indices: whole contiguous time blocks held out, spread evenly.
 
     Parameters
     ----------
     n_frames : int
-        Frames of the trajectory, in time order (>= 2 x ``n_blocks`` is not required, but every
-        block needs at least one frame: ``n_frames >= n_blocks``).
+        Frames of the trajectory, in time order (every block needs at least one frame:
+        ``n_frames >= n_blocks``).
     fraction : float
         Share of the blocks held out, in (0, 1); at least one block is held out and one kept.
     n_blocks : int
         Contiguous blocks of (nearly) equal length, >= 2.
+    groups : array-like of int, optional
+        ``[n_frames]``: the run each frame comes from (e.g. its MD start,
+        `openmm_bg.md.read_origins`). Each run's frames, in their order, are split on their own:
+        cut into its share of the ``n_blocks`` blocks (at least ``ceil(1 / fraction)``, at most its
+        frames) and ``fraction`` of them held out, so that a short run (one in a rare basin) has
+        held-out frames too. Without ``groups`` the whole trajectory is one run.
 
     Returns
     -------
@@ -65,26 +137,193 @@ def time_block_split(n_frames: int, fraction: float = DEFAULT_VALIDATION_FRACTIO
     Raises
     ------
     ValueError
-        ``fraction`` outside (0, 1), ``n_blocks < 2`` or fewer frames than blocks.
+        ``fraction`` outside (0, 1), ``n_blocks < 2``, fewer frames than blocks, or ``groups``
+        not one integer per frame.
     """
     n_frames = check.positive_int("n_frames", n_frames)
-    n_blocks = check.positive_int("n_blocks", n_blocks)
-    fraction = check.number("fraction", fraction)
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction (the held-out share) must lie in (0, 1), got {fraction!r}")
-    if n_blocks < 2:
-        raise ValueError(f"n_blocks must be >= 2 (one to train on, one to hold out), got {n_blocks}")
+    fraction, n_blocks = _checked_split_options(fraction, n_blocks)
     if n_frames < n_blocks:
         raise ValueError(f"{n_frames} frames cannot be cut into n_blocks={n_blocks} time blocks; give more "
                          "frames or fewer blocks")
-    n_held = min(n_blocks - 1, max(1, round(fraction * n_blocks)))
-    # evenly spread, distinct (spacing n_blocks / n_held >= 1): blocks 2 and 7 of 10, block 5 alone
-    chosen = np.floor((np.arange(n_held) + 0.5) * n_blocks / n_held).astype(int)
-    blocks = np.array_split(np.arange(n_frames, dtype=np.int64), n_blocks)
-    held = np.zeros(n_frames, dtype=bool)
-    for b in chosen:
-        held[blocks[b]] = True
+    groups = np.zeros(n_frames, dtype=np.int64) if groups is None else _checked_labels("groups", groups, n_frames)
+    held = _held_units(np.ones(n_frames, dtype=np.int64), groups, fraction, n_blocks)
     return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+def cluster_block_split(labels, fraction: float = DEFAULT_VALIDATION_FRACTION,
+                        n_blocks: int = DEFAULT_VALIDATION_BLOCKS,
+                        min_share: float = MIN_CLUSTER_SHARE) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out time blocks with every cluster of ``>= min_share`` of the frames represented in proportion.
+
+    Starts from `time_block_split` (evenly spread blocks). A cluster whose held-out share is then
+    below ``fraction / 2`` or above ``2 fraction`` (it sits in a few stretches of the trajectory
+    that the blocks miss or swallow) is split again on its own, smallest cluster first: the
+    trajectory is cut into contiguous units of ``L`` frames (``L`` gives the cluster
+    ``2 ceil(1 / fraction)`` units; at most ``n_frames / n_blocks``); the units most of whose frames
+    are in the cluster are released from the first split, and ``fraction`` of them are held out in
+    evenly spread blocks of whole units (`time_block_split`'s rule for one run). Clusters that the
+    first split represents keep its blocks, so frames of clusters that alternate quickly are not
+    cut into short pieces.
+
+    Parameters
+    ----------
+    labels : array-like of int
+        ``[n_frames]``: the cluster of each frame, in time order (``-1``: none).
+    fraction, n_blocks : float, int
+        As in `time_block_split`.
+    min_share : float
+        Clusters holding at least this share of the frames are checked, in [0, 1).
+
+    Returns
+    -------
+    train, held_out : numpy.ndarray
+        Sorted int64 frame indices; disjoint, together ``0 .. n_frames - 1``.
+
+    Examples
+    --------
+    >>> labels = np.repeat([0, 1], [960, 40])  # a rare cluster in the last 4 % of the frames
+    >>> train, held_out = cluster_block_split(labels)
+    >>> len(held_out), int((held_out >= 960).sum())
+    (208, 8)
+    """
+    labels = _checked_labels("labels", labels)
+    fraction, n_blocks = _checked_split_options(fraction, n_blocks)
+    min_share = check.number("min_share", min_share)
+    if not 0.0 <= min_share < 1.0:
+        raise ValueError(f"min_share must lie in [0, 1), got {min_share!r}")
+    n = len(labels)
+    held = np.zeros(n, dtype=bool)
+    held[time_block_split(n, fraction, n_blocks)[1]] = True
+    ids, counts = np.unique(labels[labels >= 0], return_counts=True)
+    at_least = math.ceil(1.0 / fraction - 1e-9)
+    for k, n_k in sorted(zip(ids, counts), key=lambda item: item[1]):
+        mine = labels == k
+        if n_k < max(min_share * n, 1) or fraction / 2 <= held[mine].mean() <= 2 * fraction:
+            continue
+        length = max(1, min(n // n_blocks, int(n_k) // (2 * at_least)))
+        starts = np.arange(0, n, length)
+        sizes = np.diff(np.append(starts, n))
+        own = np.flatnonzero(2 * np.add.reduceat(mine.astype(np.int64), starts) > sizes)
+        if len(own) < 2:
+            continue
+        in_own = np.zeros(len(starts), dtype=bool)
+        in_own[own] = True
+        unit_of = np.repeat(np.arange(len(starts)), sizes)
+        held[in_own[unit_of]] = False
+        chosen = np.zeros(len(starts), dtype=bool)
+        chosen[own] = _held_units(sizes[own], np.zeros(len(own), dtype=np.int64), fraction, n_blocks)
+        held[chosen[unit_of]] = True
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+@dataclass(frozen=True)
+class ValidationSplit:
+    """The training and held-out frames of a run, and how they were chosen.
+
+    Attributes
+    ----------
+    train, held_out : numpy.ndarray
+        Sorted int64 frame indices.
+    method : str
+        ``"origins"`` (blocks within each MD start), ``"clusters"`` (`cluster_block_split`) or
+        ``"time blocks"`` (one run, nothing to stratify on).
+    n_groups : int
+        Starts or clusters split on their own (1 for ``"time blocks"``).
+    """
+
+    train: np.ndarray
+    held_out: np.ndarray
+    method: str
+    n_groups: int
+
+    @property
+    def digest(self) -> str:
+        """Short SHA-256 of the held-out indices (a resumed run must hold out the same frames)."""
+        return hashlib.sha256(np.ascontiguousarray(self.held_out, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        """One line for the user."""
+        n = len(self.train) + len(self.held_out)
+        where = {"origins": f"within each of {self.n_groups} MD starts",
+                 "clusters": f"stratified by {self.n_groups} clusters of the data",
+                 "time blocks": "spread over the trajectory"}[self.method]
+        return f"held out {len(self.held_out)} of {n} frames as contiguous time blocks {where}"
+
+
+def _joint_labels(member: np.ndarray, partitions) -> np.ndarray:
+    """One label per frame from ``bool [n_clusters, n]`` membership (several partitions: their combination)."""
+    columns = []
+    for p in dict.fromkeys(partitions):
+        rows = np.flatnonzero(np.asarray(partitions) == p)
+        sub = member[rows]
+        columns.append(np.where(sub.any(0), sub.argmax(0), -1))
+    return np.unique(np.stack(columns, 1), axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+
+def validation_split(system, frames, fraction: float = DEFAULT_VALIDATION_FRACTION, origins=None,
+                     reference=None, n_blocks: int = DEFAULT_VALIDATION_BLOCKS) -> ValidationSplit:
+    """The held-out time blocks of a training run: within each MD start, else within each cluster of the data.
+
+    Parameters
+    ----------
+    system : MolecularSystem
+    frames : numpy.ndarray
+        Training frames ``[n, n_atoms, 3]`` (nm), in time order.
+    fraction : float
+        Held-out share, in (0, 1).
+    origins : array-like of int, optional
+        ``[n]``: each frame's MD start (`openmm_bg.md.read_origins`); used when it names more than
+        one start.
+    reference : CoverageReference or dict, optional
+        Clustering of the data (a generator's ``coverage_reference``); default: clustered here
+        (`openmm_bg.analysis.coverage.coverage_reference`). Used without ``origins``; a system with
+        nothing to cluster on falls back to plain time blocks.
+    n_blocks : int
+        Blocks of the whole trajectory (each start or cluster gets its share).
+
+    Examples
+    --------
+    >>> from openmm_bg.systems.toy import rare_banana, rare_banana_samples
+    >>> split = validation_split(rare_banana(), rare_banana_samples(1000, rare_fraction=0.04))
+    >>> print(split.describe())
+    held out 208 of 1000 frames as contiguous time blocks stratified by 3 clusters of the data
+    """
+    from ..analysis.coverage import CoverageReference, coverage_reference
+
+    x = np.asarray(frames.xyz if hasattr(frames, "xyz") else frames, dtype=np.float64)
+    if origins is not None:
+        origins = _checked_labels("origins", origins, len(x))
+        if len(np.unique(origins)) > 1:
+            train, held = time_block_split(len(x), fraction, n_blocks, groups=origins)
+            return ValidationSplit(train, held, "origins", len(np.unique(origins)))
+    try:
+        if reference is None:
+            reference = coverage_reference(system, x)
+        elif isinstance(reference, dict):
+            reference = CoverageReference.from_dict(reference)
+        labels = _joint_labels(reference.membership(system, x), reference.partitions)
+    except ValueError:  # nothing to cluster on (no backbone, no torsions)
+        labels = np.zeros(len(x), dtype=np.int64)
+    counts = np.bincount(labels)
+    n_strata = int((counts >= max(MIN_CLUSTER_SHARE * len(x), 1)).sum())
+    if n_strata < 2:
+        train, held = time_block_split(len(x), fraction, n_blocks)
+        return ValidationSplit(train, held, "time blocks", 1)
+    train, held = cluster_block_split(labels, fraction, n_blocks)
+    return ValidationSplit(train, held, "clusters", n_strata)
+
+
+def data_origins(data, origins=None) -> np.ndarray | None:
+    """The MD start of each frame: ``origins``, else those recorded beside a data file, else None.
+
+    ``data`` may be anything `openmm_bg.training.Trainer` takes; only a path can have an origins
+    file beside it (`openmm_bg.md.multistart.origins_path`, written by ``simulate_starts``).
+    """
+    if origins is not None or not isinstance(data, str | os.PathLike):
+        return origins
+    from ..md.multistart import origins_path, read_origins
+
+    return read_origins(data)[0] if origins_path(data).is_file() else None
 
 
 @torch.no_grad()
