@@ -33,11 +33,13 @@ AUTO = "auto"
 
 
 def _auto() -> torch.device:
-    from .platforms import available_platforms
-
-    if torch.cuda.is_available() and "CUDA" in available_platforms():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    try:  # this module is also imported without OpenMM (benchmarks/gpu_check.py on a bare GPU machine)
+        from .platforms import available_platforms
+    except ImportError:
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device()) if "CUDA" in available_platforms() else torch.device("cpu")
 
 
 def resolve_device(device: str | torch.device | None, argument: str = "device") -> torch.device:
