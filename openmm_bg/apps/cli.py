@@ -227,10 +227,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from openmm_bg.md.simulation import OUTPUT_SUFFIXES
 
     _check_output(args.output, OUTPUT_SUFFIXES)
-    device = _device(args)
-    if device is not None and device.type != "cpu" and args.platform not in (None, "CUDA"):
-        raise CLIError(f"--device {args.device} runs MD on OpenMM's CUDA platform, but --platform {args.platform} "
-                       "was given; drop one of them")
+    device = _device(args)  # a GPU with another --platform: refused by simulate before any MD
     if device is not None and device.type != "cpu" and args.replica_exchange is not None:
         raise CLIError("--device with --replica-exchange: openmmtools places the replicas itself; use "
                        "--platform CUDA instead")
