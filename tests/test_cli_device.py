@@ -97,6 +97,13 @@ def test_simulate_refuses_a_bad_device_before_any_md(tmp_path):
     assert _outputs(tmp_path) == []
 
 
+def test_simulate_with_device_cpu_is_the_default_bit_for_bit():
+    dw = load("double_well")
+    runs = [openmm_bg.simulate(dw, n_frames=4, stride=5, seed=2, platform="Reference", progress=False, **extra).xyz
+            for extra in ({}, {"device": "cpu"}, {"device": torch.device("cpu")})]
+    assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[0], runs[2])
+
+
 @cuda
 def test_simulate_on_cuda_uses_the_cuda_platform_and_refuses_another(tmp_path):
     dw = load("double_well")
