@@ -6,7 +6,7 @@ and stored):
 1. MD speed on Reference and CPU (1 thread): ms per step and ns/day of ``LangevinMiddleIntegrator``
    at 2 fs, timing MD steps (not ``getState`` calls);
 2. a generator trained with the tutorial's recipe (``tutorials/04_protein.py:protein_stages``,
-   meant for about an hour on 2 cores, not yet timed) on the first 80 % of the reference
+   ~18 CPU-minutes at scale 1, see ``protein_training_speed.py``) on the first 80 % of the reference
    frames: ESS/N, Pareto k, held-out NLL (per degree of freedom, on the last 20 %), the raw-sample
    energy distribution vs MD (plot
    ``results/protein_energies.png``; target: median within one MD standard deviation), the
@@ -24,6 +24,11 @@ and stored):
 
     python benchmarks/protein.py --reference-ns 20 --train-scale 1 --move-seconds 600
     python benchmarks/protein.py --smoke          # minutes: checks that everything runs
+    python benchmarks/protein.py --md md.h5 --model model.bg --parts generator   # metrics of a trained model
+
+With ``--md`` the reference is that trajectory (H-bond constraints, 300 K; not cached, its length is
+read from its time axis), with ``--model`` the generator is that model file (trained on the first 80 %
+of the same frames for the held-out NLL to mean anything) instead of one trained here.
 
 Results: printed and written to ``benchmarks/results/protein.json`` (updated after each part).
 Not a CI test.
@@ -113,12 +118,21 @@ def main(argv=None) -> None:
     p.add_argument("--smoke", action="store_true", help="minutes: tiny runs that check the plumbing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, default=RESULTS / "protein.json")
+    p.add_argument("--md", type=Path, help="reference MD trajectory to use instead of making (or reusing) one")
+    p.add_argument("--model", type=Path, help="trained generator to measure instead of training one")
+    p.add_argument("--parts", default="speed,generator,move",
+                   help="comma-separated parts to run: speed, generator, move (default all)")
     args = p.parse_args(argv)
+    parts = {x.strip() for x in args.parts.split(",")}
+    if not parts <= {"speed", "generator", "move"}:
+        p.error(f"--parts takes speed, generator, move; got {args.parts!r}")
+    if "move" in parts and "generator" not in parts:
+        p.error("--parts move needs the generator part too (it names the chi1 residues and fits on its frames)")
     torch.set_num_threads(2)
     if args.smoke:
         args.reference_ns, args.samples, args.move_seconds = 0.04, 128, 15.0
         args.output = args.output.with_name("protein_smoke.json")
-    res: dict = {"settings": vars(args) | {"output": str(args.output)}}
+    res: dict = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
 
     def save():
         args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -127,9 +141,10 @@ def main(argv=None) -> None:
     system = load("trpzip2", constraints="hbonds")
     # 1. MD speed
     n_speed = 100 if args.smoke else 2000
-    res["md_speed"] = {pl: md_speed(system, pl, n_speed) for pl in ("Reference", "CPU")}
-    print("MD speed:", res["md_speed"])
-    save()
+    if "speed" in parts:
+        res["md_speed"] = {pl: md_speed(system, pl, n_speed) for pl in ("Reference", "CPU")}
+        print("MD speed:", res["md_speed"])
+        save()
 
     # 2. reference MD (cached): one frame per ps
     stride = 50 if args.smoke else 500
@@ -138,10 +153,15 @@ def main(argv=None) -> None:
     path = CACHE / f"trpzip2_hbonds_300K_{n_frames}x{stride}_seed{args.seed}.dcd"
     t0 = time.perf_counter()
     top = mdtraj.Topology.from_openmm(system.topology)
-    ref = (mdtraj.load(str(path), top=top) if path.is_file() else
-           simulate(system, n_frames, stride, seed=args.seed, output=path, equilibration_steps=5000, resume=True,
-                    progress=not args.smoke))
-    res["reference_md"] = {"ns": n_frames * stride * TIMESTEP_PS / 1000, "frames": ref.n_frames, "file": str(path),
+    if args.md is not None:
+        path, ref = args.md, mdtraj.load(str(args.md))
+        length_ns = float(ref.time[-1] - ref.time[0] + (ref.time[1] - ref.time[0])) / 1000
+    else:
+        ref = (mdtraj.load(str(path), top=top) if path.is_file() else
+               simulate(system, n_frames, stride, seed=args.seed, output=path, equilibration_steps=5000, resume=True,
+                        progress=not args.smoke))
+        length_ns = n_frames * stride * TIMESTEP_PS / 1000
+    res["reference_md"] = {"ns": length_ns, "frames": ref.n_frames, "file": str(path),
                            "seconds": time.perf_counter() - t0}
     print("reference MD:", res["reference_md"])
     xyz = ref.xyz.astype(np.float64)
@@ -150,7 +170,13 @@ def main(argv=None) -> None:
     save()
 
     # 3. generator
-    if args.smoke:
+    if "generator" not in parts:
+        print(f"written {args.output}")
+        return
+    if args.model is not None:
+        stages = []
+        gen = openmm_bg.BoltzmannGenerator.load(args.model, system)
+    elif args.smoke:
         stages = [Stage("ml", steps=10, lr=5e-4, batch_size=32),
                   Stage("kl", steps=3, ml=0.5, kl=1.0, lr=1e-4, batch_size=32, kl_batch_size=16)]
         gen = openmm_bg.BoltzmannGenerator.build(system, train, n_blocks=2, hidden=(32, 32), seed=args.seed)
@@ -158,8 +184,9 @@ def main(argv=None) -> None:
         stages = _recipe()(args.train_scale)
         gen = openmm_bg.BoltzmannGenerator.build(system, train, n_blocks=6, hidden=(256, 256), seed=args.seed)
     t0 = time.perf_counter()
-    Trainer(gen, train, stages, seed=args.seed, progress=not args.smoke).fit()
-    train_s = time.perf_counter() - t0
+    if stages:
+        Trainer(gen, train, stages, seed=args.seed, progress=not args.smoke).fit()
+    train_s = time.perf_counter() - t0 if stages else None
     with torch.no_grad():
         nll = -gen.log_prob(torch.as_tensor(held)).double().numpy()
     samples = gen.sample(args.samples, seed=args.seed + 1, progress=not args.smoke)
@@ -176,7 +203,8 @@ def main(argv=None) -> None:
     traj_bg = mdtraj.Trajectory(samples.positions, top)
     ok_u = u_bg[np.isfinite(u_bg)]
     res["generator"] = {
-        "training_seconds": train_s, "training_steps": sum(s.steps for s in stages), "n_dof": gen.transform.n_dof,
+        "training_seconds": train_s, "training_steps": sum(s.steps for s in stages) or None,
+        "model": None if args.model is None else str(args.model), "n_dof": gen.transform.n_dof,
         "transform": type(gen.transform).__name__, "n_samples": len(samples),
         "ess_fraction": samples.ess_fraction, "pareto_k": float(getattr(diag, "pareto_k", np.nan)),
         "heldout_nll_per_dof": float(np.nanmean(nll)) / gen.transform.n_dof, "heldout_frames": len(held),
@@ -205,6 +233,9 @@ def main(argv=None) -> None:
     save()
 
     # 4. side-chain move in MD vs plain MD, same wall time each
+    if "move" not in parts:
+        print(f"written {args.output}")
+        return
     from openmmtools import cache, mcmc, states
 
     md_rate = core_transitions(chi_md) / res["reference_md"]["ns"]

@@ -170,6 +170,35 @@ def _coordinate_of(system, text: str, option: str):
         raise CLIError(f"{option}: {err}") from None
 
 
+def _device_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--device", metavar="cpu|cuda|cuda:K|auto",
+                   help=f"where {what} run: cpu (default), cuda (the current GPU), cuda:K, or auto (a GPU where "
+                        "torch and OpenMM both see one, else the CPU)")
+
+
+def _device(args: argparse.Namespace):
+    """The checked ``torch.device`` of ``--device`` (None when not given), before any work: a GPU needs torch
+    to see it and OpenMM's CUDA platform for the energies (`openmm_bg.energy.devices`)."""
+    if args.device is None:
+        return None
+    from openmm_bg.energy.devices import openmm_platform_for, resolve_device
+    from openmm_bg.energy.platforms import available_platforms
+
+    try:
+        device = resolve_device(args.device, "--device")
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    on_device = openmm_platform_for(device)
+    if on_device is not None and on_device[0] not in available_platforms():
+        raise CLIError(f"--device {args.device}: torch sees the GPU, but OpenMM has no {on_device[0]} platform here "
+                       f"(available: {', '.join(available_platforms())}), so the energies cannot run on it; use "
+                       "--device cpu (or auto), or install an OpenMM build with CUDA")
+    if _rank().distributed:
+        raise CLIError("--device: under torchrun every rank takes its own device (its local GPU with the nccl "
+                       "backend, else the CPU); drop --device")
+    return device
+
+
 def _print_reliability(samples) -> None:
     """An 'unreliable' line when the weights are heavy-tailed or the coverage check fails."""
     reasons = samples.unreliable()
@@ -198,6 +227,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from openmm_bg.md.simulation import OUTPUT_SUFFIXES
 
     _check_output(args.output, OUTPUT_SUFFIXES)
+    device = _device(args)  # a GPU with another --platform: refused by simulate before any MD
+    if device is not None and device.type != "cpu" and args.replica_exchange is not None:
+        raise CLIError("--device with --replica-exchange: openmmtools places the replicas itself; use "
+                       "--platform CUDA instead")
     if args.all_temperatures and args.replica_exchange is None:
         raise CLIError("--all-temperatures needs --replica-exchange LOW:HIGH:N")
     system = load_system(system_spec(args))
@@ -207,7 +240,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             raise CLIError("--replica-exchange starts from the system's structure; drop --starts/--torsion-starts")
         return _cmd_replica_exchange(args, system)
     if args.starts or args.torsion_starts:
-        return _simulate_starts(args, system)
+        return _simulate_starts(args, system, device)
     partial = PartialRun(args.output)
     if args.resume and partial.exists():
         print(f"continuing: {partial.describe()}")
@@ -215,7 +248,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         traj = openmm_bg.simulate(system, n_frames=args.frames, stride=args.stride, seed=args.seed,
                                   timestep=args.timestep, friction=args.friction, output=args.output,
                                   equilibration_steps=args.equilibration, minimize=args.minimize,
-                                  platform=args.platform, resume=args.resume)
+                                  platform=args.platform, resume=args.resume, device=device)
     except (KeyboardInterrupt, RuntimeError) as err:  # frames so far are kept: say where and how to go on
         for note in getattr(err, "__notes__", []):
             print(f"openmm-bg: {note}", file=sys.stderr)
@@ -224,7 +257,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _simulate_starts(args: argparse.Namespace, system) -> int:
+def _simulate_starts(args: argparse.Namespace, system, device=None) -> int:
     """``simulate --starts / --torsion-starts``: one run per start, merged, with the origins beside the output."""
     import numpy as np
 
@@ -236,7 +269,7 @@ def _simulate_starts(args: argparse.Namespace, system) -> int:
     traj, origins = simulate_starts(system, starts, n_frames=args.frames, stride=args.stride, seed=args.seed,
                                     output=args.output, resume=args.resume, timestep=args.timestep,
                                     friction=args.friction, equilibration_steps=args.equilibration,
-                                    minimize=args.minimize, platform=args.platform)
+                                    minimize=args.minimize, platform=args.platform, device=device)
     print(f"wrote {traj.n_frames} frames of {system.name} from {len(np.unique(origins))} starts to {args.output}; "
           f"origins in {origins_path(args.output)}")
     return 0
@@ -314,6 +347,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     output = output_file("-o/--output", args.output)
     checkpoint = output_file("--checkpoint", args.checkpoint or output.with_name(output.name + ".ckpt"))
     check_flow_arguments(kind=args.flow, n_blocks=args.n_blocks, hidden=args.hidden, seed=args.seed)
+    device = _device(args)
     if not Path(args.data).is_file():
         raise CLIError(f"training data not found: {args.data!r}; make some with 'openmm-bg simulate'")
     spec = system_spec(args)
@@ -322,7 +356,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     rc = None if args.rc is None else _coordinate_of(system, args.rc, "--rc")
     training_coordinate(system, rc, stages or [])
     gen = openmm_bg.BoltzmannGenerator.build(system, args.data, flow=args.flow, n_blocks=args.n_blocks,
-                                             hidden=tuple(args.hidden), seed=args.seed)
+                                             hidden=tuple(args.hidden), seed=args.seed, device=device)
     if stages is None:  # the adaptive recipe: sizes from the degrees of freedom and the frames trained on
         frames = check_trajectory(system, args.data).xyz
         n_train = len(validation_split(system, frames, origins=data_origins(args.data),
@@ -422,7 +456,7 @@ def _distributed_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds a collective waits for the other ranks before the job fails (default 300)")
 
 
-def _load_model(path: str):
+def _load_model(path: str, device=None):
     """The generator of a model file with the system it was trained for (as ``train`` stored it): a
     built-in system is rebuilt by name, a system from files is the one stored in the model file
     (format 4 on; older files name the input files by path).
@@ -437,14 +471,14 @@ def _load_model(path: str):
     payload = read_model_file(path)
     spec = payload.get("extra", {}).get("system_spec")
     if payload.get("system_record") is not None and (spec is None or "name" not in spec):
-        return openmm_bg.BoltzmannGenerator.load(path)  # the system stored in the file: no input files needed
+        return openmm_bg.BoltzmannGenerator.load(path, device=device)  # the system stored in the file
     if spec is None:
         raise CLIError(f"{path} does not say which system it belongs to (saved outside the CLI); load it "
                        "in Python with BoltzmannGenerator.load(path, system)")
     system = load_system(spec)  # built-in systems by name (with their coordinates); older files by path
     if payload.get("system_record") is not None:  # plus the coordinates and states given to train
         system = _with_stored_definitions(system, stored_system(payload, path))
-    return openmm_bg.BoltzmannGenerator.load(path, system)
+    return openmm_bg.BoltzmannGenerator.load(path, system, device=device)
 
 
 def _with_stored_definitions(system, stored):
@@ -520,7 +554,7 @@ def _draw(gen, args: argparse.Namespace):
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    gen = _load_model(args.model)
+    gen = _load_model(args.model, _device(args))
     from openmm_bg.md.simulation import OUTPUT_SUFFIXES
 
     _check_output(args.output, (".npz",))
@@ -597,7 +631,7 @@ def _cmd_free_energy(args: argparse.Namespace) -> int:
     from openmm_bg.apps.plots import plot_profile
 
     out = output_folder("-o/--output", args.output)
-    gen = _load_model(args.model)
+    gen = _load_model(args.model, _device(args))
     files = [v for v in args.states or () if v.lower().endswith(".toml")]
     pairs = [v for v in args.states or () if not v.lower().endswith(".toml")]
     system = _defined(gen.system, args, files)
@@ -699,6 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minimize", action="store_true", help="minimise the energy first")
     p.add_argument("--seed", type=_checked(check.non_negative_int), default=0, help="random seed (default 0)")
     p.add_argument("--platform", help="OpenMM platform (Reference, CPU, CUDA, OpenCL; default the fastest)")
+    _device_arguments(p, "the MD runs (a GPU: OpenMM's CUDA platform on it)")
     p.add_argument("-o", "--output", required=True, help="trajectory file (.h5, .dcd, .xtc, ...); while the run goes, "
                                                          "frames are on disk in OUTPUT.partial.dcd")
     p.add_argument("--resume", action="store_true", help="continue a stopped (killed, interrupted) run to the same "
@@ -743,6 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps between checkpoints (default 100)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.bg)")
+    _device_arguments(p, "the flow and the energies (OpenMM's CUDA platform on a GPU)")
     _distributed_arguments(p)
     p.set_defaults(func=_cmd_train)
 
@@ -755,6 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="weighted samples (.npz: positions nm, energies kT, "
                                                          "log weights)")
     p.add_argument("--trajectory", help="also write an unweighted (resampled) trajectory, e.g. samples.h5")
+    _device_arguments(p, "the flow and the energies (OpenMM's CUDA platform on a GPU)")
     _anneal_arguments(p)
     _distributed_arguments(p)
     p.set_defaults(func=_cmd_sample)
@@ -781,6 +818,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="temperature in K (default the model's)")
     p.add_argument("--seed", type=_checked(check.non_negative_int), default=0, help="random seed (default 0)")
     p.add_argument("-o", "--output", default="free_energy", help="output folder (JSON numbers, PNG profile)")
+    _device_arguments(p, "the flow and the energies (OpenMM's CUDA platform on a GPU)")
     _anneal_arguments(p)
     _definition_arguments(p, states_files=False)
     p.set_defaults(func=_cmd_free_energy)

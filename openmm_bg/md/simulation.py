@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mdtraj
 import numpy as np
@@ -22,6 +23,9 @@ import openmm.unit as unit
 from .. import _validation as check
 from ..systems import MolecularSystem
 from .partial import PartialRun, fingerprint
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["simulate", "default_timestep", "OUTPUT_SUFFIXES"]
 
@@ -52,7 +56,8 @@ def simulate(system: MolecularSystem, n_frames: int, stride: int, temperature: f
              seed: int = 0, timestep: float | None = None, friction: float = 1.0,
              positions: np.ndarray | None = None, equilibration_steps: int = 0, minimize: bool = False,
              platform: str | None = None, output: str | os.PathLike | None = None,
-             progress: bool = True, resume: bool = False) -> mdtraj.Trajectory:
+             progress: bool = True, resume: bool = False,
+             device: str | torch.device | None = None) -> mdtraj.Trajectory:
     """Run Langevin MD (OpenMM ``LangevinMiddleIntegrator``) and return the frames.
 
     Parameters
@@ -94,6 +99,10 @@ def simulate(system: MolecularSystem, n_frames: int, stride: int, temperature: f
         the frames its checkpoint covers are kept and MD goes on from the checkpoint, on the
         same platform, so the result is the uninterrupted run's. The settings must be those it
         started with (``n_frames`` may grow). Without a stopped run, start from the beginning.
+    device : str or torch.device, optional
+        ``"cuda"`` / ``"cuda:N"`` run on OpenMM's ``CUDA`` platform on that GPU (mixed precision);
+        ``None``, ``"cpu"`` or ``"auto"`` without a usable GPU keep the platform choice above
+        (`openmm_bg.energy.devices.resolve_device`). A GPU device with another ``platform`` is refused.
 
     Returns
     -------
@@ -122,6 +131,7 @@ def simulate(system: MolecularSystem, n_frames: int, stride: int, temperature: f
         raise ValueError(f"positions must be finite with shape {system.positions.shape} (nm), got "
                          f"shape {start.shape}" + ("" if start.shape != system.positions.shape
                                                    else " with NaN or inf"))
+    platform, properties = _platform_of_device(device, platform)
     if platform is not None:
         _check_platform(platform)
     partial = None
@@ -137,8 +147,6 @@ def simulate(system: MolecularSystem, n_frames: int, stride: int, temperature: f
         platform, properties = record["settings"]["platform"], record["settings"]["properties"]
     elif platform is None:
         platform, properties = _default_platform(system, start)
-    else:
-        properties = {}
     settings.update(platform=platform, properties=properties)
     integrator = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, friction / unit.picosecond,
                                                  dt * unit.picoseconds)
@@ -214,6 +222,23 @@ def _resume_record(partial: PartialRun, resume: bool, settings: dict, platform: 
         raise ValueError(f"n_frames must be at least the {record['frames']} frames the stopped run of "
                          f"{partial.output.name} made already, got {n_frames}")
     return record
+
+
+def _platform_of_device(device: str | torch.device | None, platform: str | None) -> tuple[str | None, dict]:
+    """``(platform, properties)`` of `simulate`'s ``device`` and ``platform`` (checked, before any MD)."""
+    if device is None:
+        return platform, {}
+    from ..energy.devices import openmm_platform_for, resolve_device
+    from ..energy.platforms import default_properties
+
+    on_device = openmm_platform_for(resolve_device(device))
+    if on_device is None:
+        return platform, {}
+    name, props = on_device
+    if platform is not None and platform != name:
+        raise ValueError(f"device={str(device)!r} runs on OpenMM's {name} platform, but platform={platform!r} was "
+                         f"given; drop one of them")
+    return name, {**default_properties(name), **props}
 
 
 def _check_platform(name) -> None:
