@@ -7,6 +7,9 @@ Delta A(left -> right) within 0.1 kT of 2D quadrature, a higher ESS/N than plain
 same seed, and stated errors that cover the exact value as often as they claim.
 """
 
+import argparse
+import dataclasses
+import json
 import math
 import os
 import subprocess
@@ -29,8 +32,8 @@ from openmm_bg.analysis.free_energy import (
     thermodynamic_free_energy,
     two_generator_estimate,
 )
-from openmm_bg.apps.cli import main
-from openmm_bg.model.annealed import latent_path
+from openmm_bg.apps.cli import _anneal_config, build_parser, main
+from openmm_bg.model.annealed import GENERATOR_DEFAULT, anneal_overrides, generator_anneal_config, latent_path
 from openmm_bg.sampling import AnnealConfig
 from openmm_bg.training import Stage, Trainer
 
@@ -234,20 +237,65 @@ def test_cli_sample_and_free_energy_with_anneal(poor, tmp_path, capsys):
     s = Samples.load(out, poor.system)
     assert s.provenance["kind"] == "annealed" and s.provenance["anneal"]["adaptive"] is False
     assert s.provenance["betas"] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    # free-energy --anneal in-process, HMC
+    # the flags override single fields of the one default, and the provenance says which
+    assert s.provenance["anneal_overrides"] == {"n_levels": 5, "step_size": 0.3, "adaptive": False}
+    assert s.provenance["anneal"]["target_cess"] == GENERATOR_DEFAULT.target_cess
+    assert "settings changed from the default: n_levels=5, step_size=0.3, adaptive=False" in done.stdout
+    # free-energy --anneal in-process, HMC; explicit small options keep it CI-sized (the default has up to
+    # 200 levels)
     assert main(["free-energy", str(model), "--states", "left,right", "-n", "600", "--bootstrap", "20", "--anneal",
-                 "--anneal-kernel", "hmc", "--anneal-steps", "2", "-o", str(tmp_path / "fe")]) == 0
+                 "--anneal-kernel", "hmc", "--anneal-steps", "2", "--anneal-fixed", "--anneal-levels", "10",
+                 "--anneal-resample-threshold", "0.3", "-o", str(tmp_path / "fe")]) == 0
     printed = capsys.readouterr().out
-    assert "energy evaluations" in printed and "A(right) - A(left)" in printed
+    evaluations = 600 * (2 + 10 * 2 * GENERATOR_DEFAULT.leapfrog_steps)  # 2 kernel steps of 5 leapfrog steps
+    assert f"{evaluations} energy evaluations" in printed and "A(right) - A(left)" in printed, printed
+    report = json.loads((tmp_path / "fe" / "free_energy.json").read_text())["anneal"]
+    assert report["anneal_overrides"] == {"n_levels": 10, "kernel": "hmc", "mcmc_steps_per_level": 2,
+                                          "adaptive": False, "resample_threshold": 0.3}
+    assert report["n_levels"] == 10 and report["anneal"]["leapfrog_steps"] == GENERATOR_DEFAULT.leapfrog_steps
     # bad options: exit code 2 with one error line, before any work
     for args, message in ((["--anneal", "--anneal-steps", "0"], "expected an integer >= 1"),
                           (["--anneal", "--anneal-step-size", "-1"], "expected a finite number > 0"),
-                          (["--anneal-levels", "4"], "--anneal-levels only apply with --anneal")):
+                          (["--anneal", "--anneal-cess", "1"], "expected a number in (0, 1)"),
+                          (["--anneal", "--anneal-resample-threshold", "1.5"], "expected a number in [0, 1]"),
+                          (["--anneal", "--anneal-fixed", "--anneal-cess", "0.9"], "not apply with --anneal-fixed"),
+                          (["--anneal-levels", "4"], "--anneal-levels only apply with --anneal"),
+                          (["--anneal-resample-threshold", "0"], "--anneal-resample-threshold only apply")):
         with pytest.raises(SystemExit) if "expected" in message else _no_exit():
             code = main(["sample", str(model), "-n", "10", "-o", str(tmp_path / "x.npz"), *args])
             assert code == 2
         err = capsys.readouterr().err
         assert message in err and "error:" in err, err
+
+
+def test_anneal_true_is_the_generator_default(poor):
+    s = poor.sample(200, seed=4, anneal=True)
+    settings = {k: v for k, v in dataclasses.asdict(GENERATOR_DEFAULT).items() if k not in ("seed", "progress")}
+    assert {k: v for k, v in s.provenance["anneal"].items() if k != "seed"} == settings
+    assert s.provenance["anneal_overrides"] == {}
+    assert 1 < s.provenance["n_levels"] <= GENERATOR_DEFAULT.n_levels
+
+
+def test_cli_anneal_uses_the_generator_default():
+    """``--anneal`` alone is ``gen.sample(anneal=True)``'s `GENERATOR_DEFAULT`; its help states those defaults."""
+    parser = build_parser()
+    for command in ("sample", "free-energy"):
+        args = parser.parse_args([command, "model.bg", "-o", "out.npz", "--anneal"])
+        assert _anneal_config(args) == GENERATOR_DEFAULT
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["sample"]
+    text = " ".join(sub.format_help().split())
+    for fragment in (f"default {GENERATOR_DEFAULT.n_levels})", f"default {GENERATOR_DEFAULT.target_cess})",
+                     f"default {GENERATOR_DEFAULT.kernel})", f"default {GENERATOR_DEFAULT.mcmc_steps_per_level})",
+                     f"default {GENERATOR_DEFAULT.resample_threshold})", "GENERATOR_DEFAULT"):
+        assert fragment in text, (fragment, text)
+    args = parser.parse_args(["sample", "m.bg", "-o", "o.npz", "--anneal", "--anneal-levels", "7", "--anneal-cess",
+                              "0.9"])
+    assert _anneal_config(args) == dataclasses.replace(GENERATOR_DEFAULT, n_levels=7, target_cess=0.9)
+    assert anneal_overrides(_anneal_config(args)) == {"n_levels": 7, "target_cess": 0.9}
+    with pytest.raises(ValueError, match=r"unknown AnnealConfig field\(s\) \['levels'\]"):
+        generator_anneal_config(levels=3)
+    with pytest.raises(ValueError, match="target_cess"):
+        generator_anneal_config(target_cess=1.0)
 
 
 class _no_exit:

@@ -40,7 +40,8 @@ from .samples import Samples
 __all__ = ["as_shard", "merge_samples", "merge_sample_files", "shard_indices"]
 
 #: Provenance entries that every shard of one set must share.
-_SHARED = ("kind", "generator", "temperature", "training_temperature", "space", "anneal", "seed", "n_shards")
+_SHARED = ("kind", "generator", "temperature", "training_temperature", "space", "anneal", "anneal_overrides", "seed",
+           "n_shards")
 #: Annealed provenance counts that add up over shards.
 _COUNTS = ("n_resampling", "n_energy_evaluations", "n_energy_force_evaluations", "n_distinct_ancestors")
 

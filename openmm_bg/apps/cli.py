@@ -511,34 +511,73 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _fraction(open_interval: bool):
+    """An argparse ``type``: a number in [0, 1], or in (0, 1) with ``open_interval``."""
+    where = "in (0, 1)" if open_interval else "in [0, 1]"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number {where}, got {text!r}") from None
+        if not (0 < value < 1 if open_interval else 0 <= value <= 1):
+            raise argparse.ArgumentTypeError(f"expected a number {where}, got {text!r}")
+        return value
+
+    parse.__name__ = "fraction"
+    return parse
+
+
 def _anneal_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("annealed sampling (exact weights, lighter tails; costs energy + force evaluations)")
+    from openmm_bg.model.annealed import GENERATOR_DEFAULT as d  # the one default, shared with gen.sample
+
+    g = p.add_argument_group("annealed sampling (exact weights, lighter tails; costs energy + force evaluations)",
+                             "--anneal uses the defaults of gen.sample(n, anneal=True) "
+                             "(openmm_bg.model.annealed.GENERATOR_DEFAULT); each option below overrides one field, "
+                             "--seed seeds the run, and the samples' provenance records the fields changed")
     g.add_argument("--anneal", action="store_true", help="anneal the samples from the generator to the Boltzmann "
                                                          "distribution (SMC in the flow's latent space)")
     g.add_argument("--anneal-levels", type=_positive_int, metavar="K",
-                   help="levels (adaptive: at most K; default 32)")
-    g.add_argument("--anneal-kernel", choices=["mala", "hmc"], help="MCMC kernel of every level (default mala)")
-    g.add_argument("--anneal-steps", type=_positive_int, metavar="M", help="kernel steps per level (default 1)")
+                   help=f"levels (adaptive: at most K; default {d.n_levels})")
+    g.add_argument("--anneal-kernel", choices=["mala", "hmc"], help=f"MCMC kernel of every level (default {d.kernel})")
+    g.add_argument("--anneal-steps", type=_positive_int, metavar="M",
+                   help=f"kernel steps per level (default {d.mcmc_steps_per_level})")
     g.add_argument("--anneal-step-size", type=_positive_float, metavar="S",
-                   help="kernel step size in latent units (adaptive: of the first level; default 0.1)")
+                   help=f"kernel step size in latent units (adaptive: of the first level; default {d.step_size})")
+    g.add_argument("--anneal-cess", type=_fraction(open_interval=True), metavar="C",
+                   help=f"adaptive: conditional ESS / N of every level, in (0, 1); lower: fewer, larger levels "
+                        f"(default {d.target_cess})")
+    g.add_argument("--anneal-resample-threshold", type=_fraction(open_interval=False), metavar="R",
+                   help=f"resample when ESS / N falls below R, in [0, 1]; 0 never resamples "
+                        f"(default {d.resample_threshold})")
     g.add_argument("--anneal-fixed", action="store_true",
-                   help="fixed schedule: K equally spaced levels, frozen step size (exactly unbiased normaliser)")
+                   help="fixed schedule: K equally spaced levels, frozen step size (exactly unbiased normaliser; "
+                        "default adaptive)")
+
+
+_ANNEAL_OPTIONS = {"anneal_levels": "n_levels", "anneal_kernel": "kernel", "anneal_steps": "mcmc_steps_per_level",
+                   "anneal_step_size": "step_size", "anneal_cess": "target_cess",
+                   "anneal_resample_threshold": "resample_threshold"}
 
 
 def _anneal_config(args: argparse.Namespace):
-    """The `openmm_bg.sampling.AnnealConfig` of the ``--anneal*`` options, or None without ``--anneal``."""
-    from openmm_bg.sampling import AnnealConfig
+    """The `openmm_bg.sampling.AnnealConfig` of the ``--anneal*`` options (`GENERATOR_DEFAULT` with the
+    given fields replaced), or None without ``--anneal``."""
+    from openmm_bg.model.annealed import generator_anneal_config
 
-    options = {"n_levels": args.anneal_levels, "kernel": args.anneal_kernel,
-               "mcmc_steps_per_level": args.anneal_steps, "step_size": args.anneal_step_size}
+    options = {field: getattr(args, name) for name, field in _ANNEAL_OPTIONS.items()}
     if not args.anneal:
-        given = [f"--{k}" for k, v in (("anneal-levels", args.anneal_levels), ("anneal-kernel", args.anneal_kernel),
-                                       ("anneal-steps", args.anneal_steps), ("anneal-step-size", args.anneal_step_size),
-                                       ("anneal-fixed", args.anneal_fixed or None)) if v is not None]
+        given = [f"--{name.replace('_', '-')}" for name in _ANNEAL_OPTIONS if getattr(args, name) is not None]
+        given += ["--anneal-fixed"] if args.anneal_fixed else []
         if given:
             raise CLIError(f"{', '.join(given)} only apply with --anneal; add --anneal or drop them")
         return None
-    return AnnealConfig(adaptive=not args.anneal_fixed, **{k: v for k, v in options.items() if v is not None})
+    if args.anneal_fixed and args.anneal_cess is not None:
+        raise CLIError("--anneal-cess chooses adaptive levels; it does not apply with --anneal-fixed (drop one)")
+    try:
+        return generator_anneal_config(adaptive=False if args.anneal_fixed else None, **options)
+    except ValueError as err:
+        raise CLIError(f"--anneal options: {err}") from None
 
 
 def _draw(gen, args: argparse.Namespace):
@@ -547,9 +586,10 @@ def _draw(gen, args: argparse.Namespace):
     samples = gen.sample(args.n, temperature=args.temperature, seed=args.seed, progress=True, anneal=config)
     if config is not None:
         p = samples.provenance
+        changed = ", ".join(f"{k}={v}" for k, v in p["anneal_overrides"].items()) or "none"
         print(f"annealed {len(samples)} particles in {p['n_levels']} levels: {p['n_energy_evaluations']} energy "
               f"evaluations ({p['n_energy_force_evaluations']} with forces), {p['n_distinct_ancestors']} distinct "
-              "ancestors")
+              f"ancestors; settings changed from the default: {changed}")
     return samples
 
 
@@ -649,6 +689,9 @@ def _cmd_free_energy(args: argparse.Namespace) -> int:
     print(result)
     _print_reliability(samples)
     report = {"free_energy": result.as_dict(), "diagnostics": samples.diagnostics(warn=False).as_dict()}
+    if samples.provenance.get("kind") == "annealed":
+        report["anneal"] = {k: samples.provenance[k] for k in ("anneal", "anneal_overrides", "n_levels",
+                                                               "n_energy_evaluations", "n_energy_force_evaluations")}
     coordinate = args.profile if args.profile is not None else next(iter(coordinates), None)
     out.mkdir(parents=True, exist_ok=True)
     if coordinate is not None:

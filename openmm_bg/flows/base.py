@@ -102,10 +102,10 @@ class Permutation(Transform):
         self.register_buffer("inv_perm", torch.argsort(perm))
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return z[..., self.perm], z.new_zeros(z.shape[:-1])
+        return z.index_select(-1, self.perm), z.new_zeros(z.shape[:-1])
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return y[..., self.inv_perm], y.new_zeros(y.shape[:-1])
+        return y.index_select(-1, self.inv_perm), y.new_zeros(y.shape[:-1])
 
 
 class MLP(nn.Module):

@@ -92,13 +92,9 @@ class AffineCoupling(Transform):
         return s, t
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        s, t = self._params(z[..., self.idx_c])
-        y = z.clone()
-        y[..., self.idx_t] = z[..., self.idx_t] * torch.exp(s) + t
-        return y, s.sum(-1)
+        s, t = self._params(z.index_select(-1, self.idx_c))
+        return z.index_copy(-1, self.idx_t, z.index_select(-1, self.idx_t) * torch.exp(s) + t), s.sum(-1)
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        s, t = self._params(y[..., self.idx_c])
-        z = y.clone()
-        z[..., self.idx_t] = (y[..., self.idx_t] - t) * torch.exp(-s)
-        return z, -s.sum(-1)
+        s, t = self._params(y.index_select(-1, self.idx_c))
+        return y.index_copy(-1, self.idx_t, (y.index_select(-1, self.idx_t) - t) * torch.exp(-s)), -s.sum(-1)

@@ -207,11 +207,11 @@ class Domain:
         """
         real, interval, circ, lo, hi = self._embed_index(y.device, y.dtype)
         n_i = len(interval)
-        feats = [y[..., real]]
+        feats = [y.index_select(-1, real)]  # index_select: the same values as y[..., idx], several times faster
         if n_i:
-            feats.append(2.0 * (y[..., interval] - lo[:n_i]) / (hi[:n_i] - lo[:n_i]) - 1.0)
+            feats.append(2.0 * (y.index_select(-1, interval) - lo[:n_i]) / (hi[:n_i] - lo[:n_i]) - 1.0)
         if len(circ):
-            a = (y[..., circ] - lo[n_i:]) * (2.0 * math.pi / (hi[n_i:] - lo[n_i:]))
+            a = (y.index_select(-1, circ) - lo[n_i:]) * (2.0 * math.pi / (hi[n_i:] - lo[n_i:]))
             feats += [torch.cos(a), torch.sin(a)]
         return torch.cat(feats, dim=-1)
 

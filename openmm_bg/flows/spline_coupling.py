@@ -123,13 +123,9 @@ class SplineCoupling(Transform):
         return out, ld.sum(-1)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out, ld = self._spline(z[..., self.idx_t], z[..., self.idx_c], inverse=False)
-        y = z.clone()
-        y[..., self.idx_t] = out
-        return y, ld
+        out, ld = self._spline(z.index_select(-1, self.idx_t), z.index_select(-1, self.idx_c), inverse=False)
+        return z.index_copy(-1, self.idx_t, out), ld
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out, ld = self._spline(y[..., self.idx_t], y[..., self.idx_c], inverse=True)
-        z = y.clone()
-        z[..., self.idx_t] = out
-        return z, ld
+        out, ld = self._spline(y.index_select(-1, self.idx_t), y.index_select(-1, self.idx_c), inverse=True)
+        return y.index_copy(-1, self.idx_t, out), ld

@@ -57,15 +57,63 @@ from ..flows.domain import CIRCULAR
 from ..sampling import AnnealConfig, AnnealResult, Support, ValueAndGrad, anneal
 from .batches import ordered_map, torch_threads
 
-__all__ = ["sample_annealed", "latent_path", "LatentPath", "ANNEAL_STREAM", "GENERATOR_DEFAULT"]
+__all__ = ["sample_annealed", "latent_path", "LatentPath", "ANNEAL_STREAM", "GENERATOR_DEFAULT",
+           "generator_anneal_config", "anneal_overrides"]
 
-#: What ``anneal=True`` means (the CLI's ``--anneal`` keeps `AnnealConfig`'s defaults): many small
-#: levels, one MALA step each
-#: (conditional ESS 0.999 per level, at most 200 levels; resampling below ESS/N = 0.5). On the
-#: shipped alanine-dipeptide generator it costs ~35 energy+force evaluations per particle and
-#: lifts ESS/N from ~0.2 to ~0.85 (``benchmarks/annealed_sampling.py``); `AnnealConfig`'s own
-#: defaults (conditional ESS 0.8) chose 3 levels there and barely improved on plain weights.
+#: The one default of annealed generator samples: what ``gen.sample(n, anneal=True)`` and the
+#: CLI's ``sample --anneal`` / ``free-energy --anneal`` use (CLI flags override single fields, see
+#: `generator_anneal_config`). Many small levels, one MALA step each (conditional ESS 0.999 per
+#: level, at most 200 levels; resampling below ESS/N = 0.5). On the shipped alanine-dipeptide
+#: generator it costs ~35 energy+force evaluations per particle and lifts ESS/N from ~0.2 to ~0.85
+#: (``benchmarks/annealed_sampling.py``); `AnnealConfig`'s own generic defaults (conditional ESS
+#: 0.8) chose 3 levels there and barely improved on plain weights.
 GENERATOR_DEFAULT = AnnealConfig(target_cess=0.999, n_levels=200)
+
+
+def generator_anneal_config(**fields) -> AnnealConfig:
+    """`GENERATOR_DEFAULT` with single fields replaced; fields given as None keep the default.
+
+    Parameters
+    ----------
+    **fields
+        `AnnealConfig` fields, e.g. ``n_levels=10, adaptive=False, kernel="hmc"`` (validated by
+        `AnnealConfig`).
+
+    Returns
+    -------
+    AnnealConfig
+
+    Raises
+    ------
+    ValueError
+        An unknown field name, or a value `AnnealConfig` refuses.
+
+    Examples
+    --------
+    >>> c = generator_anneal_config(n_levels=10, adaptive=False, kernel=None)
+    >>> c.n_levels, c.adaptive, c.kernel, c.target_cess == GENERATOR_DEFAULT.target_cess
+    (10, False, 'mala', True)
+    """
+    known = {f.name for f in dataclasses.fields(AnnealConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown AnnealConfig field(s) {unknown}; known: {sorted(known)}")
+    return dataclasses.replace(GENERATOR_DEFAULT, **{k: v for k, v in fields.items() if v is not None})
+
+
+def anneal_overrides(config: AnnealConfig) -> dict:
+    """The fields of ``config`` that differ from `GENERATOR_DEFAULT` (``seed`` and ``progress``
+    left out), JSON-ready: what a run changed from the default (recorded in its provenance).
+
+    Examples
+    --------
+    >>> anneal_overrides(generator_anneal_config(n_levels=10, adaptive=False))
+    {'n_levels': 10, 'adaptive': False}
+    >>> anneal_overrides(GENERATOR_DEFAULT)
+    {}
+    """
+    given, default = dataclasses.asdict(config), dataclasses.asdict(GENERATOR_DEFAULT)
+    return {k: v for k, v in given.items() if k not in ("seed", "progress") and v != default[k]}
 
 #: Second entry of the ``SeedSequence([seed, ANNEAL_STREAM])`` that seeds the annealer's stream.
 ANNEAL_STREAM = 1
@@ -164,7 +212,8 @@ def _provenance(generator, result: AnnealResult, config: AnnealConfig, seed, tem
     settings.pop("progress")
     return {"kind": "annealed", "space": "latent", "generator": generator.identity(), "seed": seed,
             "temperature": temperature, "training_temperature": generator.training_temperature,
-            "anneal": settings, "n_levels": result.n_levels, "betas": result.betas.tolist(),
+            "anneal": settings, "anneal_overrides": anneal_overrides(config), "n_levels": result.n_levels,
+            "betas": result.betas.tolist(),
             "step_sizes": result.step_sizes.tolist(), "acceptance": _json_floats(result.acceptance),
             "n_invalid": result.n_invalid.tolist(), "resampled": result.resampled.tolist(),
             "n_resampling": int(result.resampled.sum()), "n_distinct_ancestors": result.n_distinct_ancestors,

@@ -46,7 +46,7 @@ from ..systems import MolecularSystem
 from ..systems.trajectory import check_trajectory
 from ..transforms import CartesianTransform, MixedTransform, stereocentres
 from .annealed import sample_annealed
-from .batches import ordered_map, resolve_threads, torch_threads
+from .batches import keep_freed_memory, ordered_map, resolve_threads, torch_threads
 from .coverage import COVERAGE_KEY, training_coverage_reference
 from .fileformat import FORMAT_VERSION, model_payload, read_model_file, stored_system, write_model_file
 from .fingerprint import ModelMismatchError, check_fingerprint, system_fingerprint
@@ -532,13 +532,16 @@ class BoltzmannGenerator(nn.Module):
         ``torch.Generator`` seeded with ``seed``; the same seed and ``batch_size`` give the same
         samples with any number of threads. Energies come from `energy` without forces (no
         gradient is needed). The torch thread count is 1 inside the worker threads, so that a
-        loaded machine does not slow sampling down by an order of magnitude.
+        loaded machine does not slow sampling down by an order of magnitude. The first call sets
+        glibc's malloc to keep freed memory for reuse (`openmm_bg.model.batches.keep_freed_memory`;
+        numbers unchanged, a third less CPU time).
         """
         from tqdm.auto import tqdm
 
         n, batch_size, seed = positive_int("n", n), positive_int("batch_size", batch_size), _check_seed(seed)
         t = self._temperature(temperature)
         threads = resolve_threads(threads)
+        keep_freed_memory()  # reuse freed tensor memory: a third of the CPU time went to page faults
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if anneal is not None and anneal is not False:
