@@ -205,22 +205,24 @@ def forward_paths(gen: BoltzmannGenerator, path: LatentPath, n: int, config: Ann
     return AnnealedPaths(end.x, g.detach().cpu().numpy(), end.ok.cpu().numpy())
 
 
-def backward_term(gen: BoltzmannGenerator, path: LatentPath, x_cur: np.ndarray, config: AnnealConfig,
-                  tgen: torch.Generator) -> float | None:
-    """``g = log W_bwd + u_g(x)`` of the current configuration's refreshed path; None without one.
+def backward_terms(gen: BoltzmannGenerator, path: LatentPath, x: np.ndarray, config: AnnealConfig,
+                   tgen: torch.Generator) -> np.ndarray:
+    """``[n]`` float64 ``g = log W_bwd + u_g(x)`` of refreshed (backward) paths of configurations ``x``.
 
-    ``z_K = F^{-1}(x)`` (frame removed, with ``log|det J_zx(z_K)| = -log|det dz/dx|``), then the
-    kernels of levels ``K, ..., 1`` (`openmm_bg.sampling.backward_log_weights`). None where ``x``
-    is outside the generator's domain or ``gamma(z_K) = 0``.
+    ``x [n, n_atoms, 3]`` nm. ``z_K = F^{-1}(x)`` (frame removed, with ``log|det J_zx(z_K)| =
+    -log|det dz/dx|``), then the kernels of levels ``K, ..., 1`` (`openmm_bg.sampling.backward_log_weights`),
+    one independent path per row. NaN where ``x`` has no path: outside the generator's domain or
+    ``gamma(z_K) = 0``.
     """
     with torch.no_grad():
-        z, ld_inv, ok = gen.inverse(torch.as_tensor(x_cur[None], dtype=torch.float64))
+        z, ld_inv, ok = gen.inverse(torch.as_tensor(x, dtype=torch.float64))
     z = z.to(torch.float64)
-    if not bool(ok[0]) or not bool(torch.isfinite(z).all()) or not bool(path.support.contains(z)[0]):
-        return None
-    back = backward_log_weights(path.log_q, path.log_target, z, dataclasses.replace(config, seed=seed_from(tgen)),
-                                support=path.support)
-    log_w, end = float(back.log_weights[0]), float(back.end_log_target[0])
-    if not (math.isfinite(log_w) and math.isfinite(end)):
-        return None
-    return log_w - float(ld_inv[0]) - end
+    ok = ok & torch.isfinite(z).all(1)
+    ok = ok & path.support.contains(torch.where(ok[:, None], z, 0.0))
+    g = torch.full((len(z),), math.nan, dtype=torch.float64)
+    if bool(ok.any()):
+        back = backward_log_weights(path.log_q, path.log_target, z[ok],
+                                    dataclasses.replace(config, seed=seed_from(tgen)), support=path.support)
+        g_ok = back.log_weights - ld_inv[ok].to(torch.float64) - back.end_log_target
+        g[ok.cpu()] = torch.where(torch.isfinite(g_ok), g_ok, math.nan).cpu()
+    return g.numpy()

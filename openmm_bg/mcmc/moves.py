@@ -58,6 +58,7 @@ Add a Boltzmann-Generator move to Langevin dynamics of the paper's double well:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 
@@ -271,7 +272,8 @@ class BoltzmannGeneratorMove(GeneratorMove):
     def _current_path_term(self, gen: BoltzmannGenerator, path, x_cur: np.ndarray,
                            tgen: torch.Generator) -> float | None:
         """``g`` of the current configuration: ``log W_bwd + u_g`` of its refreshed (backward) path."""
-        return annealed.backward_term(gen, path, x_cur, self.anneal, tgen)
+        g = float(annealed.backward_terms(gen, path, x_cur[None], self.anneal, tgen)[0])
+        return g if math.isfinite(g) else None
 
     def _current_log_prob(self, gen: BoltzmannGenerator, x_cur: np.ndarray, t_prior: float) -> float:
         """``log p_X`` of the current configuration, reused if it is the one this move left behind."""
