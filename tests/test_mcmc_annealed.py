@@ -20,6 +20,7 @@ import pytest
 import torch
 from openmmtools import cache, states
 from openmmtools.utils import deserialize, serialize
+from test_mcmc import double_well as _double_well
 
 import openmm_bg
 from openmm_bg.mcmc import BoltzmannGeneratorMove, annealed, clear_model_cache, pilot_schedule
@@ -28,22 +29,11 @@ from openmm_bg.sampling import AnnealConfig, FixedSchedule
 from openmm_bg.systems import load
 
 REFERENCE = openmm.Platform.getPlatformByName("Reference")
+double_well = _double_well  # test_mcmc's fixture: an untrained generator on 80 % / 20 % well data
 
 
 def _context_cache() -> cache.ContextCache:
     return cache.ContextCache(platform=REFERENCE, capacity=4)
-
-
-@pytest.fixture(scope="module")
-def double_well():
-    """An imperfect generator: untrained, built on 80 % left-well and 20 % right-well frames."""
-    dw = load("double_well")
-    left = openmm_bg.simulate(dw, n_frames=400, stride=10, seed=0, platform="Reference", progress=False)
-    right = openmm_bg.simulate(dw, n_frames=100, stride=10, seed=1, positions=np.array([[1.7, 0.0, 0.0]]),
-                               platform="Reference", progress=False)
-    gen = openmm_bg.BoltzmannGenerator.build(dw, np.concatenate([left.xyz, right.xyz]), n_blocks=2,
-                                             hidden=(16,), seed=0)
-    return dw, gen
 
 
 def _thermo(dw, temperature=300.0):
@@ -279,30 +269,19 @@ def test_constrained_annealed_move_samples_what_constrained_langevin_samples():
     """With H-bond constraints (methyl chain of tests/test_mcmc.py, a strongly varying Fixman factor)
     the annealed move alone reproduces the H-C-H angles of constrained Langevin dynamics; independent
     chains from MD frames give honest errors."""
-    from test_mcmc import _batch_mean, _cos_hch, methyl_molecule
+    from test_mcmc import _batch_mean, _cos_hch, methyl_chains, methyl_molecule
 
     ms = methyl_molecule()
     traj = openmm_bg.simulate(ms, n_frames=4000, stride=200, seed=0, timestep=0.00025, platform="Reference",
                               equilibration_steps=2000, progress=False)
     gen = openmm_bg.BoltzmannGenerator.build(ms, traj[:1000], n_blocks=2, hidden=(16,), seed=0)
-    md = _cos_hch(traj.xyz)
-    md_mean, md_se = _batch_mean(md)
+    md_mean, md_se = _batch_mean(_cos_hch(traj.xyz))
     schedule = pilot_schedule(gen, 300.0, n=256, config=AnnealConfig(target_cess=0.7, n_levels=8), seed=0)
     config = AnnealConfig(adaptive=False, schedule=schedule, resample_threshold=0.0)
-    thermo, cc = states.ThermodynamicState(ms.system, temperature=300 * unit.kelvin), _context_cache()
-    n_chains, n_apply = 20, 30
-    means, accepted = [], []
-    for c in range(n_chains):
-        move = BoltzmannGeneratorMove(gen, n_proposals=4, seed=1 + c, anneal=config)
-        ss = states.SamplerState(traj.openmm_positions(c * (len(traj) // n_chains)))
-        out = []
-        for _ in range(n_apply):
-            move.apply(thermo, ss, context_cache=cc)
-            out.append(_cos_hch(ss.positions.value_in_unit(unit.nanometer))[0])
-        assert move._fixman_term is not None
-        accepted.append(move.acceptance_rate)
-        means.append(np.mean(out))
+    n_chains = 20
+    outs, accepted, ss = methyl_chains(gen, ms, traj, n_chains, 30, anneal=config)
     assert np.mean(accepted) > 0.1
+    means = [np.mean(out) for out in outs]
     mean, se = float(np.mean(means)), float(np.std(means, ddof=1) / math.sqrt(n_chains))
     assert abs(mean - md_mean) < N_SIGMA * math.hypot(se, md_se), (mean, se, md_mean, md_se)
     x = ss.positions.value_in_unit(unit.nanometer)
