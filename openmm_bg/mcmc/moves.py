@@ -144,7 +144,7 @@ class BoltzmannGeneratorMove(GeneratorMove):
     Hamiltonian may differ from the one the sampler state's stored energy was computed with, e.g.
     after a replica exchange) and one per valid proposal. Annealed proposals add
     ``(n_proposals + 1) (1 + K m L)`` energy + force evaluations (``K`` levels, ``m`` kernel steps
-    per level, ``L`` leapfrog steps, 1 for MALA), in ``2 K m L`` batched calls.
+    per level, ``L`` leapfrog steps, 1 for MALA), in ``2 (1 + K m L)`` batched calls.
 
     Examples
     --------
