@@ -239,6 +239,25 @@ def _cos_hch(x: np.ndarray) -> np.ndarray:
     return np.mean(out, axis=0)
 
 
+def methyl_chains(gen, ms, traj, n_chains: int, n_steps: int, **move_options):
+    """Independent chains of `BoltzmannGeneratorMove` alone (4 proposals, seeds 1, 2, ...) from MD frames:
+    each chain's cos(H-C-H) series, each move's acceptance rate, and the last chain's sampler state."""
+    thermo = states.ThermodynamicState(ms.system, temperature=300 * unit.kelvin)
+    cc = _context_cache()
+    outs, accepted = [], []
+    for c in range(n_chains):
+        move = BoltzmannGeneratorMove(gen, n_proposals=4, seed=1 + c, **move_options)
+        ss = states.SamplerState(traj.openmm_positions(c * (len(traj) // n_chains)))
+        out = []
+        for _ in range(n_steps):
+            move.apply(thermo, ss, context_cache=cc)
+            out.append(_cos_hch(ss.positions.value_in_unit(unit.nanometer))[0])
+        assert move._fixman_term is not None
+        accepted.append(move.acceptance_rate)
+        outs.append(out)
+    return outs, accepted, ss
+
+
 @pytest.fixture(scope="module")
 def methyl():
     ms = methyl_molecule()
@@ -263,21 +282,10 @@ def test_constrained_move_samples_what_constrained_langevin_samples(methyl):
     edges = np.quantile(md, np.linspace(0, 1, 7))
     edges[0], edges[-1] = -1.0, 1.0
     md_bin_se = np.array([_batch_mean((np.digitize(md, edges) - 1) == k)[1] for k in range(6)])
-    thermo = states.ThermodynamicState(ms.system, temperature=300 * unit.kelvin)
-    cc = _context_cache()
     n_chains, n_steps = 20, 60
-    means, fracs, accepted = [], [], []
-    for c in range(n_chains):
-        move = BoltzmannGeneratorMove(gen, n_proposals=4, seed=1 + c)
-        ss = states.SamplerState(traj.openmm_positions(c * (len(traj) // n_chains)))
-        out = []
-        for _ in range(n_steps):
-            move.apply(thermo, ss, context_cache=cc)
-            out.append(_cos_hch(ss.positions.value_in_unit(unit.nanometer))[0])
-        assert move._fixman_term is not None
-        accepted.append(move.acceptance_rate)
-        means.append(np.mean(out))
-        fracs.append(np.histogram(out, edges)[0] / n_steps)
+    outs, accepted, ss = methyl_chains(gen, ms, traj, n_chains, n_steps)
+    means = [np.mean(out) for out in outs]
+    fracs = [np.histogram(out, edges)[0] / n_steps for out in outs]
     assert np.mean(accepted) > 0.1
     mean, se = float(np.mean(means)), float(np.std(means, ddof=1) / math.sqrt(n_chains))
     assert abs(mean - md_mean) < N_SIGMA * math.hypot(se, md_se), (mean, se, md_mean, md_se)

@@ -8,7 +8,9 @@ only propose: the acceptance loop, statistics and random streams are `GeneratorM
 ``docs/design.md``, "Constraints"); `TorsionMove` (:mod:`.torsion_move`) proposes new side-chain
 torsions of one residue from an exact von Mises mixture (`TorsionMixture`, :mod:`.torsion_density`)
 by turning whole rotors (:mod:`.rotors`), with the same base (`MetropolisHastingsMove`); what
-serialisation stores and the process-wide model cache are in :mod:`.serialization`.
+serialisation stores and the process-wide model cache are in :mod:`.serialization`;
+annealed proposals of `BoltzmannGeneratorMove` (``anneal=``, an exact annealed independence
+sampler) and `pilot_schedule` are in :mod:`.annealed`.
 
 Examples
 --------
@@ -17,6 +19,7 @@ Examples
 'MCMCMove'
 """
 
+from .annealed import pilot_schedule
 from .base import GeneratorMove, MetropolisHastingsMove, MoveProposal
 from .fixman import FixmanFactor, fixman_log_factor
 from .moves import BoltzmannGeneratorMove, LatentMetropolisMove
@@ -27,4 +30,4 @@ from .torsion_move import TorsionGroup, TorsionMove
 
 __all__ = ["BoltzmannGeneratorMove", "LatentMetropolisMove", "GeneratorMove", "MoveProposal", "fixman_log_factor",
            "FixmanFactor", "clear_model_cache", "MetropolisHastingsMove", "TorsionMove", "TorsionGroup",
-           "TorsionMixture", "Rotor", "side_chain_rotors", "set_torsions", "torsions_of"]
+           "TorsionMixture", "Rotor", "side_chain_rotors", "set_torsions", "torsions_of", "pilot_schedule"]

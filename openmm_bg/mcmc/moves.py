@@ -58,6 +58,7 @@ Add a Boltzmann-Generator move to Langevin dynamics of the paper's double well:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 
@@ -65,12 +66,18 @@ import numpy as np
 import openmm.unit as unit
 import torch
 
+from ..model.annealed import latent_path
 from ..model.generator import BoltzmannGenerator
+from ..sampling import AnnealConfig, FixedSchedule
 from ..systems import MolecularSystem
 from ..transforms import randomize_orientation
+from . import annealed
 from .base import Chain, GeneratorMove, MoveProposal, _kelvin
 
 __all__ = ["BoltzmannGeneratorMove", "LatentMetropolisMove"]
+
+#: Counters of annealed proposals (`BoltzmannGeneratorMove.anneal_statistics`).
+_ANNEAL_KEYS = ("n_forward_paths", "n_backward_paths", "n_energy_force_evaluations")
 
 
 class BoltzmannGeneratorMove(GeneratorMove):
@@ -109,22 +116,35 @@ class BoltzmannGeneratorMove(GeneratorMove):
     scale_prior : bool
         At a state temperature ``T`` other than the training temperature ``T0``, draw from the prior
         with its Gaussian width scaled by ``sqrt(T/T0)`` (the Hastings term uses that density, so
-        the move is exact either way).
+        the move is exact either way). Annealed proposals always scale it.
     fixman : bool, optional
         Include the Fixman factor (default: where the state's constraints need it).
+    anneal : FixedSchedule or AnnealConfig, optional
+        Annealed proposals (`openmm_bg.mcmc.annealed`): each proposal is a flow sample carried to
+        the state's Boltzmann distribution through the frozen schedule (a `FixedSchedule`, e.g.
+        `openmm_bg.mcmc.pilot_schedule`, or an ``AnnealConfig(adaptive=False, schedule=...,
+        resample_threshold=0)`` to choose the kernel and its steps per level); the current
+        configuration gets a backward path through the same kernels in reverse order, and the
+        forward path is accepted with ``min(1, W_fwd / W_bwd)`` (times the state's ``exp(-u + f)``
+        over the generator's ``exp(-u_g)`` at both ends). Exact; ``None``: plain flow samples.
 
     Attributes
     ----------
     n_accepted, n_proposed : int
         Counters (also in ``statistics``, with ``n_out_of_domain``, ``n_inverted``,
         ``n_failed_energy``).
+    anneal_statistics : dict
+        Annealed proposals: ``n_forward_paths``, ``n_backward_paths`` and
+        ``n_energy_force_evaluations`` (of the generator's energy, both directions).
 
     Notes
     -----
     Cost per ``apply``: one batched flow pass for the proposals, one density evaluation of the
     current configuration, one energy evaluation of the current configuration (the state's
     Hamiltonian may differ from the one the sampler state's stored energy was computed with, e.g.
-    after a replica exchange) and one per valid proposal.
+    after a replica exchange) and one per valid proposal. Annealed proposals add
+    ``(n_proposals + 1) (1 + K m L)`` energy + force evaluations (``K`` levels, ``m`` kernel steps
+    per level, ``L`` leapfrog steps, 1 for MALA), in ``2 (1 + K m L)`` batched calls.
 
     Examples
     --------
@@ -138,24 +158,44 @@ class BoltzmannGeneratorMove(GeneratorMove):
     >>> move.apply(thermo, sampler_state)
     >>> move.n_proposed
     10
+
+    Annealed proposals through 8 frozen levels (one MALA step each):
+
+    >>> from openmm_bg.sampling import FixedSchedule
+    >>> annealed = BoltzmannGeneratorMove(gen, n_proposals=4, seed=1, anneal=FixedSchedule.linear(8, 0.3))
+    >>> annealed.apply(thermo, sampler_state)
+    >>> annealed.n_proposed, annealed.anneal_statistics["n_energy_force_evaluations"]
+    (4, 45)
     """
 
     def __init__(self, generator: BoltzmannGenerator | str | os.PathLike, n_proposals: int = 1,
                  system: MolecularSystem | None = None, model_path: str | os.PathLike | None = None,
-                 seed: int | None = None, scale_prior: bool = True, fixman: bool | None = None):
+                 seed: int | None = None, scale_prior: bool = True, fixman: bool | None = None,
+                 anneal: FixedSchedule | AnnealConfig | None = None):
         super().__init__(generator, system=system, model_path=model_path, seed=seed, fixman=fixman)
         if int(n_proposals) < 1:
             raise ValueError(f"n_proposals must be >= 1, got {n_proposals}")
         self.n_proposals = int(n_proposals)
         self.scale_prior = bool(scale_prior)
+        self.anneal = annealed.move_anneal_config(anneal)
+        if self.anneal is not None and not self.scale_prior:
+            raise ValueError("annealed proposals start from the prior scaled by T / T_train (the path's base): "
+                             "scale_prior=False is for plain proposals only")
+        self.anneal_statistics = dict.fromkeys(_ANNEAL_KEYS, 0)
         self._last = None
 
     def _extra_state(self) -> dict:
-        return {"n_proposals": self.n_proposals, "scale_prior": self.scale_prior}
+        state = {"n_proposals": self.n_proposals, "scale_prior": self.scale_prior}
+        if self.anneal is not None:
+            state.update(anneal=annealed.config_state(self.anneal), anneal_statistics=dict(self.anneal_statistics))
+        return state
 
     def _set_extra_state(self, state: dict) -> None:
         self.n_proposals = int(state.get("n_proposals", 1))
         self.scale_prior = bool(state.get("scale_prior", True))
+        self.anneal = annealed.config_from_state(state.get("anneal"))
+        stats = state.get("anneal_statistics") or {}
+        self.anneal_statistics = {k: int(stats.get(k, 0)) for k in _ANNEAL_KEYS}
         self._last = None
 
     def _proposals(self, gen: BoltzmannGenerator, thermodynamic_state, chain: Chain,
@@ -166,18 +206,15 @@ class BoltzmannGeneratorMove(GeneratorMove):
         mass (``log p_X`` is invariant to both); toy systems keep their confined components.
         """
         temperature = _kelvin(thermodynamic_state.temperature)
+        if self.anneal is not None:
+            yield from self._annealed_proposals(gen, temperature, chain, tgen)
+            return
         t_prior = temperature if self.scale_prior else gen.training_temperature
         x_cur = chain.current.x
         with torch.no_grad():
             lp_cur = self._current_log_prob(gen, x_cur, t_prior)
             proposal = gen.propose(self.n_proposals, temperature=t_prior, generator=tgen)
-            x_new = proposal.x.cpu()
-            if gen.transform.rotation_invariant:
-                masses = torch.as_tensor(gen.system.masses, dtype=torch.float64)
-                com = (torch.as_tensor(x_cur) * masses[:, None]).sum(0) / masses.sum()
-                x_new, _ = randomize_orientation(x_new, tgen if tgen.device.type == "cpu" else None, masses, com)
-            else:  # confined components (toy systems) keep their current values
-                x_new = gen.transform.place(x_new, gen.transform.frame(torch.as_tensor(x_cur[None])))
+            x_new = self._place(gen, proposal.x, x_cur, tgen)
             inverted = gen.inverted(x_new).cpu().numpy()
         x_new = x_new.numpy()
         lp_new = proposal.log_q.cpu().numpy()
@@ -190,6 +227,53 @@ class BoltzmannGeneratorMove(GeneratorMove):
                 yield MoveProposal.rejected("inverted")
             else:
                 yield MoveProposal(x_new[k], -float(lp_new[k]), data=t_prior)
+
+    @staticmethod
+    def _place(gen: BoltzmannGenerator, x_new: torch.Tensor, x_cur: np.ndarray, tgen: torch.Generator) -> torch.Tensor:
+        """Proposals ``[n, n_atoms, 3]`` (CPU) placed in the chain's frame: a uniformly random orientation at the
+        current centre of mass (rotation-invariant molecules), else the current confined components."""
+        x_new = x_new.cpu()
+        if gen.transform.rotation_invariant:
+            masses = torch.as_tensor(gen.system.masses, dtype=torch.float64)
+            com = (torch.as_tensor(x_cur) * masses[:, None]).sum(0) / masses.sum()
+            x_new, _ = randomize_orientation(x_new, tgen if tgen.device.type == "cpu" else None, masses, com)
+            return x_new
+        return gen.transform.place(x_new, gen.transform.frame(torch.as_tensor(x_cur[None])))
+
+    def _annealed_proposals(self, gen: BoltzmannGenerator, temperature: float, chain: Chain,
+                            tgen: torch.Generator) -> Iterator[MoveProposal]:
+        """Annealed proposals (`openmm_bg.mcmc.annealed`): ``g = log W + u_g`` of the current configuration's
+        backward path and of ``n_proposals`` forward paths; none without a backward path."""
+        path = latent_path(gen, temperature)
+        x_cur = chain.current.x
+        g_cur = self._current_path_term(gen, path, x_cur, tgen)
+        self.anneal_statistics["n_backward_paths"] += 1
+        if g_cur is None:  # outside the generator's domain or of weight zero there: no path, no jump
+            self.anneal_statistics["n_energy_force_evaluations"] += path.n_energy_evaluations
+            for _ in range(self.n_proposals):
+                yield MoveProposal.rejected("out_of_domain")
+            return
+        chain.current = MoveProposal(x_cur, g_cur)
+        paths = annealed.forward_paths(gen, path, self.n_proposals, self.anneal, tgen)
+        self.anneal_statistics["n_forward_paths"] += self.n_proposals
+        self.anneal_statistics["n_energy_force_evaluations"] += path.n_energy_evaluations
+        with torch.no_grad():
+            x_new = self._place(gen, paths.x, x_cur, tgen)
+            inverted = gen.inverted(x_new).cpu().numpy()
+        x_new = x_new.numpy()
+        for k in range(self.n_proposals):
+            if not paths.ok[k]:
+                yield MoveProposal.rejected("out_of_domain")
+            elif inverted[k]:
+                yield MoveProposal.rejected("inverted")
+            else:  # a path of weight zero (g = -inf) is never accepted
+                yield MoveProposal(x_new[k], float(paths.log_ratio_term[k]))
+
+    def _current_path_term(self, gen: BoltzmannGenerator, path, x_cur: np.ndarray,
+                           tgen: torch.Generator) -> float | None:
+        """``g`` of the current configuration: ``log W_bwd + u_g`` of its refreshed (backward) path."""
+        g = float(annealed.backward_terms(gen, path, x_cur[None], self.anneal, tgen)[0])
+        return g if math.isfinite(g) else None
 
     def _current_log_prob(self, gen: BoltzmannGenerator, x_cur: np.ndarray, t_prior: float) -> float:
         """``log p_X`` of the current configuration, reused if it is the one this move left behind."""

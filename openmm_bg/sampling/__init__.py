@@ -9,7 +9,8 @@ nothing of flows or OpenMM; it sits above ``analysis`` and below ``model`` in th
 - :mod:`.schedule`: `FixedSchedule` (exactly unbiased) and `AdaptiveSchedule` (conditional ESS);
 - :mod:`.support`: `Support`, circles and reflecting intervals: proposals folded in, exactly;
 - :mod:`.resampling`: ESS-triggered systematic resampling (`Resampler`);
-- :mod:`.anneal`: `anneal` and its `AnnealConfig`; :mod:`.result`: `AnnealResult`.
+- :mod:`.anneal`: `anneal` and its `AnnealConfig`; :mod:`.result`: `AnnealResult`;
+- :mod:`.backward`: `backward_log_weights`, the backward path from a target point (annealed MCMC moves).
 
 Examples
 --------
@@ -23,6 +24,7 @@ True
 """
 
 from .anneal import AnnealConfig, anneal, population_scale
+from .backward import BackwardPaths, backward_log_weights
 from .kernels import HMC, MALA, Kernel, MoveStats
 from .path import GeometricPath, PathPoint, ValueAndGrad
 from .resampling import Resampler, log_mean_exp
@@ -32,4 +34,4 @@ from .support import Support
 
 __all__ = ["anneal", "AnnealConfig", "AnnealResult", "FixedSchedule", "AdaptiveSchedule", "MALA", "HMC",
            "Kernel", "MoveStats", "GeometricPath", "PathPoint", "ValueAndGrad", "Resampler", "log_mean_exp",
-           "conditional_ess_fraction", "Support", "population_scale"]
+           "conditional_ess_fraction", "Support", "population_scale", "backward_log_weights", "BackwardPaths"]

@@ -176,6 +176,16 @@ def population_scale(x: torch.Tensor, log_w: torch.Tensor, support: Support | No
     return torch.clamp(sd, min=1e-12 * float(sd.max()) if float(sd.max()) > 0 else 1.0)
 
 
+def run_generator(config: AnnealConfig, device) -> torch.Generator:
+    """The run's ``torch.Generator`` on ``device``: seeded with a hash of ``config.seed`` (fresh if None)."""
+    generator = torch.Generator(device=device)
+    if config.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(int(np.random.SeedSequence([config.seed, _SEED_SALT]).generate_state(1, np.uint64)[0]))
+    return generator
+
+
 def _initial_state(path: GeometricPath, x0) -> PathPoint:
     if not isinstance(x0, torch.Tensor) or x0.dim() != 2 or x0.shape[0] < 1 or x0.shape[1] < 1:
         shape = list(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
@@ -237,11 +247,7 @@ def anneal(log_q, log_target, x0: torch.Tensor, config: AnnealConfig | None = No
     kernel = config.make_kernel()
     schedule = config.make_schedule(kernel)
     resampler = Resampler(config.resample_threshold)
-    generator = torch.Generator(device=state.x.device)
-    if config.seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(int(np.random.SeedSequence([config.seed, _SEED_SALT]).generate_state(1, np.uint64)[0]))
+    generator = run_generator(config, state.x.device)
 
     n, n_dim = state.x.shape
     log_w = torch.zeros(n, dtype=torch.float64, device=state.x.device)
