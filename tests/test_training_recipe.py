@@ -248,15 +248,19 @@ def _quadrature_share(system) -> float:
     return float(p[system.states["rare"](grid)].sum() / p.sum())
 
 
-def _rare_state(gen, system, n=20000):
-    """Reweighted population of the rare state and the effective samples inside it."""
+def _rare_state(gen, system, n=20000, with_error=False):
+    """Reweighted population of the rare state and the effective samples inside it (and the population's
+    standard error, delta method for the self-normalised estimate, with ``with_error``)."""
     samples = gen.sample(n, seed=1)
     log_w = np.asarray(samples.log_weights)
     w = np.exp(log_w - log_w[np.isfinite(log_w)].max())
     w[~np.isfinite(w)] = 0.0
     rare = system.states["rare"](np.nan_to_num(samples.positions))
     ess = w[rare].sum() ** 2 / max(float((w[rare] ** 2).sum()), 1e-300)
-    return w[rare].sum() / w.sum(), ess
+    population = w[rare].sum() / w.sum()
+    if not with_error:
+        return population, ess
+    return population, ess, float(np.sqrt((w**2 * (rare - population) ** 2).sum()) / w.sum())
 
 
 @pytest.fixture(scope="module")
@@ -301,12 +305,13 @@ def test_adaptive_recipe_keeps_the_rare_state(banana):
     """Full adaptive recipe (ML <= 1000 steps with early stopping, 500 FAB steps) on data holding the rare
     state at 20 %: its reweighted population within 20 % (relative) of quadrature, >= 50 effective samples.
 
-    Measured (seed 0, 2 x 16 flow): population 0.0432 (quadrature 0.0400), 90 effective samples
-    in the rare state, 1500 steps, 48k energy evaluations (the same with the split by clusters of
-    `validation_split`). The classic default (4500 steps, 768k energy evaluations) keeps this rare
+    Measured (seed 0, 2 x 16 flow): population 0.0406 (quadrature 0.0400), 664 effective samples
+    in the rare state, 1500 steps, 44k energy evaluations (with the ML learning rate decaying to
+    5e-5 and early stopping on any non-improving check: 0.0432, 90, 48k). The classic default (4500
+    steps, 768k energy evaluations) keeps this rare
     state too (0.0367, 158 effective samples; with a 4 x 32 flow 0.0398, 646), so on this toy the
     test cannot show the classic recipe dropping it. With the rare state at only 4 % of the data
-    see `test_adaptive_recipe_loses_a_rare_state_of_four_percent_of_the_data`.
+    see `test_adaptive_recipe_keeps_a_rare_state_of_four_percent_of_the_data`.
     """
     system, data, share = banana
     gen = _trained(system, data, recipe="adaptive")
@@ -315,32 +320,55 @@ def test_adaptive_recipe_keeps_the_rare_state(banana):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known failure: at 4 % of the data the adaptive recipe loses the rare state")
-def test_adaptive_recipe_loses_a_rare_state_of_four_percent_of_the_data(banana):
-    """The rare state at 4 % of the frames (its Boltzmann share), all in the last stretch of the data.
+def test_adaptive_recipe_keeps_a_rare_state_of_four_percent_of_the_data(banana):
+    """The rare state at 4 % of the frames (its Boltzmann share), all in the last stretch of the data:
+    population within 2 standard errors of quadrature (and 20 % relative), >= 30 effective samples.
 
-    The held-out blocks now hold 8 of its 40 frames (`validation_split` by clusters; the evenly spread
-    blocks held none), yet the recipe still loses it (seed 0; 2026-12-02): population 0.0016, 2.3
-    effective samples, ML stopped after 225 steps, 36k energy evaluations. Not the split: the
-    held-out NLL sits on a plateau for ~500 ML steps before the flow finds the rare well, so early
-    stopping (8 checks x 25 steps) ends ML first; without early stopping (1000 ML steps) ML alone
-    reaches 0.053 with 11.5 effective samples, and the 500 FAB steps then lose it (0.0011, 1.8).
-    Strict xfail: when the recipe is fixed this test fails and the marker goes.
+    Measured (seed 0, 2 x 16 flow; 2026-12-02): population 0.0438 (quadrature 0.0400), 99 effective
+    samples, 1000 ML + 500 FAB steps, 51k energy evaluations. It used to lose the state (0.0016, 2.3
+    effective samples): the held-out NLL stands still for ~500 ML steps before the flow finds the
+    rare well, early stopping ended ML at 225 steps, and even 1000 ML steps with the learning rate
+    decaying to 5e-5 barely reached the well (rare frames' NLL 8.2, constant rate 6.5), which FAB,
+    whose annealing starts from q, then could not hold. Now early stopping counts only checks
+    where the flow overfits (`EarlyStopping` with the training NLL) and the ML rate is constant.
+    Seed 1 passes too (0.0375 +- 0.0048, 56); seed 2 does not (0.0006, 1.0 effective samples: the
+    main well overfits while the rare one is still being learned; ``benchmarks/README.md``).
     """
     from openmm_bg.systems.toy import rare_banana_samples
 
     system, _, share = banana
     data = rare_banana_samples(1000, rare_fraction=0.04, seed=0)
     gen = _trained(system, data, recipe="adaptive")
-    population, ess = _rare_state(gen, system)
-    assert abs(population / share - 1) < 0.2 and ess >= 50, (population, ess)
+    population, ess, error = _rare_state(gen, system, with_error=True)
+    assert abs(population - share) < 2 * error and abs(population / share - 1) < 0.2, (population, error)
+    assert ess >= 30, ess
+
+
+def test_adaptive_ml_stage_runs_through_the_plateau_before_a_rare_state_of_four_percent(banana):
+    """CI-sized part of the above: the adaptive ML stage alone on the 4 % data does not stop on the
+    held-out NLL's plateau and ends with the flow in the rare well (held-out rare frames' NLL < 7.5
+    nats; 8.8 at the start, 6.5 measured at the end; the old criterion stopped at 225 steps)."""
+    from openmm_bg.systems.toy import rare_banana_samples
+
+    system, _, _ = banana
+    data = rare_banana_samples(1000, rare_fraction=0.04, seed=0)
+    gen = BoltzmannGenerator.build(system, data, n_blocks=2, hidden=(16, 16), seed=0)
+    trainer = Trainer(gen, data, progress=False, recipe="adaptive")
+    trainer.stages, trainer._stage_steps = trainer.stages[:1], trainer._stage_steps[:1]
+    rare = torch.as_tensor(np.asarray(system.states["rare"](data))[trainer.split.held_out])
+    start = held_out_nll(gen.flow, trainer.v_val[rare])[0]
+    history = trainer.fit()
+    assert len(history) == trainer.stages[0].steps and not any(row.get("early_stop") for row in history)
+    end = held_out_nll(gen.flow, trainer.v_val[rare])[0]
+    assert start > 8.0 and end < 7.5, (start, end)
 
 
 def test_adaptive_recipe_keeps_the_rare_state_fast_variant(banana):
-    """The same at 0.4 x the step counts (ML stops early after 230 steps, 200 FAB steps).
+    """The same at 0.4 x the step counts (400 ML steps, 200 FAB steps).
 
-    Measured (seed 0): population 0.0391 (quadrature 0.0400), 117 effective samples in the rare state,
-    26k energy evaluations.
+    Measured (seed 0): population 0.0412 (quadrature 0.0400), 308 effective samples in the rare state,
+    23k energy evaluations (before early stopping counted only overfitting checks and the ML rate
+    was constant: ML stopped after 230 steps, 0.0391, 117, 26k).
     """
     from openmm_bg.training.stages import adaptive_stages
 

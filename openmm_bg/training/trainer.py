@@ -126,6 +126,11 @@ def _checked_stages(stages) -> list[Stage]:
     return [replace(s) for s in stages]
 
 
+def _evenly_spaced(n: int, m: int, device) -> torch.Tensor:
+    """``min(m, n)`` indices spread evenly over ``0 .. n - 1`` (the training frames early stopping compares with)."""
+    return torch.linspace(0, n - 1, max(1, min(m, n)), device=device).round().long()
+
+
 class Trainer:
     """Runs a schedule of `Stage`s on a generator, with metrics, checkpoints and resume.
 
@@ -421,7 +426,8 @@ class Trainer:
                 self._stopping = (k, EarlyStopping(stage.patience))
                 self._best_flow = None
             stopping = self._stopping[1]
-            stop = stopping.update(val, self.step)
+            probe = self.v_data[_evenly_spaced(len(self.v_data), len(self.v_val), self.v_data.device)]
+            stop = stopping.update(val, self.step, train=held_out_nll(gen.flow, probe)[0], tolerance=se)
             if stopping.improved_at(self.step):
                 self._best_flow = {name: t.detach().clone() for name, t in gen.flow.state_dict().items()}
             last = i + 1 == self._stage_steps[k]

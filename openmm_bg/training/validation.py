@@ -11,7 +11,11 @@ on the main basin alone).
 
 `EarlyStopping` watches the held-out NLL: a check that does not improve on the best by more than
 ``min_delta`` counts against ``patience``; when ``patience`` checks in a row have failed, the stage
-stops and the best weights are restored.
+stops and the best weights are restored. Given the training NLL too, a check counts only when the
+flow overfits: no improvement *and* a generalisation gap (held-out minus training NLL) wider than
+at the best check by more than the tolerance. A plateau, where both NLLs stand still (the flow
+has not yet found a rare state of the data: on `openmm_bg.systems.toy.rare_banana` at a 4 % data
+share the held-out NLL stood still for ~500 ML steps), then does not end the stage.
 
 Rare parts of the data need held-out frames too: evenly spread blocks miss a basin that holds 4 %
 of the frames in one stretch (rare-state data merged after the main run), and early stopping then
@@ -365,12 +369,31 @@ class EarlyStopping:
         self.patience = check.positive_int("patience", patience)
         self.min_delta = check.non_negative("min_delta", min_delta)
         self.best, self.best_step, self.bad_checks = math.inf, -1, 0
+        self.gap_at_best = math.nan
 
-    def update(self, value: float, step: int) -> bool:
-        """Record a check; True when the stage should stop now."""
+    def update(self, value: float, step: int, train: float | None = None, tolerance: float = 0.0) -> bool:
+        """Record a check; True when the stage should stop now.
+
+        With ``train`` (the training NLL at this check, nats) a check without improvement counts
+        against ``patience`` only when the gap ``value - train`` exceeds the gap at the best check
+        by more than ``tolerance`` (nats; e.g. the held-out NLL's standard error): overfitting,
+        not a plateau.
+
+        Examples
+        --------
+        >>> stop = EarlyStopping(patience=1)
+        >>> stop.update(3.0, 0, train=2.9), stop.update(3.0, 1, train=2.9)  # a plateau: no stop
+        (False, False)
+        >>> stop.update(3.1, 2, train=2.5)  # held-out worse, training better: overfitting
+        True
+        """
+        gap = math.nan if train is None else float(value) - float(train)
         if value < self.best - self.min_delta:
             self.best, self.best_step, self.bad_checks = float(value), int(step), 0
+            self.gap_at_best = gap
             return False
+        if train is not None and math.isfinite(self.gap_at_best) and not gap > self.gap_at_best + tolerance:
+            return False  # a plateau (or the gap narrowed): not overfitting
         self.bad_checks += 1
         return self.bad_checks >= self.patience
 
@@ -379,7 +402,9 @@ class EarlyStopping:
         return self.best_step == step
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_step": self.best_step, "bad_checks": self.bad_checks}
+        return {"best": self.best, "best_step": self.best_step, "bad_checks": self.bad_checks,
+                "gap_at_best": self.gap_at_best}
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_step, self.bad_checks = state["best"], state["best_step"], state["bad_checks"]
+        self.gap_at_best = state.get("gap_at_best", math.nan)  # checkpoints of older versions: no gap
