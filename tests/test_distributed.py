@@ -4,7 +4,9 @@ One real torchrun job of ``tests/distributed_worker.py`` on the double well (flo
 platform) samples and trains on 2 ranks, then trains again and loses rank 1 (SIGKILL) mid-way.
 Everything is compared with one process running the same shards. The RC loss (a batch-coupled
 KDE) is in the compared schedule: it is taken per shard, so it does not depend on the number of
-ranks.
+ranks. So are the adaptive recipe's parts (early stopping and the ML weight on held-out data, FAB with
+one annealing run and one replay buffer per shard): a 2-rank run stopped mid-FAB and resumed on 2
+ranks, and its mid-FAB checkpoint resumed on 1, equal one process.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ JOB_LIMIT_S = 300
 DIE_AT = 5
 #: Columns of the metrics compared between runs.
 COLUMNS = ("loss", "ml", "kl", "rc", "u_mean", "grad_norm", "out_of_domain", "energy_evaluations")
+#: Columns of the adaptive run's metrics compared between runs.
+FAB_COLUMNS = ("loss", "ml", "fab", "grad_norm", "energy_evaluations", "val_nll", "w_ml", "fab_ess", "fab_levels",
+               "restored_step", "early_stop")
 
 
 def torchrun(data: Path, out: Path, *extra: str) -> tuple[subprocess.CompletedProcess, float]:
@@ -69,11 +74,11 @@ def weights(state: dict) -> dict:
     return {k: v.clone() for k, v in state.items() if v.is_floating_point()}
 
 
-def assert_same_run(history: list[dict], reference: list[dict]) -> None:
+def assert_same_run(history: list[dict], reference: list[dict], columns=COLUMNS) -> None:
     assert [r["step"] for r in history] == [r["step"] for r in reference]
-    for key in COLUMNS:
-        got = np.array([r[key] for r in history], dtype=float)
-        want = np.array([r[key] for r in reference], dtype=float)
+    for key in columns:
+        got = np.array([r.get(key, math.nan) for r in history], dtype=float)
+        want = np.array([r.get(key, math.nan) for r in reference], dtype=float)
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13, equal_nan=True, err_msg=key)
 
 
@@ -107,6 +112,14 @@ def reference(data_file, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def fab_reference(data_file, tmp_path_factory):
+    """The adaptive run on one process, the same 4 shards: history and final weights."""
+    gen = worker.generator(data_file)
+    history = worker.fab_trainer(gen, data_file, tmp_path_factory.mktemp("fab_one_rank")).fit()
+    return history, weights(gen.flow.state_dict())
+
+
+@pytest.fixture(scope="module")
 def two_ranks(data_file, tmp_path_factory):
     """The torchrun job on 2 ranks: sharded samples, sharded training, then training that loses rank 1."""
     out = tmp_path_factory.mktemp("two_ranks")
@@ -127,6 +140,37 @@ def test_two_ranks_train_like_one_and_say_so(two_ranks, reference):
     state = torch.load(out / "run.ckpt", weights_only=False)
     assert state["world_size"] == 2 and state["step"] == 12 and state["run"]["shards"] == 4
     assert not list(out.glob(".*.tmp"))  # rank 0 wrote atomically, nothing left behind
+
+
+def test_adaptive_recipe_on_two_ranks_trains_like_one(two_ranks, fab_reference):
+    out = two_ranks[0] / "fab"
+    history = json.loads((out / "metrics.json").read_text())
+    reference = fab_reference[0]
+    assert len(history) == 11 and all(r["skipped"] == 0 for r in history)
+    # the compared steps hold held-out checks, a restore of the best ML weights, FAB terms, annealing runs
+    # after the resume and an ML weight that held-out data moved
+    assert sum("val_nll" in r for r in history) >= 5 and any("restored_step" in r for r in reference)
+    assert all(math.isfinite(r["fab"]) for r in history[4:]) and "fab_ess" in history[worker.FAB_STOP + 1]
+    assert len({r["w_ml"] for r in history[4:]}) > 1
+    assert_same_run(history, reference, FAB_COLUMNS)
+    assert_same_weights(weights(torch.load(out / "weights.pt")), fab_reference[1])
+    state = torch.load(out / "run.ckpt", weights_only=False)
+    assert state["world_size"] == 2 and state["run"]["recipe"] == "classic" and state["run"]["validation"] == 0.2
+    buffers = state["shard_fab"]["buffers"]  # every shard's, gathered from both ranks
+    assert sorted(buffers) == [0, 1, 2, 3] and all(len(b[1]["log_weights"]) > 0 for b in buffers.values())
+
+
+def test_mid_fab_checkpoint_of_two_ranks_resumes_on_one(two_ranks, data_file, fab_reference, tmp_path):
+    half = torch.load(two_ranks[0] / "fab" / "half.ckpt", weights_only=False)
+    assert half["step"] == worker.FAB_STOP and half["world_size"] == 2
+    assert sorted(half["shard_fab"]["buffers"]) == [0, 1, 2, 3]
+    (tmp_path / "run.ckpt").write_bytes((two_ranks[0] / "fab" / "half.ckpt").read_bytes())
+    gen = worker.generator(data_file)
+    resumed = worker.fab_trainer(gen, data_file, tmp_path)
+    assert resumed.info.world_size == 1
+    history = resumed.fit(resume=True)
+    assert_same_run(history, fab_reference[0], FAB_COLUMNS)
+    assert_same_weights(weights(gen.flow.state_dict()), fab_reference[1])
 
 
 def test_killed_rank_ends_job_quickly_and_checkpoint_resumes_on_one_rank(two_ranks, data_file, reference):
