@@ -345,3 +345,22 @@ def test_torchrun_command_line_trains_and_samples_on_two_ranks(data_file, tmp_pa
     run("sample", "model.bg", "-n", "400", "--shards", "4", "-o", "one.npz", ranks=False)
     two, one = (np.load(tmp_path / f"{name}.npz") for name in ("two", "one"))
     np.testing.assert_array_equal(two["log_weights"], one["log_weights"])
+
+
+def test_command_line_shards_the_adaptive_recipe(data_file, tmp_path, capsys):
+    """``train --recipe adaptive --shards`` (refused before FAB sharded) runs, here on one process."""
+    from openmm_bg.apps.cli import main
+    from openmm_bg.model.fileformat import read_model_file
+
+    model = tmp_path / "model.bg"
+    assert main(["train", "double_well", "--data", str(data_file), "--recipe", "adaptive", "--steps-scale", "0.005",
+                 "--n-blocks", "2", "--hidden", "16", "--shards", "4", "--coverage-samples", "200",
+                 "-o", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "training on 1 rank (one process), 4 shards per batch" in out and "recipe adaptive" in out
+    training = read_model_file(model)["extra"]["training"]
+    assert training["recipe"] == "adaptive" and training["validation"] == 0.2
+    header = (tmp_path / "model_training.csv").read_text().splitlines()[0].split(",")
+    assert {"val_nll", "fab", "fab_ess", "w_ml"} <= set(header)
+    state = torch.load(tmp_path / "model.bg.ckpt", weights_only=False)
+    assert state["run"]["shards"] == 4 and sorted(state["shard_fab"]["buffers"]) == [0, 1, 2, 3]
