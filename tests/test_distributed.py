@@ -11,6 +11,7 @@ ranks, and its mid-FAB checkpoint resumed on 1, equal one process.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -364,3 +365,26 @@ def test_command_line_shards_the_adaptive_recipe(data_file, tmp_path, capsys):
     assert {"val_nll", "fab", "fab_ess", "w_ml"} <= set(header)
     state = torch.load(tmp_path / "model.bg.ckpt", weights_only=False)
     assert state["run"]["shards"] == 4 and sorted(state["shard_fab"]["buffers"]) == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_torchrun_command_line_adaptive_recipe_two_ranks_like_one(data_file, tmp_path):
+    """``torchrun ... openmm-bg train --recipe adaptive --shards 4`` on 2 ranks: the metrics of one process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python"]
+    args = ["openmm-bg", "train", "double_well", "--data", str(data_file), "--recipe", "adaptive", "--steps-scale",
+            "0.01", "--n-blocks", "2", "--hidden", "16", "--shards", "4", "--coverage-samples", "200"]
+    for name, prefix in (("two", launch), ("one", [])):
+        done = subprocess.run([*prefix, *args, "-o", f"{name}.bg"], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=JOB_LIMIT_S)
+        assert done.returncode == 0, done.stderr[-3000:]
+    two, one = (list(csv.DictReader(open(tmp_path / f"{name}_training.csv"))) for name in ("two", "one"))
+    assert len(two) == len(one) > 0 and any(r["fab"] for r in two)
+    # the command line's flow is float32: the all-reduce rounds otherwise than one process's sum (~1e-7 per
+    # step), so values agree closely and every decision (steps, ML weight, restores, annealing levels) exactly
+    for key in ("stage", "w_ml", "restored_step", "early_stop", "fab_levels", "energy_evaluations"):
+        assert [r.get(key) for r in two] == [r.get(key) for r in one], key
+    for key in ("loss", "ml", "fab", "val_nll", "fab_ess"):
+        got = np.array([float(r[key] or "nan") for r in two])
+        want = np.array([float(r[key] or "nan") for r in one])
+        np.testing.assert_allclose(got, want, rtol=1e-5, equal_nan=True, err_msg=key)
