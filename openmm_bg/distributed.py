@@ -37,14 +37,14 @@ from . import _validation as check
 
 __all__ = ["RankInfo", "rank_info", "init_distributed", "close_distributed", "choose_backend", "stream_seed",
            "shard_sizes", "shards_of_rank", "check_shards", "energy_options", "DEFAULT_SHARDS",
-           "DEFAULT_TIMEOUT_S", "ML_STREAM", "KL_STREAM", "SAMPLE_STREAM"]
+           "DEFAULT_TIMEOUT_S", "ML_STREAM", "KL_STREAM", "SAMPLE_STREAM", "FAB_STREAM"]
 
 #: Shards of a training batch or a sample set unless the caller says otherwise (at most this many ranks).
 DEFAULT_SHARDS = 8
 #: Seconds a collective waits for the other ranks before it fails (a dead or hung rank ends the job).
 DEFAULT_TIMEOUT_S = 300.0
-#: Stream keys of `stream_seed`: ML batch indices, KL/RC latent points, sample shards.
-ML_STREAM, KL_STREAM, SAMPLE_STREAM = 1, 2, 3
+#: Stream keys of `stream_seed`: ML batch indices, KL/RC latent points, sample shards, FAB annealing and replay.
+ML_STREAM, KL_STREAM, SAMPLE_STREAM, FAB_STREAM = 1, 2, 3, 4
 
 
 @dataclass(frozen=True)

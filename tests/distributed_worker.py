@@ -4,14 +4,18 @@ Usage: ``python -m torch.distributed.run --standalone --nproc_per_node=2 tests/d
 DATA OUT [--die-at STEP]``. On the double well (float64, Reference platform) every rank draws its
 shards of a plain and an annealed sample set (one file per rank in OUT, merged there by rank 0),
 then trains with sharded batches (rank 0 writes metrics, checkpoints and the final weights to
-OUT/full). With ``--die-at`` the ranks then train again in OUT/killed, and rank 1 kills itself
-(SIGKILL) before step STEP + 1, which must end the job.
+OUT/full), then runs the adaptive parts (held-out early stopping, FAB with per-shard replay buffers,
+the ML weight from held-out data) in OUT/fab: it stops after FAB_STOP steps (a copy of that
+checkpoint is kept as OUT/fab/half.ckpt) and resumes to the end on 2 ranks. With ``--die-at``
+the ranks then train again in OUT/killed, and rank 1 kills itself (SIGKILL) before step STEP + 1,
+which must end the job.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -37,6 +41,33 @@ def stages() -> list[Stage]:
     """12 steps: ML, then ML + KL + RC (the RC KDE taken per shard)."""
     return [Stage("ml", steps=6, batch_size=32, lr=5e-3),
             Stage("mix", steps=6, ml=0.5, kl=1.0, rc=0.1, batch_size=32, kl_batch_size=24, lr=2e-3)]
+
+
+#: The adaptive run on 2 ranks stops after this many steps (mid-FAB, buffers filled), then resumes.
+FAB_STOP = 7
+
+
+def fab_stages() -> list[Stage]:
+    """11 steps: ML with early stopping, then FAB (annealing at its steps 0 and 4) + ML weight from held-out data."""
+    return [Stage("ml", steps=4, batch_size=32, lr=5e-3, patience=1, validate_every=2),
+            Stage("fab", steps=7, ml=0.1, fab=1.0, batch_size=32, kl_batch_size=16, fab_levels=2, lr=2e-3,
+                  clip_grad=10.0, ml_auto=True, validate_every=2)]
+
+
+def fab_trainer(gen, data, out: Path, cls=DistributedTrainer) -> DistributedTrainer:
+    out.mkdir(parents=True, exist_ok=True)
+    return cls(gen, data, fab_stages(), seed=1, checkpoint=out / "run.ckpt", checkpoint_every=3,
+               metrics=out / "metrics.json", progress=False, shards=SHARDS, timeout_s=30, validation=0.2)
+
+
+class _Stopping(DistributedTrainer):
+    """Ends `fit` after ``stop_at`` steps (with a checkpoint), as a run that was stopped there."""
+
+    stop_at = 10**9
+
+    @property
+    def total_steps(self) -> int:
+        return min(super().total_steps, self.stop_at)
 
 
 def generator(data) -> BoltzmannGenerator:
@@ -90,6 +121,15 @@ def main() -> None:
         run.fit(resume=True)
         if info.is_main:
             torch.save(gen.flow.state_dict(), out / "full" / "weights.pt")
+    if not args.only_kill:
+        _Stopping.stop_at = FAB_STOP
+        fab_trainer(generator(args.data), args.data, out / "fab", _Stopping).fit(resume=False)
+        if info.is_main:
+            shutil.copy(out / "fab" / "run.ckpt", out / "fab" / "half.ckpt")
+        gen = generator(args.data)
+        fab_trainer(gen, args.data, out / "fab").fit(resume=True)
+        if info.is_main:
+            torch.save(gen.flow.state_dict(), out / "fab" / "weights.pt")
     if args.die_at >= 0:
         _Dying.die_at = args.die_at
         trainer(generator(args.data), args.data, out / "killed", _Dying).fit(resume=True)

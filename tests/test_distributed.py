@@ -4,11 +4,14 @@ One real torchrun job of ``tests/distributed_worker.py`` on the double well (flo
 platform) samples and trains on 2 ranks, then trains again and loses rank 1 (SIGKILL) mid-way.
 Everything is compared with one process running the same shards. The RC loss (a batch-coupled
 KDE) is in the compared schedule: it is taken per shard, so it does not depend on the number of
-ranks.
+ranks. So are the adaptive recipe's parts (early stopping and the ML weight on held-out data, FAB with
+one annealing run and one replay buffer per shard): a 2-rank run stopped mid-FAB and resumed on 2
+ranks, and its mid-FAB checkpoint resumed on 1, equal one process.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -46,6 +49,9 @@ JOB_LIMIT_S = 300
 DIE_AT = 5
 #: Columns of the metrics compared between runs.
 COLUMNS = ("loss", "ml", "kl", "rc", "u_mean", "grad_norm", "out_of_domain", "energy_evaluations")
+#: Columns of the adaptive run's metrics compared between runs.
+FAB_COLUMNS = ("loss", "ml", "fab", "grad_norm", "energy_evaluations", "val_nll", "w_ml", "fab_ess", "fab_levels",
+               "restored_step", "early_stop")
 
 
 def torchrun(data: Path, out: Path, *extra: str) -> tuple[subprocess.CompletedProcess, float]:
@@ -69,11 +75,11 @@ def weights(state: dict) -> dict:
     return {k: v.clone() for k, v in state.items() if v.is_floating_point()}
 
 
-def assert_same_run(history: list[dict], reference: list[dict]) -> None:
+def assert_same_run(history: list[dict], reference: list[dict], columns=COLUMNS) -> None:
     assert [r["step"] for r in history] == [r["step"] for r in reference]
-    for key in COLUMNS:
-        got = np.array([r[key] for r in history], dtype=float)
-        want = np.array([r[key] for r in reference], dtype=float)
+    for key in columns:
+        got = np.array([r.get(key, math.nan) for r in history], dtype=float)
+        want = np.array([r.get(key, math.nan) for r in reference], dtype=float)
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13, equal_nan=True, err_msg=key)
 
 
@@ -107,6 +113,14 @@ def reference(data_file, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def fab_reference(data_file, tmp_path_factory):
+    """The adaptive run on one process, the same 4 shards: history and final weights."""
+    gen = worker.generator(data_file)
+    history = worker.fab_trainer(gen, data_file, tmp_path_factory.mktemp("fab_one_rank")).fit()
+    return history, weights(gen.flow.state_dict())
+
+
+@pytest.fixture(scope="module")
 def two_ranks(data_file, tmp_path_factory):
     """The torchrun job on 2 ranks: sharded samples, sharded training, then training that loses rank 1."""
     out = tmp_path_factory.mktemp("two_ranks")
@@ -127,6 +141,37 @@ def test_two_ranks_train_like_one_and_say_so(two_ranks, reference):
     state = torch.load(out / "run.ckpt", weights_only=False)
     assert state["world_size"] == 2 and state["step"] == 12 and state["run"]["shards"] == 4
     assert not list(out.glob(".*.tmp"))  # rank 0 wrote atomically, nothing left behind
+
+
+def test_adaptive_recipe_on_two_ranks_trains_like_one(two_ranks, fab_reference):
+    out = two_ranks[0] / "fab"
+    history = json.loads((out / "metrics.json").read_text())
+    reference = fab_reference[0]
+    assert len(history) == 11 and all(r["skipped"] == 0 for r in history)
+    # the compared steps hold held-out checks, a restore of the best ML weights, FAB terms, annealing runs
+    # after the resume and an ML weight that held-out data moved
+    assert sum("val_nll" in r for r in history) >= 5 and any("restored_step" in r for r in reference)
+    assert all(math.isfinite(r["fab"]) for r in history[4:]) and "fab_ess" in history[worker.FAB_STOP + 1]
+    assert len({r["w_ml"] for r in history[4:]}) > 1
+    assert_same_run(history, reference, FAB_COLUMNS)
+    assert_same_weights(weights(torch.load(out / "weights.pt")), fab_reference[1])
+    state = torch.load(out / "run.ckpt", weights_only=False)
+    assert state["world_size"] == 2 and state["run"]["recipe"] == "classic" and state["run"]["validation"] == 0.2
+    buffers = state["shard_fab"]["buffers"]  # every shard's, gathered from both ranks
+    assert sorted(buffers) == [0, 1, 2, 3] and all(len(b[1]["log_weights"]) > 0 for b in buffers.values())
+
+
+def test_mid_fab_checkpoint_of_two_ranks_resumes_on_one(two_ranks, data_file, fab_reference, tmp_path):
+    half = torch.load(two_ranks[0] / "fab" / "half.ckpt", weights_only=False)
+    assert half["step"] == worker.FAB_STOP and half["world_size"] == 2
+    assert sorted(half["shard_fab"]["buffers"]) == [0, 1, 2, 3]
+    (tmp_path / "run.ckpt").write_bytes((two_ranks[0] / "fab" / "half.ckpt").read_bytes())
+    gen = worker.generator(data_file)
+    resumed = worker.fab_trainer(gen, data_file, tmp_path)
+    assert resumed.info.world_size == 1
+    history = resumed.fit(resume=True)
+    assert_same_run(history, fab_reference[0], FAB_COLUMNS)
+    assert_same_weights(weights(gen.flow.state_dict()), fab_reference[1])
 
 
 def test_killed_rank_ends_job_quickly_and_checkpoint_resumes_on_one_rank(two_ranks, data_file, reference):
@@ -301,3 +346,45 @@ def test_torchrun_command_line_trains_and_samples_on_two_ranks(data_file, tmp_pa
     run("sample", "model.bg", "-n", "400", "--shards", "4", "-o", "one.npz", ranks=False)
     two, one = (np.load(tmp_path / f"{name}.npz") for name in ("two", "one"))
     np.testing.assert_array_equal(two["log_weights"], one["log_weights"])
+
+
+def test_command_line_shards_the_adaptive_recipe(data_file, tmp_path, capsys):
+    """``train --recipe adaptive --shards`` (refused before FAB sharded) runs, here on one process."""
+    from openmm_bg.apps.cli import main
+    from openmm_bg.model.fileformat import read_model_file
+
+    model = tmp_path / "model.bg"
+    assert main(["train", "double_well", "--data", str(data_file), "--recipe", "adaptive", "--steps-scale", "0.005",
+                 "--n-blocks", "2", "--hidden", "16", "--shards", "4", "--coverage-samples", "200",
+                 "-o", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "training on 1 rank (one process), 4 shards per batch" in out and "recipe adaptive" in out
+    training = read_model_file(model)["extra"]["training"]
+    assert training["recipe"] == "adaptive" and training["validation"] == 0.2
+    header = (tmp_path / "model_training.csv").read_text().splitlines()[0].split(",")
+    assert {"val_nll", "fab", "fab_ess", "w_ml"} <= set(header)
+    state = torch.load(tmp_path / "model.bg.ckpt", weights_only=False)
+    assert state["run"]["shards"] == 4 and sorted(state["shard_fab"]["buffers"]) == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_torchrun_command_line_adaptive_recipe_two_ranks_like_one(data_file, tmp_path):
+    """``torchrun ... openmm-bg train --recipe adaptive --shards 4`` on 2 ranks: the metrics of one process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python"]
+    args = ["openmm-bg", "train", "double_well", "--data", str(data_file), "--recipe", "adaptive", "--steps-scale",
+            "0.01", "--n-blocks", "2", "--hidden", "16", "--shards", "4", "--coverage-samples", "200"]
+    for name, prefix in (("two", launch), ("one", [])):
+        done = subprocess.run([*prefix, *args, "-o", f"{name}.bg"], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=JOB_LIMIT_S)
+        assert done.returncode == 0, done.stderr[-3000:]
+    two, one = (list(csv.DictReader(open(tmp_path / f"{name}_training.csv"))) for name in ("two", "one"))
+    assert len(two) == len(one) > 0 and any(r["fab"] for r in two)
+    # the command line's flow is float32: the all-reduce rounds otherwise than one process's sum (~1e-7 per
+    # step), so values agree closely and every decision (steps, ML weight, restores, annealing levels) exactly
+    for key in ("stage", "w_ml", "restored_step", "early_stop", "fab_levels", "energy_evaluations"):
+        assert [r.get(key) for r in two] == [r.get(key) for r in one], key
+    for key in ("loss", "ml", "fab", "val_nll", "fab_ess"):
+        got = np.array([float(r[key] or "nan") for r in two])
+        want = np.array([float(r[key] or "nan") for r in one])
+        np.testing.assert_allclose(got, want, rtol=1e-5, equal_nan=True, err_msg=key)

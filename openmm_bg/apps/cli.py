@@ -369,13 +369,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.shards is not None or info.distributed:  # data-parallel: fixed shards, one process per rank
         from openmm_bg.training import DistributedTrainer
 
-        if args.recipe != "classic" or any(s.fab > 0 or s.needs_validation for s in stages):
-            raise CLIError("the adaptive recipe (FAB, held-out data) runs in one process; drop --shards or use "
-                           "--recipe classic")
         info = _join(args)
         _rank_resources(gen, info)
         trainer = DistributedTrainer(gen, args.data, stages, shards=args.shards or _default_shards(),
-                                     timeout_s=args.dist_timeout, **options)
+                                     timeout_s=args.dist_timeout, recipe=args.recipe, **options)
         if info.is_main:
             print(trainer.describe())
     else:

@@ -14,9 +14,17 @@ Batch-coupled terms are computed *per shard*, which keeps them independent of ``
 KDE is taken over each shard's own samples (the global RC term is the particle-weighted mean of the
 shards'), as is the chirality penalty's scale. A sharded run therefore differs from the plain
 `Trainer` (one stream, one batch) even on one process; its run record holds ``shards`` and a
-checkpoint resumes only with the same number of shards, but with any number of ranks. The trainer
-has no replay buffer or SMC schedule to share.
+checkpoint resumes only with the same number of shards, but with any number of ranks.
 
+The adaptive recipe shards the same way. A FAB stage keeps one replay buffer *per shard*: shard
+``k``'s annealing run (``1/shards`` of the particles, latent start points and kernel noise from
+the ``(seed, FAB_STREAM, t, k)`` streams, its own kernel step size) fills shard ``k``'s buffer,
+its replay batch is drawn from that buffer alone, and its FAB term is the mean NLL of its batch,
+weighted by its share of the particles. The ranks owning a shard hold its buffer; checkpoints
+gather every shard's buffer to rank 0, and a resumed run (with any number of ranks) takes the
+buffers of its shards from the broadcast checkpoint. Held-out NLL checks (early stopping, the ML
+weight of ``ml_auto``) are computed on rank 0 and broadcast, so that every rank stops, restores
+the best weights and sets the ML weight alike.
 Rank 0 writes metrics and (atomic) checkpoints and reads the checkpoint it resumes from, which is
 broadcast to the other ranks (no shared file system is needed for that). Every collective has the
 process group's timeout (`openmm_bg.distributed.init_distributed`): a rank that dies or hangs ends
@@ -48,6 +56,7 @@ from .._validation import one_line
 from ..distributed import (
     DEFAULT_SHARDS,
     DEFAULT_TIMEOUT_S,
+    FAB_STREAM,
     KL_STREAM,
     ML_STREAM,
     RankInfo,
@@ -59,17 +68,20 @@ from ..distributed import (
 )
 from ..model.generator import BoltzmannGenerator
 from ..systems import ReactionCoordinate
+from .fab import ReplayBuffer
 from .losses import kl_loss, ml_loss, rc_loss
 from .stages import Stage
-from .trainer import Trainer
+from .trainer import FAB_BUFFER_RUNS, FAB_REFRESH, Trainer
 
 __all__ = ["DistributedTrainer"]
 
 logger = logging.getLogger(__name__)
 
 #: Per-shard sums that the ranks add up: ML, KL, RC (times rows), u (times rows), rows with u, out of domain,
-#: inverted.
-_STATS = 7
+#: inverted; then of FAB: the term (times the shard's share), replay rows, annealing runs, ESS (particles), levels,
+#: last-level jumps, failed runs, energy evaluations, kernel step size after the run.
+_STATS = 16
+(_FAB, _FAB_ROWS, _FAB_RUNS, _FAB_ESS, _FAB_LEVELS, _FAB_JUMP, _FAB_FAILED, _FAB_EVALS, _FAB_STEP) = range(7, 16)
 
 
 class _ShardObjective(nn.Module):
@@ -89,7 +101,7 @@ class DistributedTrainer(Trainer):
 
     Parameters
     ----------
-    generator, data, stages, seed, rc, checkpoint, checkpoint_every, metrics, progress
+    generator, data, stages, seed, rc, checkpoint, checkpoint_every, metrics, progress, recipe, validation, origins
         As for `Trainer`. Only rank 0 writes ``checkpoint`` and ``metrics`` and shows progress.
     shards : int
         Shards of every ML and KL batch (>= the number of ranks, <= every batch size). Results
@@ -114,16 +126,18 @@ class DistributedTrainer(Trainer):
     def __init__(self, generator: BoltzmannGenerator, data, stages: Sequence[Stage] | None = None, seed: int = 0,
                  rc: str | ReactionCoordinate | None = None, checkpoint: str | os.PathLike | None = None,
                  checkpoint_every: int = 100, metrics: str | os.PathLike | None = None, progress: bool = True,
-                 shards: int = DEFAULT_SHARDS, timeout_s: float = DEFAULT_TIMEOUT_S):
+                 shards: int = DEFAULT_SHARDS, timeout_s: float = DEFAULT_TIMEOUT_S, recipe: str = "classic",
+                 validation: float | None = None, origins=None):
         super().__init__(generator, data, stages, seed=seed, rc=rc, checkpoint=checkpoint,
-                         checkpoint_every=checkpoint_every, metrics=metrics, progress=progress)
+                         checkpoint_every=checkpoint_every, metrics=metrics, progress=progress, recipe=recipe,
+                         validation=validation, origins=origins)
         self.info: RankInfo = init_distributed(timeout_s)
         self.timeout_s = float(timeout_s)
         self.shards = check_shards(shards, self.info.world_size)
         for stage in self.stages:
             sizes = {"batch_size": min(stage.batch_size, len(self.v_data)) if stage.ml > 0 else None,
                      "kl_batch_size": (stage.kl_batch_size or stage.batch_size)
-                     if (stage.kl > 0 or stage.kl_end or stage.rc > 0) else None}
+                     if (stage.kl > 0 or stage.kl_end or stage.rc > 0 or stage.fab > 0) else None}
             for name, size in sizes.items():
                 if size is not None and size < self.shards:
                     raise ValueError(f"Stage {stage.name!r}: {name}={size} (rows per step) is smaller than shards="
@@ -132,6 +146,10 @@ class DistributedTrainer(Trainer):
         self._local_shards = shards_of_rank(self.info.rank, self.info.world_size, self.shards)
         self._module: nn.Module | None = None
         self._stats: torch.Tensor | None = None
+        # FAB: the replay buffers of this rank's shards (all shards' after a checkpoint) and every shard's step size
+        self._shard_buffers: dict[int, ReplayBuffer] = {}
+        self._shard_step_sizes = [self._fab_step_size] * self.shards
+        self._fab_drawn: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
     def describe(self) -> str:
         """One line on how the run is spread, e.g. ``"training on 2 ranks (backend gloo), 8 shards per batch"``."""
@@ -169,14 +187,26 @@ class DistributedTrainer(Trainer):
         scale = float(self.info.world_size)  # DDP averages the ranks' gradients
         params = list(gen.flow.parameters())
         objective = 0.0 * sum(p.sum() for p in params).to(torch.float64)  # every parameter in the graph
-        stats = torch.zeros(self.shards, _STATS, dtype=torch.float64)
+        stats = self._stats  # the step's, with the FAB refreshes in it (`_step`)
+        w_ml = self._ml_weight_of(k, stage)
+        fab_sizes = shard_sizes(self._fab_particles(stage), self.shards)
+        self._fab_drawn = []
         for s in self._local_shards:
             if b_ml:
                 rng = torch.Generator(device=gen.device).manual_seed(stream_seed(self.seed, ML_STREAM, self.step, s))
                 idx = torch.randint(0, len(self.v_data), (ml_sizes[s],), generator=rng, device=gen.device)
                 ml_sum = ml_loss(gen, self.v_data[idx]).to(torch.float64) * ml_sizes[s]
-                objective = objective + scale * stage.ml / b_ml * ml_sum
+                objective = objective + scale * w_ml / b_ml * ml_sum
                 stats[s, 0] = ml_sum.item()
+            if stage.fab > 0 and s in self._shard_buffers:
+                rng = torch.Generator().manual_seed(stream_seed(self.seed, FAB_STREAM, self.step, s, 2))
+                index, log_q = self._fab_draw(self._shard_buffers[s], fab_sizes[s], rng)
+                if index is not None:
+                    share = fab_sizes[s] / sum(fab_sizes)
+                    fab = -share * log_q.to(torch.float64).mean()
+                    objective = objective + scale * stage.fab * fab
+                    stats[s, _FAB], stats[s, _FAB_ROWS] = fab.item(), index.numel()
+                    self._fab_drawn.append((s, index, log_q.detach()))
             if b_kl:
                 rng = torch.Generator(device=gen.device).manual_seed(stream_seed(self.seed, KL_STREAM, self.step, s))
                 z = gen.sample_latent(kl_sizes[s], rng, t)
@@ -192,10 +222,21 @@ class DistributedTrainer(Trainer):
                 valid = n - info["out_of_domain"]
                 has_u = math.isfinite(info["u_mean"]) and valid > 0
                 stats[s, 1] = kl.item() * n
-                stats[s, 3:] = torch.tensor([info["u_mean"] * valid if has_u else 0.0, valid if has_u else 0,
+                stats[s, 3:7] = torch.tensor([info["u_mean"] * valid if has_u else 0.0, valid if has_u else 0,
                                              info["out_of_domain"], info["inverted"]], dtype=torch.float64)
-        self._stats = stats
         return objective
+
+    def _held_out_nll(self, v: torch.Tensor) -> tuple[float, float]:
+        """Rank 0's held-out NLL and standard error, broadcast: every rank takes the same decisions."""
+        if not self.info.distributed:
+            return super()._held_out_nll(v)
+        values = torch.zeros(2, dtype=torch.float64)
+        if self.info.is_main:
+            values = torch.tensor(super()._held_out_nll(v), dtype=torch.float64)
+        values = values.to(self.info.device)
+        torch.distributed.broadcast(values, src=0)
+        val, se = values.cpu().tolist()
+        return val, se
 
     def _all_reduce(self, values: torch.Tensor) -> torch.Tensor:
         if self.info.distributed:
@@ -205,15 +246,49 @@ class DistributedTrainer(Trainer):
             values = values.cpu()
         return values
 
+    def _fab_particles(self, stage: Stage) -> int:
+        return (stage.kl_batch_size or stage.batch_size) if stage.fab > 0 else 0
+
+    def _fab_refresh_shards(self, stage: Stage, i: int) -> None:
+        """Annealing runs of this rank's shards that are due (every `FAB_REFRESH` steps, or an empty buffer)."""
+        gen = self.gen
+        sizes = shard_sizes(self._fab_particles(stage), self.shards)
+        t = gen.training_temperature if stage.temperature is None else stage.temperature
+        for s in self._local_shards:
+            buffer = self._shard_buffers.setdefault(s, ReplayBuffer(FAB_BUFFER_RUNS * sizes[s], gen.n_dof))
+            if i % FAB_REFRESH != 0 and len(buffer) > 0:
+                continue
+            rng = torch.Generator(device=gen.device).manual_seed(stream_seed(self.seed, FAB_STREAM, self.step, s, 0))
+            with torch.no_grad():
+                z0 = gen.sample_latent(sizes[s], rng, t).to(torch.float64)
+            info = self._fab_anneal(stage, z0, stream_seed(self.seed, FAB_STREAM, self.step, s, 1),
+                                    self._shard_step_sizes[s], buffer)
+            self._stats[s, _FAB_RUNS:] = torch.tensor(
+                [1.0, info.get("fab_ess", 0.0) * sizes[s], info.get("fab_levels", 0), info.get("fab_jump", 0),
+                 info.get("fab_failed", 0), info["energy_evaluations"], info.get("step_size", 0.0)],
+                dtype=torch.float64)
+
     def _step(self, k: int, stage: Stage, i: int) -> dict:
         opt, w_kl, row = self._start_step(k, stage, i)
         b_ml, b_kl = self._batch_sizes(stage, w_kl)
+        self._stats = torch.zeros(self.shards, _STATS, dtype=torch.float64)
+        if stage.fab > 0:  # before the DDP forward: annealing runs take no parameter gradients
+            self._fab_refresh_shards(stage, i)
         objective = self._objective()(k, i)
-        sums = self._all_reduce(self._stats).sum(0)  # in shard order: the same on every rank and for any R
+        per_shard = self._all_reduce(self._stats)  # each row from the rank owning that shard
+        sums = per_shard.sum(0)  # in shard order: the same on every rank and for any R
         loss = 0.0
+        w_ml = self._ml_weight_of(k, stage)
+        if stage.ml_auto:
+            row["w_ml"] = w_ml
         if b_ml:
             row["ml"] = float(sums[0]) / b_ml
-            loss += stage.ml * row["ml"]
+            loss += w_ml * row["ml"]
+        if stage.fab > 0:
+            self._fab_row(stage, per_shard, sums, row)
+            if sums[_FAB_ROWS] > 0:
+                row["fab"] = float(sums[_FAB])
+                loss += stage.fab * row["fab"]
         if b_kl:
             self.energy_evaluations += b_kl
             row.update(u_mean=float(sums[3] / sums[4]) if sums[4] > 0 else math.inf,
@@ -226,7 +301,28 @@ class DistributedTrainer(Trainer):
                 loss += stage.rc * row["rc"]
         row["loss"] = loss
         # finite or not, the same decision on every rank: no rank starts a backward (a DDP all-reduce) alone
-        return self._apply_gradients(opt, stage, row, objective.backward)
+        row = self._apply_gradients(opt, stage, row, objective.backward)
+        if not row["skipped"]:  # p^2/q moved with q: log w += log q_old - log q_new, in each shard's buffer
+            for s, index, log_q in self._fab_drawn:
+                self._shard_buffers[s].adjust(index, log_q)
+        self._fab_drawn = []
+        return row
+
+    def _fab_row(self, stage: Stage, per_shard: torch.Tensor, sums: torch.Tensor, row: dict) -> None:
+        """The step's FAB annealing metrics (as `Trainer`'s, over the shards that annealed) and step sizes."""
+        runs = per_shard[:, _FAB_RUNS] > 0
+        if not bool(runs.any()):
+            return
+        self.energy_evaluations += int(sums[_FAB_EVALS])
+        for s in torch.nonzero(runs & (per_shard[:, _FAB_FAILED] == 0)).flatten().tolist():
+            self._shard_step_sizes[s] = float(per_shard[s, _FAB_STEP])
+        if sums[_FAB_FAILED] > 0:
+            row["fab_failed"] = int(sums[_FAB_FAILED])
+        if sums[_FAB_FAILED] < sums[_FAB_RUNS]:
+            sizes = shard_sizes(self._fab_particles(stage), self.shards)
+            particles = sum(sizes[s] for s in torch.nonzero(runs).flatten().tolist())
+            row.update(fab_ess=float(sums[_FAB_ESS]) / particles, fab_levels=int(per_shard[:, _FAB_LEVELS].max()),
+                       fab_jump=int(per_shard[:, _FAB_JUMP].max()))
 
     # ------------------------------------------------------------------ loop and files
     def fit(self, resume: bool = False) -> list[dict]:
@@ -274,11 +370,44 @@ class DistributedTrainer(Trainer):
         return payload
 
     def state(self) -> dict:
-        """`Trainer.state` plus the number of ranks that wrote it (for information: resume with any)."""
-        return {**super().state(), "world_size": self.info.world_size}
+        """`Trainer.state` plus the number of ranks that wrote it (for information: resume with any), and
+        the FAB replay buffers of the shards this rank holds (every shard's on rank 0 at a checkpoint) with
+        every shard's kernel step size."""
+        state = {**super().state(), "world_size": self.info.world_size}
+        state["shard_fab"] = {"step_sizes": list(self._shard_step_sizes),
+                              "buffers": {s: (b.capacity, b.state_dict())
+                                          for s, b in sorted(self._shard_buffers.items())}}
+        return state
+
+    def _gather_buffers(self) -> None:
+        """Every shard's replay buffer onto every rank (a collective: all ranks call it)."""
+        if not self.info.distributed:
+            return
+        mine = {s: (b.capacity, b.state_dict()) for s, b in self._shard_buffers.items() if s in self._local_shards}
+        parts: list = [None] * self.info.world_size
+        torch.distributed.all_gather_object(parts, mine)
+        for part in parts:
+            for s, (capacity, buffer) in part.items():
+                if s not in self._local_shards:
+                    self._shard_buffers[s] = self._restored_buffer(capacity, buffer)
+
+    def _restored_buffer(self, capacity: int, buffer: dict) -> ReplayBuffer:
+        restored = ReplayBuffer(capacity, self.gen.n_dof)
+        restored.load_state_dict({key: value.to(self.gen.device) for key, value in buffer.items()})
+        return restored
+
+    def _apply_state(self, state: dict, path: str | os.PathLike) -> None:
+        """`Trainer._apply_state`, then every shard's FAB buffer and step size (with any number of ranks)."""
+        super()._apply_state(state, path)
+        fab = state.get("shard_fab") or {"step_sizes": [self._fab_step_size] * self.shards, "buffers": {}}
+        self._shard_step_sizes = list(fab["step_sizes"])
+        self._shard_buffers = {s: self._restored_buffer(capacity, buffer)
+                               for s, (capacity, buffer) in fab["buffers"].items()}
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Rank 0 writes the checkpoint atomically (see `Trainer.save_checkpoint`); other ranks do nothing."""
+        """Rank 0 writes the checkpoint atomically (see `Trainer.save_checkpoint`) with every shard's replay
+        buffer, gathered from the ranks first (all ranks call this); other ranks write nothing."""
+        self._gather_buffers()
         if self.info.is_main:
             super().save_checkpoint(path)
 

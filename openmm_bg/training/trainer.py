@@ -415,10 +415,14 @@ class Trainer:
             self._ml_weight = (k, stage.ml)
         return self._ml_weight[1]
 
+    def _held_out_nll(self, v: torch.Tensor) -> tuple[float, float]:
+        """`held_out_nll` of the flow at ``v`` (a sharded run takes rank 0's, so every rank decides alike)."""
+        return held_out_nll(self.gen.flow, v)
+
     def _check_held_out(self, k: int, stage: Stage, i: int, row: dict) -> None:
         """A held-out NLL check: early stopping (``patience``) and the ML weight (``ml_auto``)."""
         gen = self.gen
-        val, se = held_out_nll(gen.flow, self.v_val)
+        val, se = self._held_out_nll(self.v_val)
         row["val_nll"] = val
         self._best_val = min(self._best_val, val)
         if stage.patience is not None:
@@ -427,7 +431,7 @@ class Trainer:
                 self._best_flow = None
             stopping = self._stopping[1]
             probe = self.v_data[_evenly_spaced(len(self.v_data), len(self.v_val), self.v_data.device)]
-            stop = stopping.update(val, self.step, train=held_out_nll(gen.flow, probe)[0], tolerance=se)
+            stop = stopping.update(val, self.step, train=self._held_out_nll(probe)[0], tolerance=se)
             if stopping.improved_at(self.step):
                 self._best_flow = {name: t.detach().clone() for name, t in gen.flow.state_dict().items()}
             last = i + 1 == self._stage_steps[k]
@@ -455,13 +459,18 @@ class Trainer:
             self._buffer = ReplayBuffer(FAB_BUFFER_RUNS * n, gen.n_dof)
         if i % FAB_REFRESH == 0 or len(self._buffer) == 0:
             self._fab_refresh(stage, n, row)
-        if len(self._buffer) == 0:
+        return self._fab_draw(self._buffer, n, self._fab_rng)
+
+    def _fab_draw(self, buffer: ReplayBuffer, n: int, rng: torch.Generator):
+        """``n`` samples of ``buffer`` drawn ∝ weight and their (differentiable) log q; ``(None, None)`` if none."""
+        if len(buffer) == 0:
             return None, None
-        index = self._buffer.sample(n, self._fab_rng)
-        log_q = gen.flow.log_prob(self._buffer.v[index].to(gen.flow_dtype))
+        gen = self.gen
+        index = buffer.sample(n, rng)
+        log_q = gen.flow.log_prob(buffer.v[index].to(gen.flow_dtype))
         keep = torch.isfinite(log_q.detach())
         if not bool(keep.all()):  # now outside the flow's domain: weight zero from here on
-            self._buffer.adjust(index[~keep], log_q.detach()[~keep])
+            buffer.adjust(index[~keep], log_q.detach()[~keep])
             index, log_q = index[keep], log_q[keep]
         return (index, log_q) if index.numel() else (None, None)
 
@@ -469,29 +478,39 @@ class Trainer:
         """One annealing run of ``n`` particles from q towards p^2/q (flow fixed), into the buffer."""
         gen = self.gen
         t = gen.training_temperature if stage.temperature is None else stage.temperature
-        path = latent_path(gen, t, batch_size=n)
         with torch.no_grad():
             z0 = gen.sample_latent(n, self._rng, t).to(torch.float64)
         seed = int(torch.randint(0, 2**62, (1,), generator=self._fab_rng))
-        config = AnnealConfig(n_levels=stage.fab_levels, step_size=self._fab_step_size, resample_threshold=0.0,
-                              seed=seed)
+        info = self._fab_anneal(stage, z0, seed, self._fab_step_size, self._buffer)
+        self.energy_evaluations += info.pop("energy_evaluations")
+        self._fab_step_size = info.pop("step_size", self._fab_step_size)
+        row.update(info)
+
+    def _fab_anneal(self, stage: Stage, z0: torch.Tensor, seed: int, step_size: float, buffer: ReplayBuffer) -> dict:
+        """Anneal the latent points ``z0`` from q towards p^2/q (flow fixed) and add the result to ``buffer``.
+
+        Returns the run's ``energy_evaluations`` and ``fab_jump``, then either ``fab_failed`` (every
+        particle had weight zero: nothing added) or ``fab_ess`` (ESS / N), ``fab_levels`` and the
+        kernel's last ``step_size``.
+        """
+        gen = self.gen
+        n = z0.shape[0]
+        t = gen.training_temperature if stage.temperature is None else stage.temperature
+        path = latent_path(gen, t, batch_size=n)
+        config = AnnealConfig(n_levels=stage.fab_levels, step_size=step_size, resample_threshold=0.0, seed=seed)
         try:
             with warnings.catch_warnings(record=True) as caught:  # a jump to beta = 1 is exact, only noisier
                 warnings.simplefilter("always", RuntimeWarning)
                 result = anneal(path.log_q, fab_target(path.log_q, path.log_target), z0, config)
-            row["fab_jump"] = int(any("last level jumps" in str(w.message) for w in caught))
+            jump = int(any("last level jumps" in str(w.message) for w in caught))
         except RuntimeError:  # every particle has weight zero (p = 0 at all of them): nothing to add
-            self.energy_evaluations += path.n_energy_evaluations
-            row["fab_failed"] = 1
-            return
-        self.energy_evaluations += path.n_energy_evaluations
-        self._fab_step_size = float(result.step_sizes[-1])
+            return {"energy_evaluations": path.n_energy_evaluations, "fab_failed": 1}
         with torch.no_grad():
             v, _ = gen.flow.forward(result.positions.to(gen.flow_dtype))
             log_q = gen.flow.log_prob(v).to(torch.float64)
-        self._buffer.add(v, result.log_weights, log_q)
-        row["fab_ess"] = result.ess() / n
-        row["fab_levels"] = result.n_levels
+        buffer.add(v, result.log_weights, log_q)
+        return {"energy_evaluations": path.n_energy_evaluations, "fab_jump": jump, "fab_ess": result.ess() / n,
+                "fab_levels": result.n_levels, "step_size": float(result.step_sizes[-1])}
 
     # ------------------------------------------------------------------ persistence
     def run_record(self) -> dict:
