@@ -131,6 +131,10 @@ class DistributedTrainer(Trainer):
         super().__init__(generator, data, stages, seed=seed, rc=rc, checkpoint=checkpoint,
                          checkpoint_every=checkpoint_every, metrics=metrics, progress=progress, recipe=recipe,
                          validation=validation, origins=origins)
+        if self.by_group:
+            raise ValueError("by_group (held-out checks judged per cluster) is not supported by DistributedTrainer "
+                             "yet: each rank would judge its own per-frame NLLs; use the plain Trainer or "
+                             "by_group=False")
         self.info: RankInfo = init_distributed(timeout_s)
         self.timeout_s = float(timeout_s)
         self.shards = check_shards(shards, self.info.world_size)

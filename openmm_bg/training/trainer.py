@@ -48,9 +48,12 @@ from .stages import RECIPES, Stage, adaptive_stages, default_stages
 from .validation import (
     DEFAULT_VALIDATION_FRACTION,
     EarlyStopping,
+    GroupNLL,
     ValidationSplit,
     data_origins,
+    frame_nll,
     held_out_nll,
+    mean_nll,
     validation_split,
 )
 
@@ -191,6 +194,11 @@ class Trainer:
 
     #: Shards of a batch (None: one batch from one stream; see `openmm_bg.training.distributed`).
     shards: int | None = None
+    #: Judge held-out checks per group of frames (clusters or MD starts, `GroupNLL`): the restored weights
+    #: (no group may lose what it gained) and ``ml_auto`` (the ML weight doubles when a group falls behind).
+    #: Off: on `openmm_bg.systems.toy.rare_banana` it keeps a 4 % rare state on seeds where it was
+    #: lost but lowers the effective samples on others (``benchmarks/README.md``).
+    by_group: bool = False
 
     def __init__(self, generator: BoltzmannGenerator, data, stages: Sequence[Stage] | None = None, seed: int = 0,
                  rc: str | ReactionCoordinate | None = None, checkpoint: str | os.PathLike | None = None,
@@ -260,6 +268,7 @@ class Trainer:
         self._best_flow: dict | None = None
         self._best_val = math.inf
         self._ml_weight: float | None = None
+        self._ml_groups: tuple[int, GroupNLL] | None = None
         self._buffer: ReplayBuffer | None = None
         self._fab_step_size = 0.1
         self._fab_rng = torch.Generator().manual_seed(self.seed)
@@ -419,24 +428,38 @@ class Trainer:
         """`held_out_nll` of the flow at ``v`` (a sharded run takes rank 0's, so every rank decides alike)."""
         return held_out_nll(self.gen.flow, v)
 
+    def _early_stopping(self, stage: Stage) -> EarlyStopping:
+        """Early stopping for ``stage``, by group of held-out frames (clusters, starts) where there are groups."""
+        return EarlyStopping(stage.patience or 1, groups=self._held_out_groups())
+
+    def _held_out_groups(self) -> np.ndarray | None:
+        """The group of each held-out frame when checks are judged by group (`by_group`), else None."""
+        return self.split.held_out_groups if self.by_group and self.split is not None else None
+
     def _check_held_out(self, k: int, stage: Stage, i: int, row: dict) -> None:
         """A held-out NLL check: early stopping (``patience``) and the ML weight (``ml_auto``)."""
         gen = self.gen
-        val, se = self._held_out_nll(self.v_val)
+        if self._held_out_groups() is not None:  # judged by group: the NLL of every held-out frame
+            frames = frame_nll(gen.flow, self.v_val)
+            val, se = mean_nll(frames)
+        else:
+            frames = None
+            val, se = self._held_out_nll(self.v_val)
         row["val_nll"] = val
         self._best_val = min(self._best_val, val)
         if stage.patience is not None:
             if self._stopping is None or self._stopping[0] != k:
-                self._stopping = (k, EarlyStopping(stage.patience))
+                self._stopping = (k, self._early_stopping(stage))
                 self._best_flow = None
             stopping = self._stopping[1]
             probe = self.v_data[_evenly_spaced(len(self.v_data), len(self.v_val), self.v_data.device)]
-            stop = stopping.update(val, self.step, train=self._held_out_nll(probe)[0], tolerance=se)
+            stop = stopping.update(val, self.step, train=self._held_out_nll(probe)[0], tolerance=se,
+                                   frames=frames)
             if stopping.improved_at(self.step):
                 self._best_flow = {name: t.detach().clone() for name, t in gen.flow.state_dict().items()}
             last = i + 1 == self._stage_steps[k]
             stop = stop and i + 1 >= stage.steps // 5
-            if (stop or last) and self._best_flow is not None and stopping.best < val:
+            if (stop or last) and self._best_flow is not None and not stopping.improved_at(self.step):
                 gen.flow.load_state_dict(self._best_flow)  # the weights of the best check
                 row["restored_step"] = stopping.best_step + 1
             if stop and not last:
@@ -445,9 +468,15 @@ class Trainer:
         if stage.ml_auto:
             tolerance = max(3.0 * se, 0.02 * gen.n_dof)
             w = self._ml_weight_of(k, stage)
-            if val > self._best_val + tolerance:
+            behind = 0.0  # how far the worst group of held-out frames lies above its own best (GroupNLL)
+            groups = self._held_out_groups()
+            if groups is not None:
+                if self._ml_groups is None or self._ml_groups[0] != k:
+                    self._ml_groups = (k, GroupNLL(groups))
+                behind = self._ml_groups[1].excess(self._ml_groups[1].add(frames))
+            if val > self._best_val + tolerance or behind > 0:
                 w = min(2.0 * w, ML_AUTO_BOUNDS[1])
-            elif val < self._best_val + 0.5 * tolerance:
+            elif val < self._best_val + 0.5 * tolerance and behind == 0:
                 w = max(0.5 * w, ML_AUTO_BOUNDS[0])
             self._ml_weight = (k, w)
 
@@ -536,6 +565,8 @@ class Trainer:
                        "validation split": None if self.split is None else f"{self.split.method} {self.split.digest}"})
         if self.shards is not None:  # sharded runs (training.distributed) depend on the shard count
             record["shards"] = self.shards
+        if self.by_group:
+            record["by group"] = True
         return record
 
     def state(self) -> dict:
@@ -550,6 +581,8 @@ class Trainer:
                              "stopping": None if self._stopping is None else
                              (self._stopping[0], self._stopping[1].state_dict()),
                              "best_flow": self._best_flow, "ml_weight": self._ml_weight,
+                             "ml_groups": None if self._ml_groups is None else
+                             (self._ml_groups[0], self._ml_groups[1].state_dict()),
                              "buffer": None if self._buffer is None else
                              (self._buffer.capacity, self._buffer.state_dict()),
                              "fab_step_size": self._fab_step_size, "fab_rng": self._fab_rng.get_state()}}
@@ -618,11 +651,16 @@ class Trainer:
             self._stage_steps = list(adaptive["stage_steps"])
             self._best_val, self._best_flow = adaptive["best_val"], adaptive["best_flow"]
             self._ml_weight, self._fab_step_size = adaptive["ml_weight"], adaptive["fab_step_size"]
+            self._ml_groups = None
+            if adaptive.get("ml_groups") is not None and self._held_out_groups() is not None:
+                k, checks = adaptive["ml_groups"]
+                self._ml_groups = (k, GroupNLL(self._held_out_groups()))
+                self._ml_groups[1].load_state_dict(checks)
             self._fab_rng.set_state(adaptive["fab_rng"])
             self._stopping = None
             if adaptive["stopping"] is not None:
                 k, stopping = adaptive["stopping"]
-                self._stopping = (k, EarlyStopping(self.stages[k].patience or 1))
+                self._stopping = (k, self._early_stopping(self.stages[k]))
                 self._stopping[1].load_state_dict(stopping)
             self._buffer = None
             if adaptive["buffer"] is not None:

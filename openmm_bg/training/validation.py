@@ -56,8 +56,8 @@ import torch
 from .. import _validation as check
 
 __all__ = ["time_block_split", "cluster_block_split", "validation_split", "ValidationSplit", "data_origins",
-           "held_out_nll",
-           "EarlyStopping", "DEFAULT_VALIDATION_FRACTION", "DEFAULT_VALIDATION_BLOCKS", "MIN_CLUSTER_SHARE"]
+           "held_out_nll", "frame_nll", "mean_nll", "EarlyStopping", "GroupNLL", "MIN_GROUP_FRAMES",
+           "DEFAULT_VALIDATION_FRACTION", "DEFAULT_VALIDATION_BLOCKS", "MIN_CLUSTER_SHARE"]
 
 #: Fraction of the frames the adaptive recipe holds out.
 DEFAULT_VALIDATION_FRACTION = 0.2
@@ -65,6 +65,8 @@ DEFAULT_VALIDATION_FRACTION = 0.2
 DEFAULT_VALIDATION_BLOCKS = 25
 #: Clusters holding at least this share of the frames get held-out blocks of their own.
 MIN_CLUSTER_SHARE = 0.01
+#: Groups of held-out frames with at least this many frames are judged on their own by `EarlyStopping`.
+MIN_GROUP_FRAMES = 5
 
 
 def _checked_split_options(fraction, n_blocks) -> tuple[float, int]:
@@ -233,12 +235,16 @@ class ValidationSplit:
         ``"time blocks"`` (one run, nothing to stratify on).
     n_groups : int
         Starts or clusters split on their own (1 for ``"time blocks"``).
+    held_out_groups : numpy.ndarray or None
+        ``int64 [len(held_out)]``: the start or cluster of each held-out frame (`EarlyStopping`'s
+        ``groups``); None for ``"time blocks"``.
     """
 
     train: np.ndarray
     held_out: np.ndarray
     method: str
     n_groups: int
+    held_out_groups: np.ndarray | None = None
 
     @property
     def digest(self) -> str:
@@ -299,7 +305,7 @@ def validation_split(system, frames, fraction: float = DEFAULT_VALIDATION_FRACTI
         origins = _checked_labels("origins", origins, len(x))
         if len(np.unique(origins)) > 1:
             train, held = time_block_split(len(x), fraction, n_blocks, groups=origins)
-            return ValidationSplit(train, held, "origins", len(np.unique(origins)))
+            return ValidationSplit(train, held, "origins", len(np.unique(origins)), origins[held])
     try:
         if reference is None:
             reference = coverage_reference(system, x)
@@ -314,7 +320,7 @@ def validation_split(system, frames, fraction: float = DEFAULT_VALIDATION_FRACTI
         train, held = time_block_split(len(x), fraction, n_blocks)
         return ValidationSplit(train, held, "time blocks", 1)
     train, held = cluster_block_split(labels, fraction, n_blocks)
-    return ValidationSplit(train, held, "clusters", n_strata)
+    return ValidationSplit(train, held, "clusters", n_strata, labels[held])
 
 
 def data_origins(data, origins=None) -> np.ndarray | None:
@@ -331,22 +337,44 @@ def data_origins(data, origins=None) -> np.ndarray | None:
 
 
 @torch.no_grad()
+def frame_nll(flow, v: torch.Tensor, batch_size: int = 4096) -> np.ndarray:
+    """NLL of each frame ``v [n, n_dof]`` (flow space): float64 ``[n]``, nats; ``inf`` out of domain."""
+    if len(v) == 0:
+        return np.zeros(0)
+    return torch.cat([-flow.log_prob(chunk).to(torch.float64) for chunk in v.split(batch_size)]).cpu().numpy()
+
+
+def mean_nll(values: np.ndarray) -> tuple[float, float]:
+    """``(mean, standard error)`` of per-frame NLLs (`frame_nll`); ``inf`` if one is out of domain (never dropped)."""
+    n = len(values)
+    if not np.isfinite(values).all():
+        return math.inf, math.inf
+    se = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else math.inf
+    return float(values.mean()), se
+
+
 def held_out_nll(flow, v: torch.Tensor, batch_size: int = 4096) -> tuple[float, float]:
     """Mean negative log-likelihood of held-out frames ``v [n, n_dof]`` (flow space) and its standard error.
 
     Returns ``(mean, standard error)`` in nats per frame, float; ``inf`` if a frame is out of the
     flow's domain (never dropped).
     """
-    values = torch.cat([-flow.log_prob(chunk).to(torch.float64) for chunk in v.split(batch_size)])
-    if not bool(torch.isfinite(values).all()):
-        return math.inf, math.inf
-    n = values.numel()
-    se = float(values.std() / math.sqrt(n)) if n > 1 else math.inf
-    return float(values.mean()), se
+    return mean_nll(frame_nll(flow, v, batch_size))
 
 
 class EarlyStopping:
     """Stop when the held-out NLL has not improved by more than ``min_delta`` for ``patience`` checks.
+
+    With ``groups`` (the cluster or MD start of each held-out frame, `ValidationSplit.held_out_groups`)
+    and the per-frame NLLs at each check, the best check is chosen so that no group loses what it
+    gained: a check becomes the best when its excess (`GroupNLL`: how far the worst group's held-out
+    NLL lies above that group's own best, beyond two paired standard errors) is smaller than the best
+    check's (both judged against the groups' bests so far), or equal and its total held-out NLL lower
+    by more than ``min_delta``. With one well-populated group this
+    is the plain rule. It matters when one part of the data is still being learned while another
+    overfits (`openmm_bg.systems.toy.rare_banana`, rare state at 4 % of the data, seed 2: the best
+    check by the total held-out NLL came before the rare frames' NLL fell by 1 nat, and restoring
+    it lost the rare state).
 
     Parameters
     ----------
@@ -354,30 +382,47 @@ class EarlyStopping:
         Checks without improvement before stopping (>= 1).
     min_delta : float
         Improvement (nats) that counts (>= 0).
+    groups : array-like of int, optional
+        ``[n_held_out]``: the group of each held-out frame; then `update` takes ``frames``.
 
     Attributes
     ----------
     best : float
-        Best value seen (``inf`` before the first).
+        Total held-out NLL at the best check (``inf`` before the first).
     best_step : int
-        Step of the best value (-1 before the first).
+        Step of the best check (-1 before the first).
     bad_checks : int
         Checks since the last improvement.
+
+    Examples
+    --------
+    >>> stop = EarlyStopping(patience=3, groups=[0, 0, 0, 0, 1, 1])
+    >>> first = np.array([1.0, 1.1, 0.9, 1.0, 9.0, 9.2])
+    >>> later = first + [0.1, 0.12, 0.09, 0.11, -2.0, -2.1]  # main group a little worse, rare group much better
+    >>> stop.update(float(first.mean()), 0, frames=first), stop.update(float(later.mean()), 1, frames=later)
+    (False, False)
+    >>> stop.best_step  # the later check: restoring the first would undo the rare group's progress
+    1
     """
 
-    def __init__(self, patience: int, min_delta: float = 0.0):
+    def __init__(self, patience: int, min_delta: float = 0.0, groups=None):
         self.patience = check.positive_int("patience", patience)
         self.min_delta = check.non_negative("min_delta", min_delta)
         self.best, self.best_step, self.bad_checks = math.inf, -1, 0
         self.gap_at_best = math.nan
+        self._groups = None if groups is None else GroupNLL(groups)
+        self._best_frames: np.ndarray | None = None
 
-    def update(self, value: float, step: int, train: float | None = None, tolerance: float = 0.0) -> bool:
+    def update(self, value: float, step: int, train: float | None = None, tolerance: float = 0.0,
+               frames=None) -> bool:
         """Record a check; True when the stage should stop now.
 
         With ``train`` (the training NLL at this check, nats) a check without improvement counts
         against ``patience`` only when the gap ``value - train`` exceeds the gap at the best check
         by more than ``tolerance`` (nats; e.g. the held-out NLL's standard error): overfitting,
-        not a plateau.
+        not a plateau. With ``groups``, ``frames`` (float ``[n_held_out]``, the NLL of each
+        held-out frame, nats; `frame_nll`) is required and the best check is chosen by the
+        per-group rule (class docstring).
 
         Examples
         --------
@@ -388,9 +433,18 @@ class EarlyStopping:
         True
         """
         gap = math.nan if train is None else float(value) - float(train)
-        if value < self.best - self.min_delta:
+        if self._groups is None:
+            improved = value < self.best - self.min_delta
+        else:
+            frames = self._groups.add(frames, "EarlyStopping with groups")
+            excess = self._groups.excess(frames)
+            best_excess = math.inf if self._best_frames is None else self._groups.excess(self._best_frames)
+            improved = excess < best_excess or (excess == best_excess and value < self.best - self.min_delta)
+        if improved:
             self.best, self.best_step, self.bad_checks = float(value), int(step), 0
             self.gap_at_best = gap
+            if self._groups is not None:
+                self._best_frames = frames
             return False
         if train is not None and math.isfinite(self.gap_at_best) and not gap > self.gap_at_best + tolerance:
             return False  # a plateau (or the gap narrowed): not overfitting
@@ -403,8 +457,70 @@ class EarlyStopping:
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_step": self.best_step, "bad_checks": self.bad_checks,
-                "gap_at_best": self.gap_at_best}
+                "gap_at_best": self.gap_at_best, "checks": None if self._groups is None else self._groups.state_dict(),
+                "best_frames": None if self._best_frames is None else self._best_frames.copy()}
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_step, self.bad_checks = state["best"], state["best_step"], state["bad_checks"]
         self.gap_at_best = state.get("gap_at_best", math.nan)  # checkpoints of older versions: no gap
+        if self._groups is not None and state.get("checks") is not None:
+            self._groups.load_state_dict(state["checks"])
+        self._best_frames = state.get("best_frames")
+
+
+class GroupNLL:
+    """The held-out NLL of each group of frames (clusters, MD starts) over a stage's checks; how far a check lags.
+
+    A check's *excess* (nats per frame, >= 0) is the largest, over the groups of at least
+    `MIN_GROUP_FRAMES` held-out frames, of its mean NLL over the group's frames minus that at the
+    group's own best check so far, less two standard errors of this paired difference (frame by
+    frame, so the spread between frames cancels): 0 when no group is measurably worse than it has
+    been. `EarlyStopping` (the best check) and `Stage.ml_auto` (the ML weight) use it.
+
+    Parameters
+    ----------
+    groups : array-like of int
+        ``[n_held_out]``: the group of each held-out frame (`ValidationSplit.held_out_groups`).
+
+    Examples
+    --------
+    >>> record = GroupNLL([0] * 5 + [1] * 5)
+    >>> first = record.add(np.array([1.0, 1.2, 0.8, 1.1, 0.9, 8.0, 8.5, 7.5, 8.2, 7.8]))
+    >>> later = record.add(first + np.repeat([0.0, 2.0], 5))  # the second group 2 nats worse
+    >>> record.excess(first), round(record.excess(later), 3)
+    (0.0, 2.0)
+    """
+
+    def __init__(self, groups):
+        groups = _checked_labels("groups", groups)
+        ids, counts = np.unique(groups, return_counts=True)
+        self._members = [np.flatnonzero(groups == g) for g in ids[counts >= MIN_GROUP_FRAMES]]
+        self.n_frames = len(groups)
+        self._checks: list[np.ndarray] = []  # per-frame NLLs of every finite check
+
+    def add(self, frames, who: str = "GroupNLL") -> np.ndarray:
+        """Record a check's per-frame NLLs (float ``[n_held_out]``, nats; `frame_nll`); returns them as float64."""
+        frames = None if frames is None else np.asarray(frames, dtype=np.float64)
+        if frames is None or frames.shape != (self.n_frames,):
+            raise ValueError(f"{who} needs frames, the NLL of each of the {self.n_frames} held-out frames, "
+                             f"got {None if frames is None else frames.shape}")
+        if np.isfinite(frames).all():
+            self._checks.append(frames)
+        return frames
+
+    def excess(self, frames: np.ndarray) -> float:
+        """The check's excess (class docstring); ``inf`` if a frame is out of the flow's domain."""
+        if not np.isfinite(frames).all():
+            return math.inf
+        worst = 0.0
+        for members in self._members:
+            own_best = min(self._checks, key=lambda c: float(c[members].mean()))
+            d = frames[members] - own_best[members]
+            worst = max(worst, float(d.mean() - 2.0 * d.std(ddof=1) / math.sqrt(len(d))))
+        return worst
+
+    def state_dict(self) -> list[np.ndarray]:
+        return [c.copy() for c in self._checks]
+
+    def load_state_dict(self, checks) -> None:
+        self._checks = [np.asarray(c, dtype=np.float64) for c in checks]
