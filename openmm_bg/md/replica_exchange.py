@@ -45,7 +45,15 @@ from .. import _validation as check
 from .._quiet_imports import openmmtools_module
 from ..systems import MolecularSystem
 from .partial import fingerprint
-from .simulation import _check_output, _check_platform, _default_platform, _progress, default_timestep, simulate
+from .simulation import (
+    _check_output,
+    _check_platform,
+    _default_platform,
+    _progress,
+    _start_positions,
+    default_timestep,
+    simulate,
+)
 
 __all__ = ["replica_exchange", "ReplicaExchangeRun", "parse_temperature_ladder", "replica_store_paths"]
 
@@ -202,9 +210,7 @@ def replica_exchange(system: MolecularSystem, n_frames: int, stride: int, temper
     friction = check.positive("friction", friction, "1/ps")
     seed = check.non_negative_int("seed", seed)
     equilibration_steps = check.non_negative_int("equilibration_steps", equilibration_steps)
-    start = system.positions if positions is None else np.asarray(positions, dtype=np.float64)
-    if start.shape != system.positions.shape or not np.all(np.isfinite(start)):
-        raise ValueError(f"positions must be finite with shape {system.positions.shape} (nm), got shape {start.shape}")
+    start = _start_positions(system, positions)
     if platform is not None:
         _check_platform(platform)
     _check_output(output)

@@ -33,6 +33,16 @@ __all__ = ["simulate", "default_timestep", "OUTPUT_SUFFIXES"]
 OUTPUT_SUFFIXES = (".h5", ".dcd", ".xtc", ".pdb", ".nc", ".trr")
 
 
+def _start_positions(system: MolecularSystem, positions) -> np.ndarray:
+    """``positions`` (or the system's) as float64 ``[n_atoms, 3]`` nm, checked finite and of the right shape."""
+    start = system.positions if positions is None else np.asarray(positions, dtype=np.float64)
+    if start.shape != system.positions.shape or not np.all(np.isfinite(start)):
+        raise ValueError(f"positions must be finite with shape {system.positions.shape} (nm), got "
+                         f"shape {start.shape}" + ("" if start.shape != system.positions.shape
+                                                   else " with NaN or inf"))
+    return start
+
+
 def default_timestep(system: MolecularSystem) -> float:
     """A safe Langevin time step in ps: 1 fs for molecules (2 fs with H-bond constraints), 5 fs for
     the 2D toy systems (unit masses, potentials in kT over nm)."""
@@ -126,11 +136,7 @@ def simulate(system: MolecularSystem, n_frames: int, stride: int, temperature: f
     friction = check.non_negative("friction", friction, "1/ps")
     seed = check.non_negative_int("seed", seed)
     equilibration_steps = check.non_negative_int("equilibration_steps", equilibration_steps)
-    start = system.positions if positions is None else np.asarray(positions, dtype=np.float64)
-    if start.shape != system.positions.shape or not np.all(np.isfinite(start)):
-        raise ValueError(f"positions must be finite with shape {system.positions.shape} (nm), got "
-                         f"shape {start.shape}" + ("" if start.shape != system.positions.shape
-                                                   else " with NaN or inf"))
+    start = _start_positions(system, positions)
     platform, properties = _platform_of_device(device, platform)
     if platform is not None:
         _check_platform(platform)
