@@ -25,10 +25,13 @@ and stored):
     python benchmarks/protein.py --reference-ns 20 --train-scale 1 --move-seconds 600
     python benchmarks/protein.py --smoke          # minutes: checks that everything runs
     python benchmarks/protein.py --md md.h5 --model model.bg --parts generator   # metrics of a trained model
+    python benchmarks/protein.py --md run0.h5 run1.h5 --parts generator,move   # two independent MD runs
 
-With ``--md`` the reference is that trajectory (H-bond constraints, 300 K; not cached, its length is
-read from its time axis), with ``--model`` the generator is that model file (trained on the first 80 %
-of the same frames for the held-out NLL to mean anything) instead of one trained here.
+With ``--md`` the reference is those trajectories (independent runs; H-bond constraints, 300 K; not
+cached, lengths read from their time axes): the first 80 % of each run trains, the last 20 % of each
+is held out, and chi1 transitions are counted within each run. With ``--model`` the generator is
+that model file (trained on the same training frames for the held-out NLL to mean anything) instead
+of one trained here.
 
 Results: printed and written to ``benchmarks/results/protein.json`` (updated after each part).
 Not a CI test.
@@ -118,8 +121,10 @@ def main(argv=None) -> None:
     p.add_argument("--smoke", action="store_true", help="minutes: tiny runs that check the plumbing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, default=RESULTS / "protein.json")
-    p.add_argument("--md", type=Path, help="reference MD trajectory to use instead of making (or reusing) one")
+    p.add_argument("--md", type=Path, nargs="+",
+                   help="reference MD trajectories (independent runs) to use instead of making (or reusing) one")
     p.add_argument("--model", type=Path, help="trained generator to measure instead of training one")
+    p.add_argument("--save-model", type=Path, help="write the generator trained here to this file")
     p.add_argument("--parts", default="speed,generator,move",
                    help="comma-separated parts to run: speed, generator, move (default all)")
     args = p.parse_args(argv)
@@ -132,7 +137,8 @@ def main(argv=None) -> None:
     if args.smoke:
         args.reference_ns, args.samples, args.move_seconds = 0.04, 128, 15.0
         args.output = args.output.with_name("protein_smoke.json")
-    res: dict = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    res: dict = {"settings": {k: str(v) if isinstance(v, Path) else [str(f) for f in v] if isinstance(v, list) else v
+                              for k, v in vars(args).items()}}
 
     def save():
         args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -153,20 +159,24 @@ def main(argv=None) -> None:
     path = CACHE / f"trpzip2_hbonds_300K_{n_frames}x{stride}_seed{args.seed}.dcd"
     t0 = time.perf_counter()
     top = mdtraj.Topology.from_openmm(system.topology)
-    if args.md is not None:
-        path, ref = args.md, mdtraj.load(str(args.md))
-        length_ns = float(ref.time[-1] - ref.time[0] + (ref.time[1] - ref.time[0])) / 1000
+    if args.md:
+        runs_md = [mdtraj.load(str(f)) for f in args.md]
+        path = [str(f) for f in args.md]
+        length_ns = sum(float(t.time[-1] - t.time[0] + (t.time[1] - t.time[0])) / 1000 for t in runs_md)
     else:
-        ref = (mdtraj.load(str(path), top=top) if path.is_file() else
-               simulate(system, n_frames, stride, seed=args.seed, output=path, equilibration_steps=5000, resume=True,
-                        progress=not args.smoke))
+        runs_md = [mdtraj.load(str(path), top=top) if path.is_file() else
+                   simulate(system, n_frames, stride, seed=args.seed, output=path, equilibration_steps=5000,
+                            resume=True, progress=not args.smoke)]
         length_ns = n_frames * stride * TIMESTEP_PS / 1000
-    res["reference_md"] = {"ns": length_ns, "frames": ref.n_frames, "file": str(path),
+    # each run: its first 80 % trains, its last 20 % (a contiguous block) is held out
+    cut = [int(0.8 * t.n_frames) for t in runs_md]
+    ref = mdtraj.join(runs_md, check_topology=False) if len(runs_md) > 1 else runs_md[0]
+    res["reference_md"] = {"ns": length_ns, "frames": ref.n_frames, "runs": len(runs_md), "file": str(path),
                            "seconds": time.perf_counter() - t0}
     print("reference MD:", res["reference_md"])
     xyz = ref.xyz.astype(np.float64)
-    n_train = int(0.8 * len(xyz))
-    train, held = xyz[:n_train], xyz[n_train:]
+    train = np.concatenate([t.xyz[:c] for t, c in zip(runs_md, cut, strict=True)]).astype(np.float64)
+    held = np.concatenate([t.xyz[c:] for t, c in zip(runs_md, cut, strict=True)]).astype(np.float64)
     save()
 
     # 3. generator
@@ -184,8 +194,13 @@ def main(argv=None) -> None:
         stages = _recipe()(args.train_scale)
         gen = openmm_bg.BoltzmannGenerator.build(system, train, n_blocks=6, hidden=(256, 256), seed=args.seed)
     t0 = time.perf_counter()
+    train_evals = None
     if stages:
-        Trainer(gen, train, stages, seed=args.seed, progress=not args.smoke).fit()
+        trainer = Trainer(gen, train, stages, seed=args.seed, progress=not args.smoke)
+        trainer.fit()
+        train_evals = trainer.energy_evaluations
+        if args.save_model is not None:
+            gen.save(args.save_model)
     train_s = time.perf_counter() - t0 if stages else None
     with torch.no_grad():
         nll = -gen.log_prob(torch.as_tensor(held)).double().numpy()
@@ -204,6 +219,7 @@ def main(argv=None) -> None:
     ok_u = u_bg[np.isfinite(u_bg)]
     res["generator"] = {
         "training_seconds": train_s, "training_steps": sum(s.steps for s in stages) or None,
+        "training_energy_evaluations": train_evals, "n_training_frames": len(train),
         "model": None if args.model is None else str(args.model), "n_dof": gen.transform.n_dof,
         "transform": type(gen.transform).__name__, "n_samples": len(samples),
         "ess_fraction": samples.ess_fraction, "pareto_k": float(getattr(diag, "pareto_k", np.nan)),
@@ -238,7 +254,9 @@ def main(argv=None) -> None:
         return
     from openmmtools import cache, mcmc, states
 
-    md_rate = core_transitions(chi_md) / res["reference_md"]["ns"]
+    # transitions counted within each run (never across the junction of two runs)
+    md_rate = sum(core_transitions(torsions_of(t.xyz.astype(np.float64), rotors)) for t in runs_md) \
+        / res["reference_md"]["ns"]
     slow = [n for n, r in zip(names, md_rate, strict=True) if r < 1.0]
     thermo = states.ThermodynamicState(system.system, temperature=300 * unit.kelvin)
     platform = openmm.Platform.getPlatformByName("CPU")
