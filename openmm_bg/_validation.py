@@ -157,6 +157,24 @@ def non_negative_int(name: str, value) -> int:
     return integer(name, value, low=0)
 
 
+def open_fraction(name: str, value, hint: str = "") -> float:
+    """``value`` as a float strictly between 0 and 1 (target ESS fractions, acceptance rates).
+
+    ``hint`` is appended to the message, e.g. why an end point is excluded.
+
+    Examples
+    --------
+    >>> open_fraction("target_cess", 1.0, " (1 would never let beta grow)")
+    Traceback (most recent call last):
+    ...
+    ValueError: target_cess must be in (0, 1) (1 would never let beta grow), got 1.0
+    """
+    out = _real(name, value, "", f"in (0, 1){hint}")
+    if not 0.0 < out < 1.0:
+        raise ValueError(f"{name} must be in (0, 1){hint}, got {_describe(value)}")
+    return out
+
+
 def temperature_kelvin(name: str, value) -> float:
     """A temperature in K: positive and finite; an OpenMM ``Quantity`` is converted to kelvin.
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._checks import check_count, check_fraction, check_step
+from .._validation import open_fraction, positive, positive_int
 from .kernels import HMC, MALA, Kernel, MoveStats
 from .path import GeometricPath, PathPoint
 from .resampling import Resampler, log_mean_exp
@@ -119,15 +119,14 @@ class AnnealConfig:
     progress: bool = False
 
     def __post_init__(self):
-        check_count("n_levels", self.n_levels)
-        check_count("mcmc_steps_per_level", self.mcmc_steps_per_level)
-        check_count("leapfrog_steps", self.leapfrog_steps)
-        check_step("step_size", self.step_size)
+        for name in ("n_levels", "mcmc_steps_per_level", "leapfrog_steps"):
+            object.__setattr__(self, name, positive_int(name, getattr(self, name)))
+        object.__setattr__(self, "step_size", positive("step_size", self.step_size, "units of x"))
         if self.kernel not in _KERNELS:
             raise ValueError(f"kernel must be one of {_KERNELS}, got {self.kernel!r}")
-        check_fraction("target_cess", self.target_cess, " (1 would never let beta grow)")
+        open_fraction("target_cess", self.target_cess, " (1 would never let beta grow)")
         if self.target_acceptance is not None:
-            check_fraction("target_acceptance", self.target_acceptance)
+            open_fraction("target_acceptance", self.target_acceptance)
         Resampler(self.resample_threshold)  # validates the threshold
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got {self.seed!r}")

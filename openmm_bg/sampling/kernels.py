@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import check_count
+from .._validation import positive_int
 from .path import GeometricPath, PathPoint
 
 __all__ = ["MoveStats", "Kernel", "MALA", "HMC"]
@@ -171,7 +171,7 @@ class HMC(Kernel):
     target_acceptance = 0.65
 
     def __init__(self, leapfrog_steps: int = 5):
-        self.leapfrog_steps = check_count("leapfrog_steps", leapfrog_steps)
+        self.leapfrog_steps = positive_int("leapfrog_steps", leapfrog_steps)
 
     def step(self, path, state, beta, step_size, generator, scale=None):
         sd = _scales(step_size, scale, state.x)  # position steps h s; masses 1 / s^2

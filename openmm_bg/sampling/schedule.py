@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import check_count, check_fraction, check_step
+from .._validation import open_fraction, positive, positive_int
 
 __all__ = ["FixedSchedule", "AdaptiveSchedule", "conditional_ess_fraction"]
 
@@ -74,7 +74,7 @@ class FixedSchedule:
 
     def __post_init__(self):
         betas = tuple(float(b) for b in self.betas)
-        steps = tuple(check_step("every step size", s) for s in self.step_sizes)
+        steps = tuple(positive("every step size", s, "units of x") for s in self.step_sizes)
         if len(betas) < 2 or betas[0] != 0.0 or betas[-1] != 1.0:
             raise ValueError(f"betas must run from 0 to 1 with at least one level, got {betas}")
         if any(b1 <= b0 for b0, b1 in zip(betas[:-1], betas[1:])):
@@ -99,8 +99,8 @@ class FixedSchedule:
     @classmethod
     def linear(cls, n_levels: int, step_size: float) -> FixedSchedule:
         """``n_levels`` equally spaced betas, one step size for all levels."""
-        check_count("n_levels", n_levels)
-        step_size = check_step("step_size", step_size)
+        n_levels = positive_int("n_levels", n_levels)
+        step_size = positive("step_size", step_size, "units of x")
         return cls(tuple(k / n_levels for k in range(n_levels + 1)), (step_size,) * n_levels)
 
     @classmethod
@@ -146,10 +146,10 @@ class AdaptiveSchedule:
     max_levels: int = 100
 
     def __post_init__(self):
-        check_step("step_size", self.initial_step_size)
-        check_fraction("target_cess", self.target_cess, " (1 would never let beta grow)")
-        check_fraction("target_acceptance", self.target_acceptance)
-        check_count("n_levels", self.max_levels)
+        object.__setattr__(self, "initial_step_size", positive("step_size", self.initial_step_size, "units of x"))
+        open_fraction("target_cess", self.target_cess, " (1 would never let beta grow)")
+        open_fraction("target_acceptance", self.target_acceptance)
+        object.__setattr__(self, "max_levels", positive_int("max_levels", self.max_levels))
 
     def next_beta(self, level: int, beta: float, log_w: torch.Tensor, slope: torch.Tensor) -> float:
         """The largest beta in ``(beta, 1]`` whose increments ``(b - beta) slope`` keep the target CESS.
