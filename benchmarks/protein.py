@@ -124,6 +124,7 @@ def main(argv=None) -> None:
     p.add_argument("--md", type=Path, nargs="+",
                    help="reference MD trajectories (independent runs) to use instead of making (or reusing) one")
     p.add_argument("--model", type=Path, help="trained generator to measure instead of training one")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest on 2 shared cores)")
     p.add_argument("--save-model", type=Path, help="write the generator trained here to this file")
     p.add_argument("--parts", default="speed,generator,move",
                    help="comma-separated parts to run: speed, generator, move (default all)")
@@ -133,7 +134,7 @@ def main(argv=None) -> None:
         p.error(f"--parts takes speed, generator, move; got {args.parts!r}")
     if "move" in parts and "generator" not in parts:
         p.error("--parts move needs the generator part too (it names the chi1 residues and fits on its frames)")
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     if args.smoke:
         args.reference_ns, args.samples, args.move_seconds = 0.04, 128, 15.0
         args.output = args.output.with_name("protein_smoke.json")
