@@ -207,3 +207,22 @@ def test_cli_hydrogen_mass(tmp_path):
     traj = mdtraj.load(str(out))
     assert traj.n_frames == 3 and np.isfinite(traj.xyz).all()
     assert traj.time[1] - traj.time[0] == pytest.approx(10 * 0.004)  # the 4 fs default
+
+
+def test_a_generator_of_the_plain_system_serves_its_repartitioned_twin():
+    """Masses that differ only by repartitioning pass the fingerprint (the generator is a density over positions);
+    any other change of masses is still refused."""
+    from openmm_bg.model.fingerprint import ModelMismatchError, check_fingerprint, system_fingerprint
+
+    plain = load("alanine_dipeptide", constraints="hbonds")
+    saved = system_fingerprint(plain)
+    hmr = plain.with_hydrogen_mass(HMR)
+    assert saved["masses"] != system_fingerprint(hmr)["masses"]
+    check_fingerprint(saved, hmr)
+    other = openmm.XmlSerializer.clone(plain.system)
+    other.setParticleMass(0, 3.0)
+    with pytest.raises(ModelMismatchError, match="masses"):
+        check_fingerprint(saved, from_openmm(other, plain.topology, plain.positions))
+    older = {k: v for k, v in saved.items() if k != "group_masses"}  # files written before the entry
+    with pytest.raises(ModelMismatchError, match="masses"):
+        check_fingerprint(older, hmr)

@@ -38,7 +38,7 @@ import openmm.unit as unit
 
 from .. import _validation as check
 
-__all__ = ["repartition_hydrogen_mass", "check_hydrogen_mass", "lightest_hydrogen_mass"]
+__all__ = ["repartition_hydrogen_mass", "check_hydrogen_mass", "lightest_hydrogen_mass", "group_masses"]
 
 #: Hydrogen mass (Da) from which the default MD time step with H-bond constraints is 4 fs.
 HMR_4FS_MASS = 1.5
@@ -164,3 +164,29 @@ def lightest_hydrogen_mass(system: openmm.System, topology: app.Topology) -> flo
               if _is_hydrogen(a) and a.index < system.getNumParticles()]
     masses = [m for m in masses if m > 0]
     return min(masses) if masses else None
+
+
+def group_masses(system: openmm.System, topology: app.Topology) -> list[float]:
+    """Mass (dalton) of each atom with the hydrogens bonded to it, in atom order: what repartitioning keeps.
+
+    Each hydrogen bonded to exactly one non-hydrogen atom counts with that atom (and not on its own);
+    every other atom counts alone. Two Systems of the same topology have the same group masses
+    exactly when their masses differ at most by hydrogen mass repartitioning.
+
+    Examples
+    --------
+    >>> import openmm_bg.systems as bgs
+    >>> ala = bgs.load("alanine_dipeptide")
+    >>> [round(m, 3) for m in group_masses(ala.system, ala.topology)[:3]]  # CH3 of the cap, then its C=O
+    [15.034, 12.01, 16.0]
+    """
+    masses = [system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())]
+    atoms = list(topology.atoms())
+    groups = {a.index: masses[a.index] for a in atoms if not _is_hydrogen(a)}
+    for h, bonded in _heavy_partners(topology).items():
+        heavy = [a for a in bonded if not _is_hydrogen(a)]
+        if len(heavy) == 1:
+            groups[heavy[0].index] += masses[h]
+        else:
+            groups[h] = masses[h]
+    return [groups[i] for i in sorted(groups)]
