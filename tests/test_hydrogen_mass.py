@@ -10,6 +10,7 @@ import numpy as np
 import openmm
 import openmm.unit as unit
 import pytest
+from test_lennard_jones import _energies_forces  # energies (kJ/mol) and forces on the Reference platform
 
 import openmm_bg
 from openmm_bg.constants import MOLAR_GAS_CONSTANT
@@ -22,17 +23,6 @@ HMR = 1.5
 
 def _hydrogens(system):
     return np.array([a.index for a in system.topology.atoms() if a.element is not None and a.element.symbol == "H"])
-
-
-def _energies_forces(omm_system, frames):
-    context = openmm.Context(omm_system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-    out = []
-    for x in frames:
-        context.setPositions(x)
-        state = context.getState(getEnergy=True, getForces=True)
-        out.append((state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole),
-                    state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)))
-    return out
 
 
 def _md_frames(system, n=3):
