@@ -216,3 +216,23 @@ def test_a_generator_of_the_plain_system_serves_its_repartitioned_twin():
     older = {k: v for k, v in saved.items() if k != "group_masses"}  # files written before the entry
     with pytest.raises(ModelMismatchError, match="masses"):
         check_fingerprint(older, hmr)
+
+
+def test_a_checkpoint_written_before_the_group_masses_entry_resumes(dw_gen, dw_data, tmp_path):
+    import torch
+
+    from openmm_bg.training import Stage, Trainer
+
+    ckpt = tmp_path / "run.ckpt"
+
+    def trainer():
+        return Trainer(dw_gen, dw_data, [Stage("ml", 4, batch_size=16)], seed=0, checkpoint=ckpt, checkpoint_every=1,
+                       progress=False)
+
+    trainer().fit()
+    state = torch.load(ckpt, weights_only=False)
+    del state["run"]["system"]["group_masses"]
+    state["step"] = 2
+    torch.save(state, ckpt)
+    trainer().fit(resume=True)  # not refused as "another training run (different system)"
+    assert torch.load(ckpt, weights_only=False)["step"] == 4
