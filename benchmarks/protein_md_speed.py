@@ -7,10 +7,14 @@ types); "after" is ``load("trpzip2")`` (the table folded into the ``NonbondedFor
 steps (``integrator.step``, no per-step ``getState``), on Reference and CPU (1 thread), in wall time and
 in the process's CPU time (which other processes on a shared machine do not inflate); the energies
 and forces of both Systems are compared on MD frames. Also times the amber14 + GBn2 variant and
-the generator's data check (`check_trajectory`) on ~5000 frames.
+the generator's data check (`check_trajectory`) on ~5000 frames, and the folded System with
+hydrogen mass repartitioning (``load("trpzip2", constraints="hbonds", hydrogen_mass=1.5)``) at
+4 fs: same cost per step, twice the simulated time, and the same energies and forces as the 2 fs
+System (compared on MD frames).
 
 Run: ``nice -n 5 python benchmarks/protein_md_speed.py --steps 500 --seed 0`` (~5 min of one core);
-writes ``benchmarks/results/protein_md_speed.json``.
+writes ``benchmarks/results/protein_md_speed.json``. ``--only-hmr`` times only the 2 fs and the
+4 fs HMR rows (a quick check; it writes ``protein_md_speed_hmr.json``).
 """
 
 from __future__ import annotations
@@ -37,9 +41,10 @@ def tabulated_system():
     return prmtop.createSystem(implicitSolvent=app.OBC2, nonbondedMethod=app.NoCutoff, constraints=app.HBonds)
 
 
-def md_rate(system: openmm.System, positions: np.ndarray, platform: str, steps: int, seed: int) -> dict:
-    """ns/day of plain MD steps (2 fs) after 50 warm-up steps; best of two timed blocks."""
-    integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, 0.002 * unit.picoseconds)
+def md_rate(system: openmm.System, positions: np.ndarray, platform: str, steps: int, seed: int,
+            timestep: float = 0.002) -> dict:
+    """ns/day of plain MD steps (``timestep`` ps) after 50 warm-up steps; best of two timed blocks."""
+    integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, timestep * unit.picoseconds)
     integrator.setRandomNumberSeed(seed + 1)
     properties = {"Threads": "1"} if platform == "CPU" else {}
     context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform), properties)
@@ -56,9 +61,10 @@ def md_rate(system: openmm.System, positions: np.ndarray, platform: str, steps: 
         best, best_cpu = min(best, time.perf_counter() - start), min(best_cpu, time.process_time() - start_cpu)
     per_step, per_step_cpu = best / steps, best_cpu / steps
     x = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-    return {"platform": platform, "steps": steps, "ms_per_step": 1e3 * per_step,
-            "ns_per_day": 0.002 * 86400 / per_step / 1000, "cpu_ms_per_step": 1e3 * per_step_cpu,
-            "ns_per_day_cpu_time": 0.002 * 86400 / per_step_cpu / 1000, "final_positions": x}
+    return {"platform": platform, "steps": steps, "timestep_ps": timestep, "ms_per_step": 1e3 * per_step,
+            "ns_per_day": timestep * 86400 / per_step / 1000, "cpu_ms_per_step": 1e3 * per_step_cpu,
+            "ns_per_day_cpu_time": timestep * 86400 / per_step_cpu / 1000, "finite": bool(np.isfinite(x).all()),
+            "final_positions": x}
 
 
 def compare(old: openmm.System, new: openmm.System, frames: np.ndarray) -> dict:
@@ -90,13 +96,53 @@ def data_check_time(system, frames: np.ndarray, n: int, seed: int) -> dict:
             "cpu_seconds": time.process_time() - start_cpu}
 
 
+def _print_rate(rate: dict) -> None:
+    print(f"{rate['platform']:9s} {rate['variant']:26s} {rate['ms_per_step']:7.2f} ms/step  "
+          f"{rate['ns_per_day']:7.1f} ns/day (CPU time {rate['cpu_ms_per_step']:.2f} ms/step, "
+          f"{rate['ns_per_day_cpu_time']:.1f} ns/day)", flush=True)
+
+
+HMR_LABEL = "after + HMR 1.5 Da, 4 fs"
+
+
+def hmr_rows(new_sys, args, frames: list) -> tuple[list[dict], dict]:
+    """MD rows of ``load("trpzip2", constraints="hbonds", hydrogen_mass=1.5)`` at 4 fs (Reference, CPU 1 thread),
+    and its energies and forces against the 2 fs System on the MD frames (the given ones and its own)."""
+    hmr = load("trpzip2", constraints="hbonds", hydrogen_mass=1.5)
+    rows = []
+    for platform in ("Reference", "CPU"):
+        rate = md_rate(hmr.system, new_sys.positions, platform, args.steps, args.seed, timestep=0.004)
+        frames.append(rate.pop("final_positions"))
+        rate["variant"] = HMR_LABEL
+        rows.append(rate)
+        _print_rate(rate)
+    energies = compare(new_sys.system, hmr.system, np.asarray(frames))
+    print("2 fs System vs HMR System on", energies)
+    return rows, energies
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=500, help="timed MD steps per block (default 500)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--check-frames", type=int, default=5000)
+    parser.add_argument("--only-hmr", action="store_true", help="time only the folded System at 2 fs and with "
+                                                                "HMR at 4 fs (writes protein_md_speed_hmr.json)")
     args = parser.parse_args()
     new_sys = load("trpzip2", constraints="hbonds")
+    if args.only_hmr:
+        results, frames = {"system": "trpzip2 (218 atoms), OBC2, 300 K, HBonds, friction 1/ps", "md": []}, []
+        for platform in ("Reference", "CPU"):
+            rate = md_rate(new_sys.system, new_sys.positions, platform, args.steps, args.seed)
+            frames.append(rate.pop("final_positions"))
+            rate["variant"] = "after (folded)"
+            results["md"].append(rate)
+            _print_rate(rate)
+        rows, results["energies_hmr"] = hmr_rows(new_sys, args, frames)
+        results["md"] += rows
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "protein_md_speed_hmr.json").write_text(json.dumps(results, indent=1))
+        return
     old = tabulated_system()
     forces_old = sorted(type(f).__name__ for f in old.getForces())
     forces_new = sorted(type(f).__name__ for f in new_sys.system.getForces())
@@ -111,9 +157,7 @@ def main() -> None:
             frames.append(rate.pop("final_positions"))
             rate["variant"] = label
             results["md"].append(rate)
-            print(f"{platform:9s} {label:22s} {rate['ms_per_step']:7.2f} ms/step  {rate['ns_per_day']:7.1f} ns/day "
-                  f"(CPU time {rate['cpu_ms_per_step']:.2f} ms/step, {rate['ns_per_day_cpu_time']:.1f} ns/day)",
-                  flush=True)
+            _print_rate(rate)
     for platform in ("Reference", "CPU"):
         rows = {r["variant"]: r for r in results["md"] if r["platform"] == platform}
         results[f"speedup_{platform}"] = (rows["before (tabulated LJ)"]["ms_per_step"]
@@ -130,6 +174,8 @@ def main() -> None:
     rate.pop("final_positions")
     results["cpu_without_gbsa"] = rate
     print(f"CPU without GBSAOBCForce: CPU time {rate['cpu_ms_per_step']:.2f} ms/step", flush=True)
+    rows, results["energies_hmr"] = hmr_rows(new_sys, args, frames)
+    results["md"] += rows
     frames = np.asarray(frames)
     results["energies"] = compare(old, new_sys.system, frames)
     print("before vs after on", results["energies"])

@@ -6,6 +6,7 @@ Subcommands (``openmm-bg SUBCOMMAND --help`` explains every option with its unit
     openmm-bg simulate alanine_dipeptide -n 2000 --stride 500 -o md.h5   # --resume after a kill
     openmm-bg simulate peptide:AAGA --torsion-starts 7 -n 1000 -o md.h5  # 8 starts, origins beside
     openmm-bg simulate trpzip2 --option constraints=hbonds --ns 1 --replica-exchange 300:450:6 -o tz.h5
+    openmm-bg simulate trpzip2 --option constraints=hbonds --hydrogen-mass 1.5 --ns 1 -o tz.h5   # 4 fs steps
     openmm-bg train alanine_dipeptide --data md.h5 -o model.bg      # resumable (checkpoint beside -o)
     openmm-bg sample model.bg -n 100000 -o samples.npz
     openmm-bg sample model.bg -n 100000 --anneal -o annealed.npz   # exact, lighter-tailed weights
@@ -95,6 +96,8 @@ def system_spec(args: argparse.Namespace) -> dict:
                            "implicit_solvent": args.implicit_solvent})
     else:
         spec.update(name=name, options=_parse_options(args.option))
+    if getattr(args, "hydrogen_mass", None) is not None:
+        spec["hydrogen_mass"] = args.hydrogen_mass
     return spec
 
 
@@ -102,12 +105,14 @@ def load_system(spec: dict):
     """A `MolecularSystem` from a spec written by `system_spec`.
 
     A ``"temperature"`` of None or no such key means the system's own; any other value must be a
-    positive, finite temperature in K.
+    positive, finite temperature in K. A ``"hydrogen_mass"`` (dalton) repartitions the hydrogen masses.
     """
     import openmm_bg.systems as bgs
 
     temperature = spec.get("temperature")
     extra = {} if temperature is None else {"temperature": check.temperature_kelvin("temperature", temperature)}
+    if spec.get("hydrogen_mass") is not None:
+        extra["hydrogen_mass"] = spec["hydrogen_mass"]
     if "name" in spec:
         options = {**(spec.get("options") or {}), **extra}
         if options.get("temperature") is not None:  # also from --option temperature=...
@@ -122,6 +127,13 @@ def load_system(spec: dict):
                           implicit_solvent=files.get("implicit_solvent"), **extra)
 
 
+def _hydrogen_mass(name: str, value) -> float:
+    """``--hydrogen-mass`` checked (imported late: the parser is built without loading OpenMM)."""
+    from ..systems.hydrogen_mass import check_hydrogen_mass
+
+    return check_hydrogen_mass(value, name)
+
+
 def _system_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("system", help="built-in system name (see 'openmm-bg systems'), peptide:SEQUENCE (e.g. "
                                   "peptide:AAGA) or a structure/topology file (.pdb, .prmtop, .top, .psf)")
@@ -134,6 +146,10 @@ def _system_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--implicit-solvent", help="implicit-solvent model for topology files: OBC1, OBC2, GBn, GBn2, HCT")
     p.add_argument("--temperature", type=_checked(check.temperature_kelvin),
                    help="temperature in K (default: the system's, 300 K)")
+    p.add_argument("--hydrogen-mass", type=_checked(_hydrogen_mass), metavar="DALTON",
+                   help="hydrogen mass repartitioning: every hydrogen gets this mass (e.g. 1.5), taken from its "
+                        "bonded heavy atom; same energies and Boltzmann distribution, slower H motion, so MD with "
+                        "--option constraints=hbonds runs at 4 fs (the default --timestep then)")
 
 
 def _definition_arguments(p: argparse.ArgumentParser, states_files: bool = True) -> None:
@@ -765,7 +781,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=_checked(check.positive_int), default=500,
                    help="MD steps between frames (default 500)")
     p.add_argument("--timestep", type=_checked(check.positive, "ps"), help="time step in ps (default 0.001 for "
-                   "molecules, 0.002 with constraints, 0.005 for 2D toy systems)")
+                   "molecules, 0.002 with constraints, 0.004 with constraints and --hydrogen-mass 1.5 or more, "
+                   "0.005 for 2D toy systems; --hydrogen-mass without constraints keeps 0.001, with a warning)")
     p.add_argument("--friction", type=_checked(check.non_negative, "1/ps"), default=1.0,
                    help="collision rate in 1/ps, >= 0 (default 1)")
     p.add_argument("--equilibration", type=_checked(check.non_negative_int), default=0,

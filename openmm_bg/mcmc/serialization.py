@@ -107,7 +107,8 @@ def register_model_path(generator: BoltzmannGenerator, model_path: str | os.Path
         stored = payload["flow_state"]
         same = set(stored) == set(state) and all(
             torch.equal(stored[k].cpu(), state[k].detach().cpu()) for k in state)
-        if not same or payload["fingerprint"] != system_fingerprint(generator.system):
+        current = system_fingerprint(generator.system)  # an older file's fingerprint may lack later entries
+        if not same or any(current.get(k) != v for k, v in payload["fingerprint"].items()):
             raise ValueError(f"{str(path)!r} holds another model than this generator; save the "
                              "generator to a new path (or pass a path that does not exist yet and the "
                              "move saves it)")

@@ -12,6 +12,7 @@ Examples
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ import openmm.unit as unit
 
 from .. import _validation as check
 from ..systems import MolecularSystem
+from ..systems.hydrogen_mass import HMR_4FS_MASS, lightest_hydrogen_mass
 from .partial import PartialRun, fingerprint
 
 if TYPE_CHECKING:
@@ -44,11 +46,28 @@ def _start_positions(system: MolecularSystem, positions) -> np.ndarray:
 
 
 def default_timestep(system: MolecularSystem) -> float:
-    """A safe Langevin time step in ps: 1 fs for molecules (2 fs with H-bond constraints), 5 fs for
-    the 2D toy systems (unit masses, potentials in kT over nm)."""
+    """A safe Langevin time step in ps: 1 fs for molecules, 2 fs with H-bond constraints, 4 fs with
+    H-bond constraints and hydrogen mass repartitioning (every hydrogen at least 1.5 Da:
+    ``load(..., constraints="hbonds", hydrogen_mass=1.5)``), 5 fs for the 2D toy systems (unit
+    masses, potentials in kT over nm).
+
+    Examples
+    --------
+    >>> from openmm_bg.systems import load
+    >>> [default_timestep(load("alanine_dipeptide", constraints=c, hydrogen_mass=h))
+    ...  for c, h in ((None, None), ("hbonds", None), ("hbonds", 1.5))]
+    [0.001, 0.002, 0.004]
+    """
     if not system.rotation_invariant and system.free_dims is not None:
         return 0.005
-    return 0.002 if system.system.getNumConstraints() > 0 else 0.001
+    if system.system.getNumConstraints() == 0:
+        if system.hydrogen_mass is not None:
+            warnings.warn(f"{system.name}: hydrogen mass repartitioning without constraints buys little (the bonds "
+                          "to hydrogen still set the time step, 1 fs); load it with constraints='hbonds' "
+                          "(--option constraints=hbonds) for 4 fs steps", UserWarning, stacklevel=2)
+        return 0.001
+    lightest = lightest_hydrogen_mass(system.system, system.topology)
+    return 0.004 if lightest is not None and lightest >= HMR_4FS_MASS - 1e-9 else 0.002
 
 
 def _openmm_seed(seed: int) -> int:

@@ -26,6 +26,7 @@ import openmm.app as app
 import openmm.unit as unit
 
 from .._validation import temperature_kelvin
+from .hydrogen_mass import check_hydrogen_mass
 from .lennard_jones import fold_lennard_jones_table
 from .molecular_system import MolecularSystem
 
@@ -48,6 +49,15 @@ def _implicit(value):
     return _IMPLICIT[key]
 
 
+def _hydrogen_mass(value) -> float | None:
+    """The checked ``hydrogen_mass`` option (dalton), before any work; None: the force field's masses."""
+    return None if value is None else check_hydrogen_mass(value)
+
+
+def _repartitioned(system: MolecularSystem, hydrogen_mass: float | None) -> MolecularSystem:
+    return system if hydrogen_mass is None else system.with_hydrogen_mass(hydrogen_mass)
+
+
 def _existing(path, what: str) -> Path:
     p = Path(path)
     if not p.is_file():
@@ -56,7 +66,8 @@ def _existing(path, what: str) -> Path:
 
 
 def from_openmm(system: openmm.System, topology: app.Topology, positions, temperature: float = 300.0,
-                name: str = "user_system", rotation_invariant: bool | None = None) -> MolecularSystem:
+                name: str = "user_system", rotation_invariant: bool | None = None,
+                hydrogen_mass: float | None = None) -> MolecularSystem:
     """Wrap an OpenMM System, Topology and positions a user already has.
 
     Parameters
@@ -70,6 +81,9 @@ def from_openmm(system: openmm.System, topology: app.Topology, positions, temper
     name : str
     rotation_invariant : bool, optional
         Default: True unless the System has external (positional) forces or a periodic box.
+    hydrogen_mass : float, optional
+        Dalton: hydrogen mass repartitioning of a copy of ``system``
+        (`MolecularSystem.with_hydrogen_mass`); default the System's masses.
 
     Notes
     -----
@@ -79,19 +93,21 @@ def from_openmm(system: openmm.System, topology: app.Topology, positions, temper
     energies, faster MD).
     """
     temperature = temperature_kelvin("temperature", temperature)
+    hydrogen_mass = _hydrogen_mass(hydrogen_mass)
     if hasattr(positions, "value_in_unit"):
         positions = positions.value_in_unit(unit.nanometer)
     positions = np.asarray(positions, dtype=np.float64)
     if rotation_invariant is None:
         external = any(isinstance(f, openmm.CustomExternalForce) for f in system.getForces())
         rotation_invariant = not external and not system.usesPeriodicBoundaryConditions()
-    return MolecularSystem(name=name, system=system, topology=topology, positions=positions,
-                           temperature=temperature, rotation_invariant=rotation_invariant,
-                           description=f"user system {name}")
+    return _repartitioned(MolecularSystem(name=name, system=system, topology=topology, positions=positions,
+                                          temperature=temperature, rotation_invariant=rotation_invariant,
+                                          description=f"user system {name}"), hydrogen_mass)
 
 
 def from_pdb(pdb, forcefield: Sequence[str] | str = ("amber14-all.xml",), implicit_solvent=None,
-             constraints=None, temperature: float = 300.0, name: str | None = None) -> MolecularSystem:
+             constraints=None, temperature: float = 300.0, name: str | None = None,
+             hydrogen_mass: float | None = None) -> MolecularSystem:
     """Build a system from a PDB file and OpenMM force-field XML files.
 
     Parameters
@@ -104,8 +120,12 @@ def from_pdb(pdb, forcefield: Sequence[str] | str = ("amber14-all.xml",), implic
     constraints : None, app.HBonds, ...
     temperature : float or openmm.unit.Quantity
         K; positive and finite.
+    hydrogen_mass : float, optional
+        Dalton: hydrogen mass repartitioning (`MolecularSystem.with_hydrogen_mass`), e.g. 1.5 with
+        ``constraints=app.HBonds`` for 4 fs MD steps; default the force field's masses.
     """
     temperature = temperature_kelvin("temperature", temperature)
+    hydrogen_mass = _hydrogen_mass(hydrogen_mass)
     path = _existing(pdb, "PDB")
     files = [forcefield] if isinstance(forcefield, str) else list(forcefield)
     if implicit_solvent is not None:
@@ -127,9 +147,10 @@ def from_pdb(pdb, forcefield: Sequence[str] | str = ("amber14-all.xml",), implic
             "openmm.app.Modeller.addHydrogens or pdbfixer), use standard residue names, or "
             "add the XML file with the missing residue templates to `forcefield`"
         ) from err
-    return MolecularSystem(name=name or path.stem, system=system, topology=structure.topology,
-                           positions=structure.getPositions(asNumpy=True).value_in_unit(unit.nanometer),
-                           temperature=temperature, description=f"{path.name} with {', '.join(files)}")
+    return _repartitioned(MolecularSystem(
+        name=name or path.stem, system=system, topology=structure.topology,
+        positions=structure.getPositions(asNumpy=True).value_in_unit(unit.nanometer),
+        temperature=temperature, description=f"{path.name} with {', '.join(files)}"), hydrogen_mass)
 
 
 def _residue_list(residues) -> str:
@@ -198,7 +219,7 @@ def _from_amber_openmm(top: Path, crd: Path, solvent, constraints, temperature, 
 
 def from_files(topology, coordinates=None, parameters: Sequence[str] | str | None = None,
                implicit_solvent=None, constraints=None, temperature: float = 300.0,
-               name: str | None = None) -> MolecularSystem:
+               name: str | None = None, hydrogen_mass: float | None = None) -> MolecularSystem:
     """Load Amber (prmtop + inpcrd), CHARMM (psf + crd/pdb + parameter files) or GROMACS (top + gro).
 
     Files are read with parmed, which also handles old-format Amber prmtops that OpenMM's own
@@ -221,7 +242,16 @@ def from_files(topology, coordinates=None, parameters: Sequence[str] | str | Non
     constraints : None, app.HBonds, ...
     temperature : float or openmm.unit.Quantity
         K; positive and finite.
+    hydrogen_mass : float, optional
+        Dalton: hydrogen mass repartitioning (`MolecularSystem.with_hydrogen_mass`), e.g. 1.5 with
+        ``constraints=app.HBonds`` for 4 fs MD steps; default the file's masses.
     """
+    hydrogen_mass = _hydrogen_mass(hydrogen_mass)
+    return _repartitioned(_from_files(topology, coordinates, parameters, implicit_solvent, constraints, temperature,
+                                      name), hydrogen_mass)
+
+
+def _from_files(topology, coordinates, parameters, implicit_solvent, constraints, temperature, name):
     import parmed
 
     temperature = temperature_kelvin("temperature", temperature)

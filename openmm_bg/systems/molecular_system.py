@@ -202,6 +202,10 @@ class MolecularSystem:
         without OpenMM, for fast tests of toy systems.
     description : str
         One line for listings.
+    hydrogen_mass : float or None
+        Dalton: the hydrogen mass ``system`` was repartitioned to (`with_hydrogen_mass`), or None
+        (the force field's masses). Informative (the System's masses are what MD uses); model files
+        carry it.
     """
 
     name: str
@@ -215,6 +219,7 @@ class MolecularSystem:
     free_dims: np.ndarray | None = None
     analytic_energy: Callable[[torch.Tensor], torch.Tensor] | None = None
     description: str = ""
+    hydrogen_mass: float | None = None
 
     def __post_init__(self):
         pos = self.positions
@@ -320,6 +325,29 @@ class MolecularSystem:
         """A copy at another temperature (same System object, new ``temperature``)."""
         other = copy.copy(self)
         other.temperature = temperature_kelvin("temperature", temperature)
+        return other
+
+    def with_hydrogen_mass(self, hydrogen_mass: float) -> MolecularSystem:
+        """A copy whose System has hydrogen mass repartitioning (same energies, heavier hydrogens).
+
+        Every hydrogen gets ``hydrogen_mass`` (dalton) and its bonded heavy atom loses the difference
+        (`openmm_bg.systems.hydrogen_mass.repartition_hydrogen_mass`); with ``constraints="hbonds"``
+        MD then runs at 4 fs. Energies, forces and the Boltzmann distribution are unchanged; the
+        dynamics (and the constraints' Fixman factor) are those of the new masses.
+
+        Examples
+        --------
+        >>> import openmm_bg.systems as bgs
+        >>> ala = bgs.load("alanine_dipeptide", constraints="hbonds")
+        >>> hmr = ala.with_hydrogen_mass(1.5)
+        >>> hmr.hydrogen_mass, bool(abs(hmr.masses.sum() - ala.masses.sum()) < 1e-12)
+        (1.5, True)
+        """
+        from .hydrogen_mass import repartition_hydrogen_mass
+
+        other = copy.copy(self)
+        other.system = repartition_hydrogen_mass(self.system, self.topology, hydrogen_mass)
+        other.hydrogen_mass = float(hydrogen_mass)
         return other
 
     def atom_indices(self, selection: str) -> np.ndarray:

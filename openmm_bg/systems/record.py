@@ -6,6 +6,8 @@ and order, box), the reference positions (nm, float64, exactly), temperature, na
 ``rotation_invariant``, ``free_dims``, and the reaction coordinates and states that carry a
 ``spec`` (a recipe such as ``{"kind": "dihedral", "atoms": [...]}``). Coordinates and states
 that are only functions cannot be stored; their names are listed under ``"not_stored"``.
+The serialized System carries the masses, so a system with hydrogen mass repartitioning rebuilds
+with the same masses; ``hydrogen_mass`` (dalton or None) records the value it was built with.
 `system_from_record` rebuilds the system; `encode_record` / `decode_record` turn a record into
 gzip-compressed bytes and back. A toy system's ``analytic_energy`` (a shortcut for tests) is not
 stored: the rebuilt system computes the same energy with OpenMM.
@@ -98,6 +100,7 @@ def system_record(system: MolecularSystem) -> dict:
         "record_version": RECORD_VERSION, "name": system.name, "description": system.description,
         "temperature": float(system.temperature), "rotation_invariant": bool(system.rotation_invariant),
         "free_dims": None if system.free_dims is None else system.free_dims.tolist(),
+        "hydrogen_mass": system.hydrogen_mass,
         "system_xml": openmm.XmlSerializer.serialize(system.system),
         "topology": _topology_record(system.topology), "positions": system.positions.tolist(),
         "coordinates": coordinates, "states": states,
@@ -145,7 +148,7 @@ def system_from_record(record: dict) -> MolecularSystem:
         positions=np.asarray(record["positions"], dtype=np.float64), temperature=record["temperature"],
         reaction_coordinates=coordinates, states=states, rotation_invariant=record["rotation_invariant"],
         free_dims=None if free_dims is None else np.asarray(free_dims, dtype=bool),
-        description=record.get("description", ""))
+        description=record.get("description", ""), hydrogen_mass=record.get("hydrogen_mass"))
 
 
 def encode_record(record: dict) -> bytes:

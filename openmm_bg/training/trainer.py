@@ -623,6 +623,8 @@ class Trainer:
                                           ["run record"])
         current = self.run_record()
         saved = _with_defaults(saved)
+        if isinstance(saved.get("system"), dict) and "group_masses" not in saved["system"]:  # written before the entry
+            current["system"] = {k: v for k, v in current["system"].items() if k != "group_masses"}
         differences = [key for key in {**saved, **current} if saved.get(key) != current.get(key)]
         if differences:
             raise CheckpointMismatchError(f"cannot resume from {path}: it was written by another training run "
