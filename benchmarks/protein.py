@@ -70,12 +70,20 @@ TIMESTEP_PS = 0.002
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("tutorial_04_protein", TUTORIAL)
-    mod = importlib.util.module_from_spec(spec)
+    """``protein_stages`` of ``tutorials/04_protein.py`` (its own ``_common`` module shadows ours while it loads)."""
     import sys
 
+    spec = importlib.util.spec_from_file_location("tutorial_04_protein", TUTORIAL)
+    mod = importlib.util.module_from_spec(spec)
+    ours = sys.modules.pop("_common", None)
     sys.path.insert(0, str(TUTORIAL.parent))
-    spec.loader.exec_module(mod)
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(TUTORIAL.parent))
+        sys.modules.pop("_common", None)
+        if ours is not None:
+            sys.modules["_common"] = ours
     return mod.protein_stages
 
 
