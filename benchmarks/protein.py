@@ -213,6 +213,7 @@ def main(argv=None) -> None:
     train_s = time.perf_counter() - t0 if stages else None
     with torch.no_grad():
         nll = -gen.log_prob(torch.as_tensor(held)).double().numpy()
+        nll_train = -gen.log_prob(torch.as_tensor(train[:: max(1, len(train) // len(held))])).double().numpy()
     samples = gen.sample(args.samples, seed=args.seed + 1, progress=not args.smoke)
     diag = samples.diagnostics(warn=False)
     u_md = np.asarray(energy_for(system)(xyz), dtype=np.float64)
@@ -233,6 +234,8 @@ def main(argv=None) -> None:
         "transform": type(gen.transform).__name__, "n_samples": len(samples),
         "ess_fraction": samples.ess_fraction, "pareto_k": float(getattr(diag, "pareto_k", np.nan)),
         "heldout_nll_per_dof": float(np.nanmean(nll)) / gen.transform.n_dof, "heldout_frames": len(held),
+        "heldout_nll_per_dof_median": float(np.nanmedian(nll)) / gen.transform.n_dof,
+        "training_nll_per_dof_median": float(np.nanmedian(nll_train)) / gen.transform.n_dof,
         "energy_md_median": float(np.median(u_md)), "energy_md_std": float(np.std(u_md)),
         "energy_bg_median": float(np.median(ok_u)) if len(ok_u) else np.nan,
         "valid": report.fraction, "rmsd_md_median_nm": float(np.median(r_md)),
