@@ -40,6 +40,7 @@ Not a CI test.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import time
@@ -132,6 +133,8 @@ def main(argv=None) -> None:
     p.add_argument("--md", type=Path, nargs="+",
                    help="reference MD trajectories (independent runs) to use instead of making (or reusing) one")
     p.add_argument("--model", type=Path, help="trained generator to measure instead of training one")
+    p.add_argument("--patience", type=int, help="early stopping of the recipe's ML stage (Stage.patience; "
+                   "the Trainer holds out a share of the training frames)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest on 2 shared cores)")
     p.add_argument("--save-model", type=Path, help="write the generator trained here to this file")
     p.add_argument("--parts", default="speed,generator,move",
@@ -201,6 +204,8 @@ def main(argv=None) -> None:
         gen = openmm_bg.BoltzmannGenerator.build(system, train, n_blocks=2, hidden=(32, 32), seed=args.seed)
     else:
         stages = _recipe()(args.train_scale)
+        if args.patience is not None:  # early stopping of the ML stage on held-out frames (Stage.patience)
+            stages[0] = dataclasses.replace(stages[0], patience=args.patience)
         gen = openmm_bg.BoltzmannGenerator.build(system, train, n_blocks=6, hidden=(256, 256), seed=args.seed)
     t0 = time.perf_counter()
     train_evals = None
