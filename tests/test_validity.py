@@ -74,6 +74,11 @@ def test_backbone_rmsd_matches_mdtraj(trpzip):
     assert np.allclose(ours, ref, atol=1e-5)
     with pytest.raises(ValueError, match="backbone"):
         backbone_rmsd(load("double_well").positions[None], load("double_well").positions, load("double_well").topology)
+    # a frame with NaN (an out-of-domain sample) gets NaN, the others their RMSD
+    bad = x.copy()
+    bad[1, idx[4]] = np.nan
+    mixed = backbone_rmsd(bad, trpzip.positions, trpzip.topology)
+    assert np.isnan(mixed[1]) and np.allclose(mixed[[0, 2, 3]], ours[[0, 2, 3]], rtol=0, atol=1e-12)
 
 
 def test_rotamers_and_core_transitions():

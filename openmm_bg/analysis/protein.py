@@ -44,7 +44,8 @@ def backbone_atoms(topology) -> np.ndarray:
 def backbone_rmsd(x, reference: np.ndarray, topology) -> np.ndarray:
     """``[n]`` RMSD (nm) of the backbone N, CA, C of ``x`` ``[n, n_atoms, 3]`` to ``reference`` ``[n_atoms, 3]``.
 
-    After optimal superposition (translation and rotation, Kabsch; reflections excluded).
+    After optimal superposition (translation and rotation, Kabsch; reflections excluded). A frame
+    with NaN or inf backbone coordinates (e.g. an out-of-domain generator sample) gets NaN.
 
     Examples
     --------
@@ -59,14 +60,19 @@ def backbone_rmsd(x, reference: np.ndarray, topology) -> np.ndarray:
         raise ValueError("the topology has no residue with backbone atoms N, CA and C")
     x = np.asarray(x.xyz if hasattr(x, "xyz") else x, dtype=np.float64)[:, idx]
     ref = np.asarray(reference, dtype=np.float64)[idx]
-    x = x - x.mean(1, keepdims=True)
+    if not np.isfinite(ref).all():
+        raise ValueError("reference: the backbone positions contain NaN or inf")
+    out = np.full(len(x), np.nan)
+    ok = np.isfinite(x).all(axis=(1, 2))
+    x = x[ok] - x[ok].mean(1, keepdims=True)
     ref = ref - ref.mean(0)
     h = np.einsum("nai,aj->nij", x, ref)
     u, s, vt = np.linalg.svd(h)
     d = np.sign(np.linalg.det(u @ vt))
     s[:, -1] *= d
     e = (x**2).sum((1, 2)) + (ref**2).sum() - 2 * s.sum(1)
-    return np.sqrt(np.maximum(e, 0.0) / len(idx))
+    out[ok] = np.sqrt(np.maximum(e, 0.0) / len(idx))
+    return out
 
 
 def _distance_to_centres(chi: np.ndarray) -> np.ndarray:
