@@ -113,12 +113,6 @@ def phipsi_regions(traj: mdtraj.Trajectory, weights=None) -> np.ndarray:
     return np.stack([(w[:, None] * r).sum(0) for r in (beta, alpha, left)], -1)
 
 
-def weighted_rotamers(chi, w) -> np.ndarray:
-    centres = np.array([np.pi / 3, np.pi, -np.pi / 3])
-    states = np.abs(np.angle(np.exp(1j * (chi[..., None] - centres)))).argmin(-1)
-    return np.stack([(w[:, None] * (states == k)).sum(0) for k in range(3)], -1)
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reference-ns", type=float, default=20.0, help="length of the MD reference (cached)")
@@ -247,7 +241,7 @@ def main(argv=None) -> None:
         "rmsd_bg_median_nm": float(np.nanmedian(r_bg)),
         "chi1_residues": names,
         "chi1_md": rotamer_populations(chi_md).tolist(), "chi1_bg_raw": rotamer_populations(chi_bg).tolist(),
-        "chi1_bg_reweighted": weighted_rotamers(chi_bg, w).tolist(),
+        "chi1_bg_reweighted": rotamer_populations(chi_bg, w).tolist(),
         "phipsi_md": phipsi_regions(ref).tolist(), "phipsi_bg_raw": phipsi_regions(traj_bg).tolist(),
         "phipsi_bg_reweighted": phipsi_regions(traj_bg, w).tolist(),
     }

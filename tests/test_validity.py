@@ -91,3 +91,11 @@ def test_rotamers_and_core_transitions():
     assert core_transitions(chi).tolist() == [2, 1]
     pops = rotamer_populations(chi)
     assert np.allclose(pops.sum(1), 1.0) and pops[0].tolist() == [4 / 8, 3 / 8, 1 / 8]
+    # weights; a NaN torsion (out-of-domain sample) is left out, never counted as g+
+    w = np.array([1.0, 0, 0, 0, 3, 0, 0, 0])
+    assert rotamer_populations(chi, w)[0].tolist() == [1 / 4, 3 / 4, 0.0]
+    with_nan = chi.copy()
+    with_nan[0, 0] = np.nan
+    assert np.allclose(rotamer_populations(with_nan)[0], [3 / 7, 3 / 7, 1 / 7])
+    with pytest.raises(ValueError, match="weights"):
+        rotamer_populations(chi, -w)

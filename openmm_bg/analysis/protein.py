@@ -87,11 +87,21 @@ def rotamer_states(chi, half_width: float = np.radians(40.0)) -> np.ndarray:
     return np.where(d.min(-1) <= half_width, state, -1)
 
 
-def rotamer_populations(chi) -> np.ndarray:
-    """``[n_torsions, 3]`` fraction of frames nearest to g+, t, g- (rows sum to 1)."""
+def rotamer_populations(chi, weights=None) -> np.ndarray:
+    """``[n_torsions, 3]`` fraction of frames nearest to g+, t, g- (rows sum to 1).
+
+    ``weights`` (``[n_frames]``, >= 0, e.g. importance weights) weight the frames; default equal.
+    Frames whose torsion is NaN (e.g. out-of-domain samples) are left out of that torsion's row; a
+    row with no finite value (or zero weight) is NaN.
+    """
     chi = np.asarray(chi, dtype=np.float64)
     state = _distance_to_centres(chi).argmin(-1)
-    return np.stack([(state == k).mean(0) for k in range(3)], axis=-1)
+    w = np.ones(len(chi)) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+    if len(w) != len(chi) or not (np.isfinite(w).all() and (w >= 0).all()):
+        raise ValueError(f"weights must be {len(chi)} finite values >= 0")
+    w = np.where(np.isfinite(chi), w[:, None], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.stack([(w * (state == k)).sum(0) / w.sum(0) for k in range(3)], axis=-1)
 
 
 def core_transitions(chi, half_width: float = np.radians(40.0)) -> np.ndarray:
