@@ -79,6 +79,44 @@ def double_well():
     return dw, gen
 
 
+_SEEDED_CHAIN = """
+import sys
+import numpy as np
+import openmm.unit as unit
+from openmmtools import cache, mcmc, states
+import openmm, openmm_bg
+from openmm_bg.mcmc import BoltzmannGeneratorMove
+from openmm_bg.systems import load
+dw = load("double_well")
+gen = openmm_bg.BoltzmannGenerator.load(sys.argv[1], dw)
+move = BoltzmannGeneratorMove(gen, n_proposals=4, seed=7)
+thermo = states.ThermodynamicState(dw.system, temperature=300 * unit.kelvin)
+ss = states.SamplerState(dw.positions * unit.nanometer)
+cc = cache.ContextCache(platform=openmm.Platform.getPlatformByName("Reference"), capacity=2)
+for _ in range(6):
+    move.apply(thermo, ss, context_cache=cc)
+print(repr(ss.positions.value_in_unit(unit.nanometer)[0].tolist()), move.n_accepted)
+"""
+
+
+def test_a_seeded_move_draws_the_same_in_every_process(double_well, tmp_path):
+    """openmmtools hashes the System with Python's per-process string hash; the move's random streams
+    must not depend on it: two processes with different PYTHONHASHSEED give the same chain."""
+    import subprocess
+    import sys
+
+    _, gen = double_well
+    path = tmp_path / "dw.pt"
+    gen.save(path)
+    out = []
+    for hash_seed in ("1", "2"):
+        run = subprocess.run([sys.executable, "-c", _SEEDED_CHAIN, str(path)], capture_output=True, text=True,
+                             timeout=300, env={**os.environ, "PYTHONHASHSEED": hash_seed})
+        assert run.returncode == 0, run.stderr[-2000:]
+        out.append(run.stdout.strip().splitlines()[-1])
+    assert out[0] == out[1], out
+
+
 class _WithoutHastings(BoltzmannGeneratorMove):
     """Wrong on purpose: the acceptance drops the proposal densities (the Hastings term)."""
 

@@ -22,6 +22,7 @@ Examples
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import os
 import warnings
@@ -90,6 +91,31 @@ def _state_system(thermodynamic_state) -> openmm.System:
 
 def _state_hash(thermodynamic_state) -> int:
     return int(getattr(thermodynamic_state, "_standard_system_hash", 0) or 0)
+
+
+#: openmmtools' (per-process) system hash -> a hash of the same System that every process agrees on
+_STABLE_SYSTEM_KEYS: dict[int, int] = {}
+
+
+def _stable_state_key(thermodynamic_state) -> int:
+    """A 63-bit key of the state's standard System, equal in every process (unlike openmmtools' hash).
+
+    openmmtools hashes the serialised System with Python's string hash, which changes from process to
+    process unless ``PYTHONHASHSEED`` is set; a seeded move must draw the same numbers everywhere, so
+    the System's XML is hashed once per System with SHA-256 instead (about a millisecond for a small
+    protein) and remembered under openmmtools' hash.
+    """
+    quick = _state_hash(thermodynamic_state)
+    if quick and quick in _STABLE_SYSTEM_KEYS:
+        return _STABLE_SYSTEM_KEYS[quick]
+    system = getattr(thermodynamic_state, "_standard_system", None)
+    if system is None:
+        system = thermodynamic_state.system
+    digest = hashlib.sha256(openmm.XmlSerializer.serialize(system).encode()).digest()
+    key = int.from_bytes(digest[:8], "little") % (2**63)
+    if quick:  # a state without openmmtools' hash is hashed every time (nothing to key the memo on)
+        _STABLE_SYSTEM_KEYS[quick] = key
+    return key
 
 
 def _kelvin(temperature) -> float:
@@ -251,15 +277,15 @@ class MetropolisHastingsMove(MCMCMove):
         """Fresh generators for one ``apply``: same seed, copy, state and call number, same draws.
 
         The state (temperature, System) enters so that the per-state copies of a multistate sampler
-        (which openmmtools makes through serialisation, i.e. with equal seeds) draw independently.
-        (openmmtools hashes the System with Python's string hash, which differs between processes
-        unless ``PYTHONHASHSEED`` is set.)
+        (which openmmtools makes through serialisation, i.e. with equal seeds) draw independently; the
+        System enters through `_stable_state_key`, so a seeded move draws the same numbers in every
+        process.
         """
         if self.seed is None:
             rng = np.random.default_rng()
         else:
             t_mk = int(round(_kelvin(thermodynamic_state.temperature) * 1000))
-            s_hash = _state_hash(thermodynamic_state) % (2**63)
+            s_hash = _stable_state_key(thermodynamic_state)
             rng = np.random.default_rng([self.seed, *self._stream, self._n_applied, t_mk, s_hash])
         self._n_applied += 1
         tgen = torch.Generator(device=self._device())
