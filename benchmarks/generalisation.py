@@ -51,6 +51,7 @@ from _common import CACHE, RESULTS
 
 import openmm_bg
 from openmm_bg.analysis import reweighting
+from openmm_bg.analysis.coverage import coverage, coverage_reference
 from openmm_bg.md.simulation import default_timestep
 from openmm_bg.sampling import AnnealConfig
 from openmm_bg.training import Trainer
@@ -282,13 +283,17 @@ def run(molecule: str, solvent: str, args) -> dict:
         result["annealed"] = evaluate(system, annealed, reference, "annealed")
         result["annealed"]["wall_s"] = time.perf_counter() - start
         result["annealed"]["energy_evaluations"] = annealed.provenance["n_energy_evaluations"]
+        # the weights are those since the last resampling: their ESS says nothing of how many
+        # lineages survived, so the distinct ancestors stand next to it (issue 13's rule)
+        for key in ("n_levels", "n_resampling", "n_distinct_ancestors"):
+            result["annealed"][key] = annealed.provenance[key]
     result["targets"] = targets(result, solvent)
-    try:  # the coverage table of issue 14 (another module), when this version has it
-        from openmm_bg.analysis import coverage  # noqa: F401
-
-        result["coverage"] = "see openmm_bg.analysis.coverage (not wired in yet)"
-    except ImportError:
-        result["coverage"] = "per-basin effective samples above (openmm_bg.analysis.coverage not available)"
+    # the library's coverage table against the training data (what `openmm-bg train` prints)
+    reference_clusters = coverage_reference(system, data)
+    result["coverage"] = {"plain": coverage(plain, reference_clusters).as_dict()}
+    print(f"{tag} coverage of the plain samples:\n{coverage(plain, reference_clusters).table()}")
+    if args.particles:
+        result["coverage"]["annealed"] = coverage(annealed, reference_clusters).as_dict()
     return result
 
 
@@ -304,6 +309,7 @@ def main(argv=None) -> None:
     p.add_argument("--particles", type=int, default=100_000)
     p.add_argument("--steps-scale", type=float, default=1.0, help="scales every stage, for all molecules alike")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="", help="suffix of the result file (e.g. the recipe compared)")
     p.add_argument("--tiny", action="store_true", help="smoke check: minute-sized data, training and samples")
     args = p.parse_args(argv)
     if args.tiny:
@@ -313,7 +319,7 @@ def main(argv=None) -> None:
     for molecule in args.molecules:
         for solvent in args.solvents:
             result = run(molecule, solvent, args)
-            suffix = "_tiny" if args.tiny else ""
+            suffix = args.tag + ("_tiny" if args.tiny else "")
             out = RESULTS / f"generalisation_{molecule}_{solvent}{suffix}.json"
             out.write_text(json.dumps(result, indent=1))
             plain = result["plain"]
