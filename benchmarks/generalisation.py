@@ -290,8 +290,9 @@ def run(molecule: str, solvent: str, args) -> dict:
     result["targets"] = targets(result, solvent)
     # the library's coverage table against the training data (what `openmm-bg train` prints)
     reference_clusters = coverage_reference(system, data)
-    result["coverage"] = {"plain": coverage(plain, reference_clusters).as_dict()}
-    print(f"{tag} coverage of the plain samples:\n{coverage(plain, reference_clusters).table()}")
+    plain_coverage = coverage(plain, reference_clusters)
+    result["coverage"] = {"plain": plain_coverage.as_dict()}
+    print(f"{tag} coverage of the plain samples:\n{plain_coverage.table()}")
     if args.particles:
         result["coverage"]["annealed"] = coverage(annealed, reference_clusters).as_dict()
     return result
