@@ -41,12 +41,25 @@ from openmm_bg.training import Trainer, default_stages
 
 
 def training_data(system, solvent: str, md_ns: float, c7ax_fraction: float, seed: int,
-                  restrain_c7ax: bool = False) -> mdtraj.Trajectory:
+                  restrain_c7ax: bool = False, starts: int = 1) -> mdtraj.Trajectory:
     """300 K MD frames (1 ps apart) from C7eq and from the shipped C7ax structure (the demo's data
     recipe, `openmm_bg.apps.demo.demo_data`, the C7ax run optionally held in C7ax by a flat-bottom phi
-    restraint); cached."""
+    restraint); cached. ``starts > 1``: instead, ``md_ns / starts`` from each of ``starts`` structures of
+    the generic peptide recipe `openmm_bg.md.torsion_starts` (random alpha_R / beta / alpha_L per
+    residue; no knowledge of C7ax)."""
     from openmm_bg.apps.demo import demo_data
 
+    if starts > 1:
+        from openmm_bg.md import simulate_starts, torsion_starts
+
+        path = CACHE / f"alanine_{solvent}_md_{md_ns:g}ns_{starts}starts_seed{seed}.h5"
+        if path.exists():
+            return mdtraj.load(str(path))
+        CACHE.mkdir(parents=True, exist_ok=True)
+        structures = torsion_starts(system, starts, seed=seed)
+        traj, _ = simulate_starts(system, structures, n_frames=max(1, int(md_ns * 1000) // starts), stride=1000,
+                                  seed=seed, output=path, resume=True, equilibration_steps=5000)
+        return traj
     tag = "_restrained" if restrain_c7ax else ""
     path = CACHE / f"alanine_{solvent}_md_{md_ns:g}ns_ax{c7ax_fraction:g}{tag}_seed{seed}.h5"
     if path.exists():
@@ -101,10 +114,15 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--solvent", choices=["vacuum", "implicit"], default="vacuum")
     parser.add_argument("--flow", choices=["realnvp", "spline"], default="realnvp")
+    parser.add_argument("--recipe", choices=["classic", "adaptive"], default="classic",
+                        help="classic: the stages below; adaptive: the library's adaptive recipe (ML with early "
+                             "stopping, then FAB), its own sizes (--kl-steps/--kl-stage-ml are not used)")
     parser.add_argument("--kl-steps", type=int, default=3000, help="steps of the KL stage")
     parser.add_argument("--kl-stage-ml", type=float, default=0.1, help="ML weight in the KL stage")
     parser.add_argument("--md-ns", type=float, default=10.0, help="training MD at 300 K (ns, <= 10)")
     parser.add_argument("--c7ax-fraction", type=float, default=0.25, help="share of MD started in C7ax")
+    parser.add_argument("--starts", type=int, default=1,
+                        help="> 1: MD from this many torsion_starts structures instead (no C7ax start or restraint)")
     parser.add_argument("--c7ax-restraint", action="store_true",
                         help="hold the C7ax part of the MD in C7ax with a flat-bottom phi restraint")
     parser.add_argument("--c7ax-stride", type=int, default=1,
@@ -125,7 +143,10 @@ def main(argv=None) -> dict:
     tag = f"alanine_{args.solvent}_{args.flow}{args.tag}"
     system = load("alanine_dipeptide", solvent=args.solvent)
     t0 = time.perf_counter()
-    data = training_data(system, args.solvent, args.md_ns, args.c7ax_fraction, args.seed, args.c7ax_restraint)
+    if args.starts > 1 and (args.c7ax_restraint or args.c7ax_stride > 1):
+        parser.error("--starts replaces the C7eq/C7ax data: --c7ax-restraint and --c7ax-stride do not apply")
+    data = training_data(system, args.solvent, args.md_ns, args.c7ax_fraction, args.seed, args.c7ax_restraint,
+                         args.starts)
     if args.c7ax_stride > 1:  # demo_data puts the C7eq frames first
         n_eq = max(1, int(args.md_ns * (1 - args.c7ax_fraction) * 1000))
         data = mdtraj.join([data[:n_eq], data[n_eq::args.c7ax_stride]])
@@ -140,14 +161,17 @@ def main(argv=None) -> dict:
     else:
         gen = openmm_bg.BoltzmannGenerator.build(system, data, flow=args.flow, n_blocks=args.n_blocks,
                                                  hidden=tuple(args.hidden), seed=args.seed)
-        stages = default_stages(1.0, kl_scale=args.kl_steps / default_stages()[1].steps)
-        stages[1] = replace(stages[1], ml=args.kl_stage_ml)
+        stages = None  # the adaptive recipe sizes its own stages
+        if args.recipe == "classic":
+            stages = default_stages(1.0, kl_scale=args.kl_steps / default_stages()[1].steps)
+            stages[1] = replace(stages[1], ml=args.kl_stage_ml)
         trainer = Trainer(gen, data, stages, seed=args.seed, checkpoint=CACHE / f"{tag}_seed{args.seed}.ckpt",
-                          checkpoint_every=500, metrics=RESULTS / f"{tag}_training.csv")
+                          checkpoint_every=500, metrics=RESULTS / f"{tag}_training.csv", recipe=args.recipe)
         t2 = time.perf_counter()
         history = trainer.fit(resume=True)
         t_train = time.perf_counter() - t2
-        training = {"training_steps": len(history), "skipped_steps": trainer.n_skipped,
+        training = {"recipe": trainer.recipe, "stage_steps": trainer.stage_steps,
+                    "training_steps": len(history), "skipped_steps": trainer.n_skipped,
                     "training_energy_evaluations": trainer.energy_evaluations}
         plot_history(history, RESULTS / f"{tag}_training.png")
         extra = {"benchmark": {k: str(v) for k, v in vars(args).items()},

@@ -12,11 +12,19 @@ OBC1):
 
 Per molecule and solvent:
 
-1. training data: Langevin MD at 300 K from the minimised built structure, ``--data-ns-per-dof``
-   ns per flow degree of freedom (the same rule for every molecule), cached in ``benchmarks/cache``;
-2. reference: long plain MD (``--reference-ns``) and MD with a bias ``-h (1 + cos(phi - 1 rad)) / 2``
+1. training data: Langevin MD at 300 K, ``--data-ns-per-dof`` ns per flow degree of freedom (the
+   same rule for every molecule), from the minimised built structure or, with ``--starts N``, from
+   ``N`` structures of `openmm_bg.md.torsion_starts` (every residue's phi/psi set to a random
+   basin), merged with each frame's origin (`openmm_bg.md.simulate_starts`); cached in
+   ``benchmarks/cache``;
+2. reference: plain MD (``--reference-ns``) and MD with a bias ``-h (1 + cos(phi - 1 rad)) / 2``
    (``h = --bias-kt`` kT) on every phi, reweighted exactly by ``exp(+bias)``, which populates the
-   rare phi > 0 basins (both cached; their cost is reported, they are the expensive part);
+   rare phi > 0 basins. Each is made of independent ``--chunk-ns`` runs (own seeds), and what the
+   evaluation needs of a run (per residue: weighted 36 x 36 phi/psi histograms of its two halves,
+   weighted basin sums in 10 time blocks) is kept in ``benchmarks/reference/generalisation_*.npz``,
+   committed: references are the expensive part, so they grow run by run and session by session,
+   and several processes can make chunks side by side (``--reference-only``; a ``.lock`` file
+   marks a chunk in progress). The primary reference is the biased one; the plain one checks it;
 3. training: ``Trainer(gen, data)`` with the library's default recipe (or ``--recipe``), the
    default generator (``BoltzmannGenerator.build`` defaults), wall time and energy evaluations
    recorded; the budget is about 30 minutes on 2 cores (``--steps-scale`` scales it, for every
@@ -28,9 +36,10 @@ Per molecule and solvent:
    to the reference's; the coverage table (effective samples per basin; `openmm_bg.analysis`'s
    coverage diagnostic when it exists) and the targets of issue 14 checked on held-out molecules.
 
-Results: ``benchmarks/results/generalisation_{molecule}_{solvent}.json``.
+Results: ``benchmarks/results/generalisation_{molecule}_{solvent}{tag}.json``.
 
     python benchmarks/generalisation.py --molecules GAAG APA --solvents vacuum implicit
+    python benchmarks/generalisation.py --molecules GAAG --solvents vacuum --reference-only   # refs only
     python benchmarks/generalisation.py --molecules ALA2 --solvents vacuum --tiny   # a smoke check
 
 Peptides other than ``ALA2`` need ``openmm_bg.systems.peptide`` (the sequence builder of issue 14);
@@ -43,15 +52,18 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import time
+from pathlib import Path
 
 import mdtraj
 import numpy as np
-from _common import CACHE, RESULTS
+from _common import CACHE, HERE, RESULTS
 
 import openmm_bg
 from openmm_bg.analysis import reweighting
 from openmm_bg.analysis.coverage import coverage, coverage_reference
+from openmm_bg.md import read_origins, simulate_starts, torsion_starts
 from openmm_bg.md.simulation import default_timestep
 from openmm_bg.sampling import AnnealConfig
 from openmm_bg.training import Trainer
@@ -62,6 +74,11 @@ HELD_OUT = ("GAAG", "APA")
 BASINS = ("alpha_R", "beta", "alpha_L")
 GRID = 36
 PSEUDOCOUNT = 1e-10
+#: Committed reference chunks (``generalisation_{molecule}_{solvent}_{kind}_{ns}ns_{index}.npz``).
+REFERENCE_DIR = HERE / "reference"
+#: Chunk ``i`` of the plain / biased reference runs with seed ``offset + i``.
+SEED_OFFSET = {"plain": 1000, "biased": 2000}
+N_BLOCKS = 10
 
 
 # ----------------------------------------------------------------------------------------- systems
@@ -97,41 +114,124 @@ def basin_of(phi: np.ndarray, psi: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- data
-def md(system, ns: float, seed: int, tag: str, bias_kt: float = 0.0) -> tuple[mdtraj.Trajectory, np.ndarray, float]:
-    """MD frames 1 ps apart (cached), their log reweighting factors to the unbiased ensemble, wall time (s).
-
-    With ``bias_kt > 0`` every phi gets the bias ``-bias_kt (1 + cos(phi - 1)) / 2`` kT; the frames'
-    log weights are then ``+bias``, exactly (the bias depends on positions only).
-    """
+def phi_bias(system, bias_kt: float):
+    """``system`` with the bias ``-bias_kt (1 + cos(phi - 1)) / 2`` kT on every phi (``bias_kt > 0``)."""
     import openmm
 
-    path = CACHE / f"generalisation_{tag}_{ns:g}ns_bias{bias_kt:g}_seed{seed}.h5"
-    biased = system
-    if bias_kt > 0:
-        phi_atoms, _ = mdtraj.compute_phi(mdtraj.Trajectory(system.positions[None].astype(np.float32),
-                                                            system.mdtraj_topology))
-        force = openmm.CustomTorsionForce(f"-h*(1 + cos(theta - 1.0))/2; h = {bias_kt} * kT")
-        force.addGlobalParameter("kT", openmm_bg.systems.kT_kJ_per_mol(system.temperature))
-        for a in phi_atoms:
-            force.addTorsion(*(int(i) for i in a), [])
-        omm = openmm.XmlSerializer.clone(system.system)
-        omm.addForce(force)
-        biased = dataclasses.replace(system, system=omm)
+    phi_atoms, _ = mdtraj.compute_phi(mdtraj.Trajectory(system.positions[None].astype(np.float32),
+                                                        system.mdtraj_topology))
+    force = openmm.CustomTorsionForce(f"-h*(1 + cos(theta - 1.0))/2; h = {bias_kt} * kT")
+    force.addGlobalParameter("kT", openmm_bg.systems.kT_kJ_per_mol(system.temperature))
+    for a in phi_atoms:
+        force.addTorsion(*(int(i) for i in a), [])
+    omm = openmm.XmlSerializer.clone(system.system)
+    omm.addForce(force)
+    return dataclasses.replace(system, system=omm)
+
+
+def frame_stride(system) -> int:
+    """MD steps per frame: one frame per ps."""
+    return max(1, int(round(1.0 / default_timestep(system))))
+
+
+def training_data(system, ns: float, starts: int, seed: int, tag: str):
+    """Training frames 1 ps apart (cached), their start index (``None`` for one start), wall time (s).
+
+    One start: MD from the minimised built structure. ``starts > 1``: ``starts`` structures of
+    `torsion_starts` (seed ``seed``), ``ns / starts`` each.
+    """
+    n_frames = max(1, int(round(ns * 1000)))
+    stride = frame_stride(system)
     start = time.perf_counter()
-    if path.exists():
-        traj = mdtraj.load(str(path))
-    else:
-        CACHE.mkdir(parents=True, exist_ok=True)
-        stride = max(1, int(round(1.0 / default_timestep(system))))  # one frame per ps
-        traj = openmm_bg.simulate(biased, n_frames=max(1, int(round(ns * 1000))), stride=stride, seed=seed,
-                                  minimize=True, equilibration_steps=10 * stride, progress=False)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if starts <= 1:
+        path = CACHE / f"generalisation_{tag}_{ns:g}ns_bias0_seed{seed}.h5"
+        if path.exists():
+            return mdtraj.load(str(path)), None, time.perf_counter() - start
+        traj = openmm_bg.simulate(system, n_frames=n_frames, stride=stride, seed=seed, minimize=True,
+                                  equilibration_steps=10 * stride, progress=True)
         traj.save(str(path))
-    wall = time.perf_counter() - start
-    log_w = np.zeros(traj.n_frames)
-    if bias_kt > 0:
-        phi, _ = backbone_dihedrals(system, traj.xyz)
-        log_w = (-bias_kt * (1 + np.cos(phi - 1.0)) / 2).sum(1)  # exp(+bias), the bias (kT) is <= 0
-    return traj, log_w, wall
+        return traj, None, time.perf_counter() - start
+    path = CACHE / f"generalisation_{tag}_{ns:g}ns_{starts}starts_seed{seed}.h5"
+    if path.exists():
+        return mdtraj.load(str(path)), read_origins(path)[0], time.perf_counter() - start
+    structures = torsion_starts(system, starts, seed=seed)
+    traj, origins = simulate_starts(system, structures, n_frames=max(1, n_frames // starts), stride=stride,
+                                    seed=seed, output=path, resume=True, equilibration_steps=10 * stride)
+    return traj, origins, time.perf_counter() - start
+
+
+def chunk_path(tag: str, kind: str, chunk_ns: float, index: int, bias_kt: float) -> Path:
+    label = "plain" if kind == "plain" else f"bias{bias_kt:g}"
+    return REFERENCE_DIR / f"generalisation_{tag}_{label}_{chunk_ns:g}ns_{index:03d}.npz"
+
+
+def reference_chunk(system, tag: str, kind: str, chunk_ns: float, index: int, bias_kt: float) -> dict | None:
+    """One independent reference run's summary (made and written if missing), or None while another
+    process makes it.
+
+    Keys: ``hist [n_res, 2, 36, 36]`` (weights of each half's frames per phi/psi bin, unnormalised),
+    ``basin [n_res, N_BLOCKS, 3]`` and ``total [N_BLOCKS]`` (weights per basin and in all, per time
+    block), ``n_frames``, ``wall_s``, ``seed``. Weights are ``exp(+bias)`` (1 for plain MD).
+    """
+    path = chunk_path(tag, kind, chunk_ns, index, bias_kt)
+    if path.exists():
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    REFERENCE_DIR.mkdir(parents=True, exist_ok=True)
+    lock = path.with_suffix(".lock")
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return None
+    os.close(fd)
+    try:
+        seed = SEED_OFFSET[kind] + index
+        md_system = system if kind == "plain" else phi_bias(system, bias_kt)
+        start = time.perf_counter()
+        out = CACHE / f"{path.stem}.h5"  # resumable while it runs (a killed run goes on from its checkpoint)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        stride = frame_stride(system)
+        traj = openmm_bg.simulate(md_system, n_frames=max(1, int(round(chunk_ns * 1000))), stride=stride, seed=seed,
+                                  minimize=True, equilibration_steps=10 * stride, progress=True, output=out,
+                                  resume=True)
+        wall = time.perf_counter() - start
+        phi, psi = backbone_dihedrals(system, traj.xyz)
+        log_w = np.zeros(len(phi)) if kind == "plain" else (-bias_kt * (1 + np.cos(phi - 1.0)) / 2).sum(1)
+        w = np.exp(log_w)  # the bias is bounded (>= -bias_kt per phi): no overflow, no underflow to 0
+        n = len(w)
+        halves = np.array_split(np.arange(n), 2)
+        blocks = np.array_split(np.arange(n), N_BLOCKS)
+        edges = np.linspace(-np.pi, np.pi, GRID + 1)
+        hist = np.array([[np.histogram2d(phi[i, r], psi[i, r], bins=[edges, edges], weights=w[i])[0] for i in halves]
+                         for r in range(phi.shape[1])])
+        basin = np.array([[[w[i][basin_of(phi[i, r], psi[i, r]) == b].sum() for b in range(3)] for i in blocks]
+                          for r in range(phi.shape[1])])
+        chunk = {"hist": hist, "basin": basin, "total": np.array([w[i].sum() for i in blocks]),
+                 "n_frames": np.array(n), "wall_s": np.array(wall), "seed": np.array(seed)}
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez_compressed(tmp, **chunk)
+        os.replace(tmp, path)
+        return chunk
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def reference(system, tag: str, kind: str, total_ns: float, chunk_ns: float, bias_kt: float,
+              wait: bool = True) -> dict | None:
+    """The reference of ``kind`` ("plain" or "biased") from ``ceil(total_ns / chunk_ns)`` chunks
+    (`reference_summary`); ``None`` if some chunk is being made elsewhere and ``wait`` is False."""
+    n_chunks = max(1, math.ceil(total_ns / chunk_ns - 1e-9))
+    chunks: list = [None] * n_chunks
+    while True:
+        for i in range(n_chunks):
+            if chunks[i] is None:
+                chunks[i] = reference_chunk(system, tag, kind, chunk_ns, i, bias_kt)
+        if all(c is not None for c in chunks):
+            return reference_summary(chunks, chunk_ns)
+        if not wait:
+            return None
+        time.sleep(30)  # another process is making the missing chunks
 
 
 # ----------------------------------------------------------------------------------------- measures
@@ -199,26 +299,37 @@ def evaluate(system, samples, reference: dict, tag: str) -> dict:
     return out
 
 
-def reference_summary(system, traj: mdtraj.Trajectory, log_w: np.ndarray) -> dict:
-    """Per residue: the reference histogram, split-half KL, basin populations with block errors."""
-    phi, psi = backbone_dihedrals(system, traj.xyz)
-    n = len(log_w)
-    half = n // 2
+def reference_summary(chunks: list[dict], chunk_ns: float) -> dict:
+    """Per residue: the reference histogram, split-half KL, basin populations with block errors.
+
+    Histograms and populations pool every chunk's weights. Split-half KL: even- against odd-numbered
+    chunks (independent runs), or the two halves of a single chunk. Errors: standard error of the
+    populations over the ``N_BLOCKS`` time blocks of every chunk.
+    """
+    hist = np.stack([c["hist"] for c in chunks])  # [chunk, res, half, 36, 36]
+    basin = np.concatenate([c["basin"] for c in chunks], axis=1)  # [res, blocks, 3]
+    total = np.concatenate([c["total"] for c in chunks])  # [blocks]
+
+    def normalised(h):
+        h = h / max(h.sum(), 1e-300) + PSEUDOCOUNT
+        return h / h.sum()
+
     residues = []
-    for r in range(phi.shape[1]):
-        basin = basin_of(phi[:, r], psi[:, r])
-        w = reweighting.normalized_weights(log_w)
-        pops = np.array([w[basin == b].sum() for b in range(3)])
-        parts = np.array_split(np.arange(n), 10)
-        per = np.array([[reweighting.normalized_weights(log_w[i])[basin[i] == b].sum() for b in range(3)]
-                        for i in parts])
+    for r in range(hist.shape[1]):
+        if len(chunks) >= 2:
+            a, b = hist[0::2, r].sum((0, 1)), hist[1::2, r].sum((0, 1))
+        else:
+            a, b = hist[0, r, 0], hist[0, r, 1]
+        per_block = basin[r] / total[:, None]
+        pops = basin[r].sum(0) / total.sum()
         residues.append({
-            "histogram": histogram(phi[:, r], psi[:, r], log_w).tolist(),
-            "split_half_kl": kl(histogram(phi[:half, r], psi[:half, r], log_w[:half]),
-                                histogram(phi[half:, r], psi[half:, r], log_w[half:])),
+            "histogram": normalised(hist[:, r].sum((0, 1))).tolist(),
+            "split_half_kl": kl(normalised(a), normalised(b)),
             "populations": dict(zip(BASINS, pops.tolist())),
-            "errors": dict(zip(BASINS, (per.std(0, ddof=1) / math.sqrt(10)).tolist()))})
-    return {"residues": residues, "n_frames": n}
+            "errors": dict(zip(BASINS, (per_block.std(0, ddof=1) / math.sqrt(len(total))).tolist()))})
+    return {"residues": residues, "n_frames": int(sum(int(c["n_frames"]) for c in chunks)),
+            "n_chunks": len(chunks), "ns": len(chunks) * chunk_ns,
+            "wall_s": float(sum(float(c["wall_s"]) for c in chunks))}
 
 
 def targets(result: dict, solvent: str) -> dict:
@@ -238,7 +349,10 @@ def targets(result: dict, solvent: str) -> dict:
         if not (res["kl"] <= kl_limit and res["kl"] <= 2 * res["reference_split_half_kl"]):
             checks[f"per-residue KL <= {kl_limit} and <= 2 x split-half"] = False
     if "annealed" in result and solvent == "vacuum":
-        checks["ESS/N >= 20 % annealed"] = result["annealed"]["ess_fraction"] >= 0.2
+        # after a resampling the weights' ESS counts copies: the distinct ancestors bound it
+        ann = result["annealed"]
+        checks["ESS/N >= 20 % annealed (and >= 20 % distinct ancestors)"] = bool(
+            min(ann["ess_fraction"], ann["n_distinct_ancestors"] / ann["n"]) >= 0.2)
     return checks
 
 
@@ -250,19 +364,26 @@ def run(molecule: str, solvent: str, args) -> dict:
               "recipe": args.recipe or "library default", "n_atoms": system.n_atoms}
     n_dof = 3 * system.n_atoms - 6 - system.system.getNumConstraints()  # the flow's dimensions
     result["n_dof"] = n_dof
-    data, _, data_wall = md(system, args.data_ns_per_dof * n_dof, args.seed, tag)
-    plain_ref, plain_w, plain_wall = md(system, args.reference_ns, args.seed + 1, tag)
-    bias_ref, bias_w, bias_wall = md(system, args.reference_ns, args.seed + 2, tag, bias_kt=args.bias_kt)
-    reference = reference_summary(system, bias_ref, bias_w)
-    plain_summary = reference_summary(system, plain_ref, plain_w)
-    result["data"] = {"frames": data.n_frames, "ns": args.data_ns_per_dof * n_dof, "wall_s": data_wall}
-    result["reference"] = {"plain_md_ns": args.reference_ns, "biased_md_ns": args.reference_ns,
-                           "bias_kt": args.bias_kt, "wall_s": plain_wall + bias_wall,
-                           "plain_populations": [r["populations"] for r in plain_summary["residues"]],
-                           "biased_populations": [r["populations"] for r in reference["residues"]],
-                           "split_half_kl": [r["split_half_kl"] for r in reference["residues"]]}
+    data, origins, data_wall = training_data(system, args.data_ns_per_dof * n_dof, args.starts, args.seed, tag)
+    ref = {kind: reference(system, tag, kind, args.reference_ns, args.chunk_ns, args.bias_kt)
+           for kind in ("plain", "biased")}
+    reference_ = ref["biased"]
+    result["data"] = {"frames": data.n_frames, "ns": args.data_ns_per_dof * n_dof, "starts": max(1, args.starts),
+                      "wall_s": data_wall}
+    result["reference"] = {"plain_md_ns": ref["plain"]["ns"], "biased_md_ns": ref["biased"]["ns"],
+                           "chunk_ns": args.chunk_ns, "bias_kt": args.bias_kt,
+                           "wall_s": ref["plain"]["wall_s"] + ref["biased"]["wall_s"],
+                           "plain_populations": [r["populations"] for r in ref["plain"]["residues"]],
+                           "plain_errors": [r["errors"] for r in ref["plain"]["residues"]],
+                           "biased_populations": [r["populations"] for r in reference_["residues"]],
+                           "biased_errors": [r["errors"] for r in reference_["residues"]],
+                           "split_half_kl": [r["split_half_kl"] for r in reference_["residues"]],
+                           "plain_vs_biased_kl": [kl(np.asarray(b["histogram"]), np.asarray(p["histogram"]))
+                                                  for b, p in zip(reference_["residues"], ref["plain"]["residues"])]}
     gen = openmm_bg.BoltzmannGenerator.build(system, data, seed=args.seed)
     kwargs = {} if args.recipe is None else {"recipe": args.recipe}
+    if origins is not None:
+        kwargs["origins"] = origins
     trainer = Trainer(gen, data, seed=args.seed, progress=False, **kwargs)
     if args.steps_scale != 1.0:  # the same factor for every molecule (not a per-molecule flag)
         stages = [dataclasses.replace(s, steps=max(1, int(s.steps * args.steps_scale))) for s in trainer.stages]
@@ -272,15 +393,17 @@ def run(molecule: str, solvent: str, args) -> dict:
     result["training"] = {"wall_s": time.perf_counter() - start, "steps": len(history),
                           "stage_steps": trainer.stage_steps, "energy_evaluations": trainer.energy_evaluations,
                           "recipe": trainer.recipe}
+    if args.save_model:
+        gen.save(CACHE / f"generalisation_{tag}{args.tag}.bg", extra={"benchmark": "generalisation", "tag": args.tag})
     start = time.perf_counter()
     plain = gen.sample(args.samples, seed=args.seed)
-    result["plain"] = evaluate(system, plain, reference, "plain")
+    result["plain"] = evaluate(system, plain, reference_, "plain")
     result["plain"]["wall_s"] = time.perf_counter() - start
     result["plain"]["energy_evaluations"] = args.samples
     if args.particles:
         start = time.perf_counter()
         annealed = gen.sample(args.particles, seed=args.seed, anneal=AnnealConfig())
-        result["annealed"] = evaluate(system, annealed, reference, "annealed")
+        result["annealed"] = evaluate(system, annealed, reference_, "annealed")
         result["annealed"]["wall_s"] = time.perf_counter() - start
         result["annealed"]["energy_evaluations"] = annealed.provenance["n_energy_evaluations"]
         # the weights are those since the last resampling: their ESS says nothing of how many
@@ -304,7 +427,12 @@ def main(argv=None) -> None:
     p.add_argument("--solvents", nargs="+", default=["vacuum", "implicit"], choices=["vacuum", "implicit"])
     p.add_argument("--recipe", choices=["classic", "adaptive"], default=None, help="default: the library's")
     p.add_argument("--data-ns-per-dof", type=float, default=0.05, help="training MD per flow degree of freedom (ns)")
-    p.add_argument("--reference-ns", type=float, default=100.0, help="each reference MD run (ns)")
+    p.add_argument("--starts", type=int, default=1, help="training MD from this many torsion_starts structures")
+    p.add_argument("--reference-ns", type=float, default=100.0, help="MD of each reference, plain and biased (ns)")
+    p.add_argument("--chunk-ns", type=float, default=10.0, help="length of each independent reference run (ns)")
+    p.add_argument("--reference-only", action="store_true",
+                   help="only make the missing reference chunks (run several side by side), then stop")
+    p.add_argument("--save-model", action="store_true", help="write the trained generator to benchmarks/cache")
     p.add_argument("--bias-kt", type=float, default=3.0, help="depth of the phi > 0 bias of the second reference")
     p.add_argument("--samples", type=int, default=1_000_000)
     p.add_argument("--particles", type=int, default=100_000)
@@ -315,10 +443,19 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.tiny:
         args.data_ns_per_dof, args.reference_ns, args.samples, args.particles = 0.002, 0.2, 2000, 200
+        args.chunk_ns = 0.1
+        global REFERENCE_DIR
+        REFERENCE_DIR = CACHE  # smoke-check chunks stay out of the committed references
         args.steps_scale = min(args.steps_scale, 0.02)
     RESULTS.mkdir(parents=True, exist_ok=True)
     for molecule in args.molecules:
         for solvent in args.solvents:
+            if args.reference_only:
+                system, tag = build_system(molecule, solvent), f"{molecule}_{solvent}"
+                for kind in ("plain", "biased"):
+                    done = reference(system, tag, kind, args.reference_ns, args.chunk_ns, args.bias_kt, wait=False)
+                    print(f"{tag} {kind} reference: " + ("complete" if done else "chunks still being made elsewhere"))
+                continue
             result = run(molecule, solvent, args)
             suffix = args.tag + ("_tiny" if args.tiny else "")
             out = RESULTS / f"generalisation_{molecule}_{solvent}{suffix}.json"

@@ -47,7 +47,7 @@ TRAINING_BUDGET_S = 480.0
 
 def demo_data(system: MolecularSystem, ns_c7eq: float, ns_c7ax: float, seed: int,
               progress: bool = True, restrain_c7ax: bool = False) -> mdtraj.Trajectory:
-    """300 K MD frames (1 ps apart) from the C7eq reference and from a C7ax start.
+    """300 K MD frames (1 ps apart) from the C7eq reference and from a C7ax start (none if ``ns_c7ax <= 0``).
 
     With ``restrain_c7ax`` the C7ax run carries a flat-bottom restraint on phi
     (`openmm_bg.systems.alanine.c7ax_restrained`) that is zero inside the basin, so its frames are
@@ -59,6 +59,8 @@ def demo_data(system: MolecularSystem, ns_c7eq: float, ns_c7ax: float, seed: int
 
     eq = openmm_bg.simulate(system, n_frames=max(1, int(ns_c7eq * 1000)), stride=1000, seed=seed,
                             equilibration_steps=5000, progress=progress)
+    if ns_c7ax <= 0:  # no C7ax start at all (not even one frame)
+        return eq
     ax_system = c7ax_restrained(system) if restrain_c7ax else system
     ax = openmm_bg.simulate(ax_system, n_frames=max(1, int(ns_c7ax * 1000)), stride=1000, seed=seed + 1,
                             positions=c7ax_structure(), equilibration_steps=5000, progress=progress)
