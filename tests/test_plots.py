@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import matplotlib
 import mdtraj
+import numpy as np
 import pytest
 
 from openmm_bg.analysis.free_energy import free_energy_profile, free_energy_surface
@@ -55,6 +57,26 @@ def test_every_plot_writes_a_png_and_keeps_the_backend(md_samples, svg_backend, 
         assert "matplotlib.pyplot" not in sys.modules  # the helpers never import pyplot
     else:
         assert pyplot.get_fignums() == figures_before  # nor register figures with it
+
+
+def test_history_panels_follow_the_recipe(svg_backend, tmp_path):
+    classic = [{"step": k, "ml": 10.0 - 0.1 * k, "kl": 5.0 - 0.05 * k, "u_mean": -3.0, "fab": None} for k in range(20)]
+    assert [a for a, _ in plots.history_panels(classic)] == [
+        "ML loss (-log p per frame)", "KL / FAB loss", "mean energy of samples (kT)"]
+    # an adaptive run: NaN KL and energies, FAB loss, a held-out NLL and an ESS every few steps only
+    adaptive = [{"step": k, "ml": 9.0, "kl": math.nan, "u_mean": math.nan, "fab": 8.0 if k >= 10 else math.nan,
+                 "val_nll": 9.5 if k % 5 == 0 else None, "fab_ess": 0.3 if k in (10, 15) else None}
+                for k in range(20)]
+    panels = dict(plots.history_panels(adaptive))
+    assert list(panels) == ["ML loss (-log p per frame)", "KL / FAB loss", "ESS/N of the FAB annealing batch"]
+    assert [label for label, _, _ in panels["ML loss (-log p per frame)"]] == ["ML loss (training batch)",
+                                                                              "held-out NLL"]
+    (label, steps, values), = panels["KL / FAB loss"]
+    assert label == "FAB loss" and steps.tolist() == list(range(10, 20)) and np.all(values == 8.0)
+    assert panels["ESS/N of the FAB annealing batch"][0][1].tolist() == [10, 15]
+    assert plots.plot_history(adaptive, tmp_path / "adaptive.png").read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(ValueError, match="no finite loss"):
+        plots.plot_history([{"step": 0, "ml": math.nan}], tmp_path / "empty.png")
 
 
 def test_plot_ramachandran_refuses_no_panels(tmp_path):

@@ -4,7 +4,8 @@
 - `plot_profile`: free-energy profiles with error bands, optionally over an exact curve.
 - `plot_surface`: a 2D free-energy surface (e.g. the phi/psi Ramachandran free energy).
 - `plot_ramachandran`: phi/psi free-energy panels side by side (MD data, raw and reweighted samples).
-- `plot_history`: training curves (ML loss, KL loss, mean sample energy) of a `Trainer` run.
+- `plot_history`: training curves of a `Trainer` run (ML loss and held-out NLL, KL or FAB loss, mean
+  sample energy or the FAB batches' ESS/N); `history_panels` says which curves it draws.
 
 Every function returns the path written. matplotlib is imported lazily and used through its
 object-oriented API only (``matplotlib.figure.Figure`` and ``Figure.savefig``): no pyplot, no
@@ -37,7 +38,8 @@ from ..analysis.samples import Samples
 from ..constants import kT_kJ_per_mol
 from ..systems.peptides import C7AX_PHI_RANGE
 
-__all__ = ["plot_free_energies", "plot_profile", "plot_surface", "plot_ramachandran", "plot_history"]
+__all__ = ["plot_free_energies", "plot_profile", "plot_surface", "plot_ramachandran", "plot_history",
+           "history_panels"]
 
 
 def _figure(figsize: tuple[float, float], **kwargs):
@@ -264,14 +266,58 @@ def plot_ramachandran(panels: Sequence[tuple[str, Samples]], path: str | os.Path
     return _save(fig, path, dpi=100, tight=False)
 
 
-def plot_history(history: Sequence[dict], path: str | os.PathLike) -> Path:
-    """Training curves (ML loss, KL loss and the mean energy of the KL samples against step) as a PNG.
+#: The curves `plot_history` can draw: record key, legend label, panel (y-axis label).
+_HISTORY_CURVES = (
+    ("ml", "ML loss (training batch)", "ML loss (-log p per frame)"),
+    ("val_nll", "held-out NLL", "ML loss (-log p per frame)"),
+    ("kl", "KL loss", "KL / FAB loss"),
+    ("fab", "FAB loss", "KL / FAB loss"),
+    ("u_mean", "mean energy of the KL samples", "mean energy of samples (kT)"),
+    ("fab_ess", "ESS/N of the FAB annealing batch", "ESS/N of the FAB annealing batch"),
+)
+
+
+def history_panels(history: Sequence[dict]) -> list[tuple[str, list[tuple[str, np.ndarray, np.ndarray]]]]:
+    """The panels `plot_history` draws: only curves with at least one finite value, grouped by axis.
 
     Parameters
     ----------
     history : sequence of dict
-        `openmm_bg.training.Trainer.fit`'s records (``step`` and, where present, ``ml``, ``kl``,
-        ``u_mean``).
+        `openmm_bg.training.Trainer.fit`'s records (``step`` and, where present, ``ml``,
+        ``val_nll``, ``kl``, ``fab``, ``u_mean``, ``fab_ess``).
+
+    Returns
+    -------
+    list of (str, list of (str, numpy.ndarray, numpy.ndarray))
+        Per panel its y-axis label and its curves ``(label, steps, values)``, finite points only
+        (a classic run: ML, KL, energy; an adaptive run: ML with the held-out NLL, FAB, ESS/N).
+
+    Examples
+    --------
+    >>> [label for label, _ in history_panels([{"step": 0, "ml": 3.0, "fab": 1.0}])]
+    ['ML loss (-log p per frame)', 'KL / FAB loss']
+    """
+    steps = np.array([r["step"] for r in history])
+    panels: dict[str, list] = {}
+    for key, label, axis in _HISTORY_CURVES:
+        values = np.array([np.nan if r.get(key) is None else r[key] for r in history], dtype=float)
+        finite = np.isfinite(values)
+        if finite.any():
+            panels.setdefault(axis, []).append((label, steps[finite], values[finite]))
+    return list(panels.items())
+
+
+def plot_history(history: Sequence[dict], path: str | os.PathLike) -> Path:
+    """Training curves of a `Trainer` run as a PNG: the loss terms and the sample diagnostics it recorded.
+
+    Classic recipe: ML loss, KL loss and the mean energy of the KL samples against step. Adaptive
+    recipe: ML loss with the held-out NLL, the FAB loss and the ESS/N of its annealing batches.
+    Curves without a finite value are left out (`history_panels`).
+
+    Parameters
+    ----------
+    history : sequence of dict
+        `openmm_bg.training.Trainer.fit`'s records.
     path : path
         Output PNG.
 
@@ -279,12 +325,17 @@ def plot_history(history: Sequence[dict], path: str | os.PathLike) -> Path:
     -------
     pathlib.Path
     """
-    steps = np.array([r["step"] for r in history])
-    fig = _figure((12, 3.2))
-    axes = fig.subplots(1, 3)
-    for key, ax in zip(("ml", "kl", "u_mean"), axes):
-        values = np.array([r.get(key, np.nan) for r in history], dtype=float)
-        ax.plot(steps, values, lw=0.8)
+    panels = history_panels(history)
+    if not panels:
+        raise ValueError("history holds no finite loss to plot: was the training run empty?")
+    fig = _figure((4 * len(panels), 3.2))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (axis, curves) in zip(axes, panels):
+        for label, steps, values in curves:
+            style = {"marker": "o", "ms": 3, "lw": 1.0} if len(values) < 0.2 * len(history) else {"lw": 0.8}
+            ax.plot(steps, values, label=label, **style)
         ax.set_xlabel("step")
-        ax.set_ylabel({"ml": "ML loss", "kl": "KL loss (kT)", "u_mean": "mean energy of samples (kT)"}[key])
+        ax.set_ylabel(axis)
+        if len(curves) > 1:
+            ax.legend(fontsize=7)
     return _save(fig, path, dpi=110)
