@@ -86,6 +86,8 @@ def run_annealed(gen, n: int, seed: int, config: AnnealConfig, training_evaluati
                n_energy_force_evaluations=p["n_energy_force_evaluations"], betas=p["betas"],
                step_sizes=p["step_sizes"], mean_acceptance=float(np.mean(acceptance)) if acceptance else None,
                n_invalid=int(sum(p["n_invalid"])))
+    if p.get("independence_acceptance") is not None:
+        row["independence_acceptance"] = p["independence_acceptance"]
     return row
 
 
@@ -145,6 +147,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--target-cess", type=float, default=AnnealConfig.target_cess)
     parser.add_argument("--max-levels", type=int, default=AnnealConfig.n_levels)
     parser.add_argument("--steps-per-level", type=int, default=AnnealConfig.mcmc_steps_per_level)
+    parser.add_argument("--independence-steps", type=int, default=AnnealConfig.independence_steps,
+                        help="proposals from the prior per level (global moves), after the kernel steps")
     parser.add_argument("--resample-threshold", type=float, default=AnnealConfig.resample_threshold)
     parser.add_argument("--step-size", type=float, default=AnnealConfig.step_size)
     parser.add_argument("--precondition", action="store_true")
@@ -159,7 +163,8 @@ def main(argv=None) -> dict:
         if args.training_evaluations is None else args.training_evaluations
     config = AnnealConfig(n_levels=args.max_levels, kernel=args.kernel, mcmc_steps_per_level=args.steps_per_level,
                           step_size=args.step_size, target_cess=args.target_cess,
-                          resample_threshold=args.resample_threshold, precondition=args.precondition)
+                          resample_threshold=args.resample_threshold, precondition=args.precondition,
+                          independence_steps=args.independence_steps)
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("seed", "schedule", "progress")}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_path = RESULTS / f"annealed_sampling_{args.solvent}{args.tag}.json"

@@ -101,6 +101,25 @@ def _wrong_order_log_z(x0, schedule, steps, seed):
     return float(torch.logsumexp(log_w, 0)) - math.log(x0.shape[0])
 
 
+def sample_q(n, generator):
+    return SIGMA_Q * torch.randn(n, 1, generator=generator, dtype=F64)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0], ids=["no-resampling", "resampling"])
+def test_independence_steps_keep_the_normalizer_unbiased(threshold):
+    config = AnnealConfig(adaptive=False, n_levels=8, step_size=0.7, independence_steps=2,
+                          resample_threshold=threshold)
+    z = np.array([math.exp(anneal(FAST_Q, FAST["double_well"], draw_q(64, r), replace(config, seed=r),
+                                  sample_q=sample_q).log_normalizer) for r in range(200)])
+    assert abs(z_score(z, Z["double_well"])) < 3.0, (z.mean(), Z["double_well"])
+    one = anneal(log_q, double_well, draw_q(64, 0), config, sample_q=sample_q)
+    assert one.independence_acceptance.shape == (8,) and 0.0 < float(one.independence_acceptance.mean()) < 1.0
+    assert anneal(log_q, double_well, draw_q(64, 0), replace(config, independence_steps=0)).independence_acceptance \
+        is None
+    with pytest.raises(ValueError, match="pass sample_q"):
+        anneal(log_q, double_well, draw_q(64, 0), config)
+
+
 def test_increment_before_the_kernel_matters():
     """K = 4 with well-mixing kernels: the wrong order is off by > 5 SE, the right one within 3 SE."""
     schedule, steps = FixedSchedule.linear(4, step_size=0.8), 5
@@ -227,6 +246,7 @@ def test_progress_bar_and_autograd_under_no_grad(capsys):
     ({"target_acceptance": 1.2}, "target_acceptance"), ({"resample_threshold": -0.1}, "resample_threshold"),
     ({"resample_threshold": 1.5}, "resample_threshold"), ({"seed": -1}, "seed"), ({"seed": 1.0}, "seed"),
     ({"schedule": FixedSchedule.linear(3, 0.1)}, "adaptive=False"), ({"schedule": (0.0, 1.0)}, "FixedSchedule"),
+    ({"independence_steps": -1}, "independence_steps"),
 ])
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):

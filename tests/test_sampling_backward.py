@@ -88,3 +88,5 @@ def test_bad_input():
         backward_log_weights(_log_q, _log_p, torch.tensor([[4.0]]), fixed, Support([-1.0], [1.0]))
     with pytest.raises(ValueError, match="log_target is NaN"):
         backward_log_weights(_log_q, lambda x: torch.full_like(x[:, 0], math.nan), x, fixed)
+    with pytest.raises(ValueError, match="independence_steps=0"):
+        backward_log_weights(_log_q, _log_p, x, AnnealConfig(adaptive=False, n_levels=2, independence_steps=1))

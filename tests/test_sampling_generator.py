@@ -107,6 +107,21 @@ def test_provenance_counts_and_summary(poor):
                                atol=1e-4)
 
 
+def test_global_moves_are_exact_and_counted(poor):
+    """Independence proposals from the prior (``independence_steps``): Delta A still matches quadrature,
+    each proposal costs one energy + force evaluation, and their acceptance is recorded per level."""
+    n, levels = 4000, 6
+    config = AnnealConfig(adaptive=False, n_levels=levels, step_size=0.3, independence_steps=2, resample_threshold=0)
+    s = poor.sample(n, seed=5, anneal=config)
+    p = s.provenance
+    assert p["n_energy_force_evaluations"] == n * (1 + levels * 3)  # 1 MALA step + 2 proposals per level
+    assert len(p["independence_acceptance"]) == levels and all(0 < a < 1 for a in p["independence_acceptance"])
+    r = state_free_energy(s, "left", "right")
+    assert abs(r.delta_a_kT - EXACT) < max(3 * r.error_kT, 0.1), (str(r), EXACT)
+    assert poor.sample(50, seed=5, anneal=AnnealConfig(n_levels=3, adaptive=False)).provenance[
+        "independence_acceptance"] is None
+
+
 def test_seeds_streams_and_temperature(poor):
     config = AnnealConfig(n_levels=4, adaptive=False, step_size=0.3)
     a, b = poor.sample(200, seed=5, anneal=config), poor.sample(200, seed=5, anneal=config, threads=1)
@@ -230,17 +245,22 @@ def test_cli_sample_and_free_energy_with_anneal(poor, tmp_path, capsys):
     out = tmp_path / "annealed.npz"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(os.getcwd()), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-m", "openmm_bg.apps.cli", "sample", str(model), "-n", "400", "--anneal",
-                           "--anneal-levels", "5", "--anneal-fixed", "--anneal-step-size", "0.3", "-o", str(out)],
+                           "--anneal-levels", "5", "--anneal-fixed", "--anneal-step-size", "0.3",
+                           "--anneal-global", "1", "-o", str(out)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert f"{400 * (2 + 5)} energy evaluations ({400 * 6} with forces)" in done.stdout, done.stdout
+    # one MALA step and one proposal from the prior per level
+    assert f"{400 * (2 + 5 * 2)} energy evaluations ({400 * 11} with forces)" in done.stdout, done.stdout
     s = Samples.load(out, poor.system)
     assert s.provenance["kind"] == "annealed" and s.provenance["anneal"]["adaptive"] is False
     assert s.provenance["betas"] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     # the flags override single fields of the one default, and the provenance says which
-    assert s.provenance["anneal_overrides"] == {"n_levels": 5, "step_size": 0.3, "adaptive": False}
+    assert s.provenance["anneal_overrides"] == {"n_levels": 5, "step_size": 0.3, "adaptive": False,
+                                                "independence_steps": 1}
+    assert len(s.provenance["independence_acceptance"]) == 5
     assert s.provenance["anneal"]["target_cess"] == GENERATOR_DEFAULT.target_cess
-    assert "settings changed from the default: n_levels=5, step_size=0.3, adaptive=False" in done.stdout
+    assert ("settings changed from the default: n_levels=5, step_size=0.3, adaptive=False, independence_steps=1"
+            in done.stdout), done.stdout
     # free-energy --anneal in-process, HMC; explicit small options keep it CI-sized (the default has up to
     # 200 levels)
     assert main(["free-energy", str(model), "--states", "left,right", "-n", "600", "--bootstrap", "20", "--anneal",
@@ -255,6 +275,7 @@ def test_cli_sample_and_free_energy_with_anneal(poor, tmp_path, capsys):
     assert report["n_levels"] == 10 and report["anneal"]["leapfrog_steps"] == GENERATOR_DEFAULT.leapfrog_steps
     # bad options: exit code 2 with one error line, before any work
     for args, message in ((["--anneal", "--anneal-steps", "0"], "expected an integer >= 1"),
+                          (["--anneal", "--anneal-global", "-1"], "expected an integer >= 0"),
                           (["--anneal", "--anneal-step-size", "-1"], "expected a finite number > 0"),
                           (["--anneal", "--anneal-cess", "1"], "expected a number in (0, 1)"),
                           (["--anneal", "--anneal-resample-threshold", "1.5"], "expected a number in [0, 1]"),

@@ -4,7 +4,8 @@ Invariance: 4000 independent chains started from exact samples of pi_b (b = 0.5 
 q = N(0, 3^2) and the double well ``exp(-(x^4 - 4 x^2 + x / 2))``, inverse CDF on a fine quadrature
 grid) run 50 kernel steps each; the final positions must pass a Kolmogorov-Smirnov test against the
 quadrature CDF at p > 0.01. The same test rejects (p < 1e-6) a Metropolis kernel that omits the
-proposal-density ratio, so it has the power to see a kernel that is not exact.
+proposal-density ratio (MALA) or the factor b (independence sampler), so it has the power to
+see a kernel that is not exact.
 """
 
 import math
@@ -14,7 +15,7 @@ import pytest
 import torch
 from scipy import stats
 
-from openmm_bg.sampling import HMC, MALA, GeometricPath, MoveStats
+from openmm_bg.sampling import HMC, MALA, GeometricPath, Independence, MoveStats
 
 F64 = torch.float64
 BETA = 0.5
@@ -55,6 +56,22 @@ class _NoProposalRatio(MALA):
         return state.where(accept, proposal), MoveStats(accept.numel(), int(accept.sum()), 0)
 
 
+def sample_q(n, generator):
+    """Exact draws from q = N(0, 3^2) (the proposals of `Independence`)."""
+    return 3.0 * torch.randn(n, 1, generator=generator, dtype=F64)
+
+
+class _NoBeta(Independence):
+    """Test-only broken independence sampler: the test ``exp(s(y) - s(x))`` without the factor b
+    (it samples p, not pi_b)."""
+
+    def step(self, path, state, beta, step_size, generator, scale=None):
+        proposal = path.evaluate(self.sample_q(state.x.shape[0], generator))
+        log_u = torch.rand(state.x.shape[0], generator=generator, dtype=F64).log()
+        accept = log_u < (proposal.log_p - proposal.log_q) - (state.log_p - state.log_q)
+        return state.where(accept, proposal), MoveStats(accept.numel(), int(accept.sum()), 0)
+
+
 def run_chains(kernel, step_size, n_steps=50, n=4000):
     path = GeometricPath(log_q, double_well)
     state, generator, stats_ = path.evaluate(exact_samples(n, 0)), torch.Generator().manual_seed(1), MoveStats()
@@ -81,13 +98,40 @@ def test_invariance_test_detects_an_inexact_kernel():
     assert stats.kstest(state.x[:, 0].numpy(), cdf).pvalue < 1e-6
 
 
+def test_independence_kernel_leaves_pi_beta_invariant_and_jumps_between_wells():
+    state, s, path = run_chains(Independence(sample_q), None)
+    assert 0.2 < s.acceptance < 0.9 and s.n_proposed == 4000 * 50 and s.n_invalid == 0
+    assert stats.kstest(state.x[:, 0].numpy(), cdf).pvalue > 0.01
+    assert path.n_target_evaluations == 4000 * 51
+    # global moves: chains started all in the left well fill the right one within 25 steps
+    left = GeometricPath(log_q, double_well)
+    chain, generator = left.evaluate(-exact_samples(4000, 5).abs()), torch.Generator().manual_seed(6)
+    for _ in range(25):
+        chain, _ = Independence(sample_q).step(left, chain, BETA, None, generator)
+    exact_right = 1.0 - cdf(0.0)  # 0.35; 4 standard errors of a fraction of 4000 chains: 0.03
+    assert abs(float((chain.x[:, 0] > 0).double().mean()) - exact_right) < 0.03
+    # the same test has the power to see a kernel that leaves the wrong density invariant
+    broken, _, _ = run_chains(_NoBeta(sample_q), None)
+    assert stats.kstest(broken.x[:, 0].numpy(), cdf).pvalue < 1e-6
+
+
+def test_independence_kernel_checks_its_sampler():
+    with pytest.raises(ValueError, match="sample_q must be a callable"):
+        Independence(3.0)
+    path = GeometricPath(log_q, double_well)
+    state = path.evaluate(exact_samples(10, 0))
+    with pytest.raises(ValueError, match=r"must return \[10, 1\]"):
+        Independence(lambda n, g: torch.zeros(n, 2, dtype=F64)).step(path, state, BETA, None,
+                                                                    torch.Generator().manual_seed(0))
+
+
 def walled(bad):
     def log_p(x):
         return torch.where(x[:, 0] < 0.0, double_well(x), torch.full_like(x[:, 0], bad))
     return log_p
 
 
-@pytest.mark.parametrize("kernel", [MALA(), HMC(4)], ids=["mala", "hmc"])
+@pytest.mark.parametrize("kernel", [MALA(), HMC(4), Independence(sample_q)], ids=["mala", "hmc", "independence"])
 @pytest.mark.parametrize("bad", [-math.inf, math.inf, math.nan], ids=["-inf", "+inf", "nan"])
 def test_invalid_proposals_are_rejected_counted_never_applied(kernel, bad):
     path = GeometricPath(log_q, walled(bad))

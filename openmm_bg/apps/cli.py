@@ -514,6 +514,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -555,6 +565,9 @@ def _anneal_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--anneal-kernel", choices=["mala", "hmc"], help=f"MCMC kernel of every level (default {d.kernel})")
     g.add_argument("--anneal-steps", type=_positive_int, metavar="M",
                    help=f"kernel steps per level (default {d.mcmc_steps_per_level})")
+    g.add_argument("--anneal-global", type=_non_negative_int, metavar="G",
+                   help=f"proposals drawn from the generator's prior per level, after the kernel steps (global "
+                        f"moves between basins, one energy evaluation each; default {d.independence_steps})")
     g.add_argument("--anneal-step-size", type=_positive_float, metavar="S",
                    help=f"kernel step size in latent units (adaptive: of the first level; default {d.step_size})")
     g.add_argument("--anneal-cess", type=_fraction(open_interval=True), metavar="C",
@@ -569,7 +582,7 @@ def _anneal_arguments(p: argparse.ArgumentParser) -> None:
 
 
 _ANNEAL_OPTIONS = {"anneal_levels": "n_levels", "anneal_kernel": "kernel", "anneal_steps": "mcmc_steps_per_level",
-                   "anneal_step_size": "step_size", "anneal_cess": "target_cess",
+                   "anneal_global": "independence_steps", "anneal_step_size": "step_size", "anneal_cess": "target_cess",
                    "anneal_resample_threshold": "resample_threshold"}
 
 

@@ -159,6 +159,11 @@ class LatentPath:
         """``[n]`` float64 log density of the temperature-scaled prior (normalised)."""
         return -self.generator.flow.prior.energy(z, self.scale).to(torch.float64)
 
+    def sample_q(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``[n, d]`` float64 draws from the temperature-scaled prior (the proposals of `Independence`)."""
+        return self.generator.flow.prior.sample(n, generator=generator, temperature_scale=self.scale,
+                                                dtype=torch.float64, device=generator.device)
+
     def _chunk(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.enable_grad():  # grad mode is per thread
             z = z.detach().requires_grad_(True)
@@ -216,6 +221,8 @@ def _provenance(generator, result: AnnealResult, config: AnnealConfig, seed, tem
             "betas": result.betas.tolist(),
             "step_sizes": result.step_sizes.tolist(), "acceptance": _json_floats(result.acceptance),
             "n_invalid": result.n_invalid.tolist(), "resampled": result.resampled.tolist(),
+            "independence_acceptance": None if result.independence_acceptance is None
+            else _json_floats(result.independence_acceptance),
             "n_resampling": int(result.resampled.sum()), "n_distinct_ancestors": result.n_distinct_ancestors,
             "n_energy_force_evaluations": n_energy, "n_energy_evaluations": n_energy + n_final}
 
@@ -271,7 +278,7 @@ def sample_annealed(generator, n: int, anneal_option: AnnealConfig | bool = True
     sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
     with torch_threads(1):
         z0 = torch.cat([generator.sample_latent(m, latent, t) for m in sizes]).to(torch.float64)
-        result = anneal(path.log_q, path.log_target, z0, config, support=path.support)
+        result = anneal(path.log_q, path.log_target, z0, config, support=path.support, sample_q=path.sample_q)
         z = result.positions.to(generator.flow_dtype)
         batches = list(ordered_map(lambda zc: generator._evaluate_batch(zc, t), z.split(batch_size), threads))
     positions = np.concatenate([b.positions for b in batches])

@@ -5,7 +5,8 @@ nothing of flows or OpenMM; it sits above ``analysis`` and below ``model`` in th
 (the generator uses it for annealed samples, `BoltzmannGenerator.sample` with ``anneal=``).
 
 - :mod:`.path`: the geometric path ``pi_b ∝ q^(1-b) p^b`` (`GeometricPath`, `ValueAndGrad`);
-- :mod:`.kernels`: `MALA` and `HMC`, Metropolis-Hastings kernels exactly invariant for ``pi_b``;
+- :mod:`.kernels`: `MALA` and `HMC` (local) and `Independence` (proposals from ``q``, global),
+  Metropolis-Hastings kernels exactly invariant for ``pi_b``;
 - :mod:`.schedule`: `FixedSchedule` (exactly unbiased) and `AdaptiveSchedule` (conditional ESS);
 - :mod:`.support`: `Support`, circles and reflecting intervals: proposals folded in, exactly;
 - :mod:`.resampling`: ESS-triggered systematic resampling (`Resampler`);
@@ -25,7 +26,7 @@ True
 
 from .anneal import AnnealConfig, anneal, population_scale
 from .backward import BackwardPaths, backward_log_weights
-from .kernels import HMC, MALA, Kernel, MoveStats
+from .kernels import HMC, MALA, Independence, Kernel, MoveStats
 from .path import GeometricPath, PathPoint, ValueAndGrad
 from .resampling import Resampler, log_mean_exp
 from .result import AnnealResult
@@ -33,5 +34,6 @@ from .schedule import AdaptiveSchedule, FixedSchedule, conditional_ess_fraction
 from .support import Support
 
 __all__ = ["anneal", "AnnealConfig", "AnnealResult", "FixedSchedule", "AdaptiveSchedule", "MALA", "HMC",
-           "Kernel", "MoveStats", "GeometricPath", "PathPoint", "ValueAndGrad", "Resampler", "log_mean_exp",
-           "conditional_ess_fraction", "Support", "population_scale", "backward_log_weights", "BackwardPaths"]
+           "Independence", "Kernel", "MoveStats", "GeometricPath", "PathPoint", "ValueAndGrad", "Resampler",
+           "log_mean_exp", "conditional_ess_fraction", "Support", "population_scale", "backward_log_weights",
+           "BackwardPaths"]

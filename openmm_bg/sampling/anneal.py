@@ -7,7 +7,9 @@ Particles ``x0 ~ q`` are carried along the geometric path ``pi_b ∝ q^(1-b) p^b
    the level's kernel moves them (evaluating it after the move is a different, biased estimator);
 2. resample (systematic) if the population's ESS / n is below ``resample_threshold`` (never at
    the last level); ``log Z-hat`` collects the log mean weight of every closed epoch;
-3. move: ``mcmc_steps_per_level`` steps of a kernel (`MALA`, `HMC`) that leaves ``pi_{b_k}`` invariant.
+3. move: ``mcmc_steps_per_level`` steps of a kernel (`MALA`, `HMC`) that leaves ``pi_{b_k}`` invariant,
+   then ``independence_steps`` proposals drawn from ``q`` itself (`Independence`, global moves;
+   needs ``sample_q``), also ``pi_{b_k}``-invariant.
 
 ``Z-hat = exp(log_normalizer)`` estimates ``Z = int p dx``; self-normalised averages with the final
 weights estimate expectations under ``p / Z``. With a `FixedSchedule` (betas and step sizes frozen
@@ -45,8 +47,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._validation import open_fraction, positive, positive_int
-from .kernels import HMC, MALA, Kernel, MoveStats
+from .._validation import non_negative_int, open_fraction, positive, positive_int
+from .kernels import HMC, MALA, Independence, Kernel, MoveStats
 from .path import GeometricPath, PathPoint
 from .resampling import Resampler, log_mean_exp
 from .result import AnnealResult
@@ -87,6 +89,11 @@ class AnnealConfig:
         Resample when ESS / n falls below it, in [0, 1]; 0 never resamples.
     leapfrog_steps : int
         HMC leapfrog steps per kernel step (>= 1).
+    independence_steps : int
+        Proposals drawn from ``q`` per level after the kernel's steps (`Independence`, >= 0):
+        global moves that can reach basins local steps cannot, at one evaluation each; their
+        acceptance is recorded apart and never tunes the step size. Needs ``sample_q`` in
+        `anneal` (the generator supplies it).
     seed : int or None
         Seed of the run's randomness (same seed, same result); None: a fresh one. The generator is
         seeded with a hash of it, not with ``seed`` itself, so that a caller who drew ``x0`` with
@@ -113,6 +120,7 @@ class AnnealConfig:
     target_acceptance: float | None = None
     resample_threshold: float = 0.5
     leapfrog_steps: int = 5
+    independence_steps: int = 0
     seed: int | None = None
     schedule: FixedSchedule | None = None
     precondition: bool = False
@@ -121,6 +129,7 @@ class AnnealConfig:
     def __post_init__(self):
         for name in ("n_levels", "mcmc_steps_per_level", "leapfrog_steps"):
             object.__setattr__(self, name, positive_int(name, getattr(self, name)))
+        object.__setattr__(self, "independence_steps", non_negative_int("independence_steps", self.independence_steps))
         object.__setattr__(self, "step_size", positive("step_size", self.step_size, "units of x"))
         if self.kernel not in _KERNELS:
             raise ValueError(f"kernel must be one of {_KERNELS}, got {self.kernel!r}")
@@ -205,7 +214,7 @@ def _initial_state(path: GeometricPath, x0) -> PathPoint:
 
 
 def anneal(log_q, log_target, x0: torch.Tensor, config: AnnealConfig | None = None,
-           support: Support | None = None) -> AnnealResult:
+           support: Support | None = None, sample_q=None) -> AnnealResult:
     """Anneal samples of a normalised ``q`` to an unnormalised ``p``; estimate ``Z`` and weights.
 
     Parameters
@@ -222,6 +231,9 @@ def anneal(log_q, log_target, x0: torch.Tensor, config: AnnealConfig | None = No
         The domain of ``q`` and ``p`` per dimension (circles, intervals): proposals are folded into
         it exactly instead of being rejected at its edges; ``x0`` must lie in it. Default: the real
         line in every dimension.
+    sample_q : callable, optional
+        ``(n, generator) -> [n, d]`` exact draws from ``q`` (``generator`` a ``torch.Generator``);
+        required when ``config.independence_steps > 0``.
 
     Returns
     -------
@@ -241,6 +253,10 @@ def anneal(log_q, log_target, x0: torch.Tensor, config: AnnealConfig | None = No
     config = AnnealConfig() if config is None else config
     if not isinstance(config, AnnealConfig):
         raise ValueError(f"config must be an AnnealConfig, got {type(config).__name__}")
+    if config.independence_steps and sample_q is None:
+        raise ValueError("independence_steps > 0 proposes from q: pass sample_q=(n, generator) -> [n, d] draws "
+                         "from q, or set independence_steps=0")
+    independence = Independence(sample_q) if config.independence_steps else None
     path = GeometricPath(log_q, log_target, support)
     state = _initial_state(path, x0)
     kernel = config.make_kernel()
@@ -253,6 +269,7 @@ def anneal(log_q, log_target, x0: torch.Tensor, config: AnnealConfig | None = No
     lineage = torch.arange(n, device=state.x.device)
     log_z, ancestors = 0.0, []
     betas, steps, acceptance, invalid, resampled, scales = [0.0], [], [], [], [], []
+    independence_acceptance = []
     with tqdm(total=schedule.max_levels, disable=not config.progress, desc="annealing", unit="level") as bar:
         while betas[-1] < 1.0:
             level, beta = len(betas), betas[-1]
@@ -282,10 +299,15 @@ def anneal(log_q, log_target, x0: torch.Tensor, config: AnnealConfig | None = No
             for _ in range(config.mcmc_steps_per_level):
                 state, s = kernel.step(path, state, new_beta, step, generator, scale)
                 stats = stats + s
+            global_stats = MoveStats()
+            for _ in range(config.independence_steps):
+                state, s = independence.step(path, state, new_beta, None, generator)
+                global_stats = global_stats + s
             betas.append(new_beta)
             steps.append(step)
-            acceptance.append(stats.acceptance)
-            invalid.append(stats.n_invalid)
+            acceptance.append(stats.acceptance)  # the local kernel's only: it tunes the step size
+            independence_acceptance.append(global_stats.acceptance)
+            invalid.append(stats.n_invalid + global_stats.n_invalid)
             resampled.append(resample)
             bar.update(1)
             bar.set_postfix(beta=f"{new_beta:.3g}", acceptance=f"{stats.acceptance:.2f}")
@@ -302,4 +324,5 @@ def anneal(log_q, log_target, x0: torch.Tensor, config: AnnealConfig | None = No
         scales=None if all(c is None for c in scales) else torch.stack(
             [torch.ones(n_dim, dtype=torch.float64) if c is None else c.cpu() for c in scales]),
         ancestors=ancestors, lineage=lineage,
-        n_target_evaluations=path.n_target_evaluations, n_gradient_evaluations=path.n_gradient_evaluations)
+        n_target_evaluations=path.n_target_evaluations, n_gradient_evaluations=path.n_gradient_evaluations,
+        independence_acceptance=f64(independence_acceptance) if independence is not None else None)

@@ -112,6 +112,9 @@ def backward_log_weights(log_q, log_target, x_end: torch.Tensor, config: AnnealC
         finite or ``log_target`` NaN / ``+inf`` at ``x_end``.
     """
     config = _fixed(config)
+    if config.independence_steps:
+        raise ValueError("backward paths take the local kernels only (a level of local steps followed by proposals "
+                         "from q is not reversible as a whole); set independence_steps=0")
     if not isinstance(x_end, torch.Tensor) or x_end.dim() != 2 or min(x_end.shape) < 1:
         shape = list(x_end.shape) if isinstance(x_end, torch.Tensor) else type(x_end).__name__
         raise ValueError(f"x_end must be a tensor [n, d] of end points with n, d >= 1, got {shape}")

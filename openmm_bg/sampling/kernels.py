@@ -5,7 +5,10 @@ use a Metropolis-Hastings test, so they are exact for any step size (a bad one o
 acceptance):
 
 - `MALA`: ``x' = x + (h^2 / 2) grad log pi_b(x) + h xi``, ``xi ~ N(0, I)``;
-- `HMC`: ``L`` leapfrog steps of size ``h`` with unit masses and fresh momenta.
+- `HMC`: ``L`` leapfrog steps of size ``h`` with unit masses and fresh momenta;
+- `Independence`: a fresh draw ``y ~ q`` of the base, accepted with
+  ``min(1, exp(b (s(y) - s(x))))``, ``s = log p - log q`` (``pi_b / q = exp(b s)``): no step size,
+  no gradient needed for the test, and a move can jump between basins, which local steps cannot.
 
 On a path with a `Support` (circles, intervals) proposals are folded back into the domain:
 `MALA` then uses the folded proposal densities in its test, `HMC` wraps (circle) or reflects with
@@ -38,7 +41,7 @@ import torch
 from .._validation import positive_int
 from .path import GeometricPath, PathPoint
 
-__all__ = ["MoveStats", "Kernel", "MALA", "HMC"]
+__all__ = ["MoveStats", "Kernel", "MALA", "HMC", "Independence"]
 
 
 @dataclass(frozen=True)
@@ -196,3 +199,55 @@ class HMC(Kernel):
             p = p + (0.5 if i == self.leapfrog_steps - 1 else 1.0) * sd * grad
         log_alpha = point.log_density(beta) - lp_x - 0.5 * ((p**2).sum(1) - (p0**2).sum(1))
         return _accept(state, point, log_alpha, alive, valid, generator)
+
+
+class Independence(Kernel):
+    """Independence Metropolis-Hastings with proposals from the base ``q``: global moves.
+
+    ``y ~ q`` independently of ``x``; the Metropolis-Hastings ratio of ``pi_b ∝ q^(1-b) p^b`` with
+    this proposal is ``pi_b(y) q(x) / (pi_b(x) q(y)) = exp(b (s(y) - s(x)))`` with
+    ``s = log p - log q``, so the kernel leaves every ``pi_b`` exactly invariant. Acceptance is high
+    where ``pi_b`` is close to ``q`` (small ``b``) and falls as ``b`` grows; a particle in a region
+    that ``q`` under-covers (large ``s``) rarely leaves it, as it should. ``step_size`` and
+    ``scale`` are ignored. One evaluation (with gradient, for the next local step) per proposal.
+
+    Parameters
+    ----------
+    sample_q : callable
+        ``(n, generator) -> [n, d]`` exact draws from ``q`` (``torch.Generator`` as the source of
+        randomness, so runs stay reproducible).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from openmm_bg.sampling.path import GeometricPath
+    >>> path = GeometricPath(lambda x: -0.5 * (x**2).sum(1), lambda x: -2.0 * (x**2).sum(1))
+    >>> kernel = Independence(lambda n, g: torch.randn(n, 2, generator=g, dtype=torch.float64))
+    >>> state = path.evaluate(torch.zeros(100, 2, dtype=torch.float64))
+    >>> state, stats = kernel.step(path, state, 0.5, None, torch.Generator().manual_seed(0))
+    >>> stats.n_proposed, 0.0 < stats.acceptance < 1.0
+    (100, True)
+    """
+
+    target_acceptance = None
+
+    def __init__(self, sample_q):
+        if not callable(sample_q):
+            raise ValueError(f"sample_q must be a callable (n, generator) -> [n, d], got {type(sample_q).__name__}")
+        self.sample_q = sample_q
+
+    def step(self, path, state, beta, step_size, generator, scale=None):
+        n = state.x.shape[0]
+        lp_x = state.log_density(beta)
+        alive = torch.isfinite(lp_x)
+        y = torch.as_tensor(self.sample_q(n, generator))
+        if y.shape != state.x.shape:
+            raise ValueError(f"sample_q({n}, generator) must return {list(state.x.shape)}, got {list(y.shape)}")
+        y = y.to(dtype=state.x.dtype, device=state.x.device)
+        valid = alive & _finite_rows(y)
+        proposal = path.evaluate(torch.where(valid[:, None], y, state.x))
+        valid &= _finite_rows(proposal.log_density(beta), proposal.grad(beta), proposal.log_q)
+        slope_x, slope_y = state.log_p - state.log_q, proposal.log_p - proposal.log_q
+        log_alpha = beta * torch.where(valid, slope_y - slope_x, torch.zeros_like(slope_x))
+        return _accept(state, proposal, log_alpha, alive, valid, generator)
+

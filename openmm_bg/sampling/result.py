@@ -46,6 +46,9 @@ class AnnealResult:
         Rows of ``log_target`` evaluated (calls x batch), and of those with a gradient.
     scales : torch.Tensor or None
         ``[K, d]`` float64 per-dimension kernel scales of each level (preconditioned runs), else None.
+    independence_acceptance : torch.Tensor or None
+        ``[K]`` float64 acceptance of the proposals from ``q`` per level
+        (``AnnealConfig.independence_steps > 0``), else None.
     """
 
     positions: torch.Tensor
@@ -62,6 +65,7 @@ class AnnealResult:
     n_target_evaluations: int = 0
     n_gradient_evaluations: int = 0
     scales: torch.Tensor | None = field(default=None, repr=False)
+    independence_acceptance: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def n_levels(self) -> int:
