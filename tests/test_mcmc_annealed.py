@@ -235,6 +235,8 @@ def test_refuses_adaptive_or_resampling_settings(double_well):
         BoltzmannGeneratorMove(gen, anneal=AnnealConfig(adaptive=False))
     with pytest.raises(ValueError, match="seed"):
         BoltzmannGeneratorMove(gen, anneal=AnnealConfig(adaptive=False, resample_threshold=0.0, seed=1))
+    with pytest.raises(ValueError, match="independence_steps=0"):
+        BoltzmannGeneratorMove(gen, anneal=AnnealConfig(adaptive=False, resample_threshold=0.0, independence_steps=1))
     with pytest.raises(ValueError, match="scale_prior"):
         BoltzmannGeneratorMove(gen, anneal=FixedSchedule.linear(2, 0.1), scale_prior=False)
     with pytest.raises(ValueError, match="FixedSchedule"):

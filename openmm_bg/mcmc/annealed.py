@@ -104,6 +104,9 @@ def move_anneal_config(anneal_option) -> AnnealConfig | None:
                          "AnnealConfig(..., resample_threshold=0)")
     if anneal_option.seed is not None:
         raise ValueError("AnnealConfig(seed=...) given to the move: its seed= seeds the paths; leave it None")
+    if anneal_option.independence_steps:
+        raise ValueError("the annealed move's backward path takes local kernels only: pass "
+                         "AnnealConfig(..., independence_steps=0)")
     return dataclasses.replace(anneal_option, progress=False)
 
 
