@@ -22,6 +22,18 @@ def test_data_found_from_this_install():
         forcefield_path("nonexistent.xml")
 
 
+def test_every_subpackage_is_listed_in_setup_cfg():
+    """setup.cfg lists packages by name: a new folder left out is missing from every wheel (`pip install .`)."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "openmm_bg").rglob("__init__.py")
+             if "__pycache__" not in p.parts}
+    assert found <= listed, f"add to setup.cfg [options] packages: {sorted(found - listed)}"
+
+
 def test_wheel_install_finds_data(tmp_path):
     """Build the wheel, install it with --no-deps into a fresh venv and load data-backed systems."""
     src = tmp_path / "src"
@@ -46,7 +58,7 @@ def test_wheel_install_finds_data(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q",
                     str(wheel)], check=True)
     script = (
-        "import openmm_bg, openmm_bg.systems as s, openmm_bg.training, openmm_bg.energy\n"
+        "import openmm_bg, openmm_bg.systems as s, openmm_bg.training, openmm_bg.energy, openmm_bg.sampling\n"
         "print(openmm_bg.__file__)\n"
         "print(s.load('dimer_in_solvent').n_atoms, s.load('trpzip2').n_atoms,"
         " s.load('alanine_dipeptide', forcefield='amber14').n_atoms)\n"
