@@ -30,7 +30,9 @@ Per molecule and solvent:
    recorded; the budget is about 30 minutes on 2 cores (``--steps-scale`` scales it, for every
    molecule alike);
 4. evaluation: ``--samples`` plain samples (10^6 at scale) and ``--particles`` annealed particles
-   (10^5 at scale, ``AnnealConfig()``): ESS/N, Pareto k, largest weight; per residue the phi/psi
+   (10^5 at scale, ``anneal=True``: the generator's default, ``GENERATOR_DEFAULT``; until 2026-12-02
+   the runs used the annealer's generic ``AnnealConfig()``, conditional ESS 0.8 per level, far fewer
+   levels): ESS/N, Pareto k, largest weight; per residue the phi/psi
    KL(reference || reweighted) on a 36 x 36 grid with a 1e-10 pseudocount per bin next to the
    reference's own split-half KL; basin populations (alpha_R, beta/PPII, alpha_L) with errors next
    to the reference's; the coverage table (effective samples per basin; `openmm_bg.analysis`'s
@@ -65,7 +67,6 @@ from openmm_bg.analysis import reweighting
 from openmm_bg.analysis.coverage import coverage, coverage_reference
 from openmm_bg.md import read_origins, simulate_starts, torsion_starts
 from openmm_bg.md.simulation import default_timestep
-from openmm_bg.sampling import AnnealConfig
 from openmm_bg.training import Trainer
 
 TUNING = ("ALA2", "AAA")
@@ -402,7 +403,7 @@ def run(molecule: str, solvent: str, args) -> dict:
     result["plain"]["energy_evaluations"] = args.samples
     if args.particles:
         start = time.perf_counter()
-        annealed = gen.sample(args.particles, seed=args.seed, anneal=AnnealConfig())
+        annealed = gen.sample(args.particles, seed=args.seed, anneal=True)
         result["annealed"] = evaluate(system, annealed, reference_, "annealed")
         result["annealed"]["wall_s"] = time.perf_counter() - start
         result["annealed"]["energy_evaluations"] = annealed.provenance["n_energy_evaluations"]
