@@ -77,7 +77,8 @@ def test_interrupted_run_in_python_resumes_and_refuses_other_settings(tmp_path, 
     monkeypatch.setattr(openmm_bg.md.partial, "CHECKPOINT_OVERHEAD", 0.5)
     ala = load("alanine_dipeptide")
     output = tmp_path / "ala.dcd"
-    args = {"n_frames": 400, "stride": 200, "seed": 1, "platform": "Reference", "progress": False, "output": output}
+    # long enough (~10 s idle) that a loaded machine still interrupts it after two timed checkpoints
+    args = {"n_frames": 1200, "stride": 200, "seed": 1, "platform": "Reference", "progress": False, "output": output}
     partial = PartialRun(output)
     with pytest.raises(KeyboardInterrupt) as info:
         _interrupt_after(partial, 20, lambda: openmm_bg.simulate(ala, **args))
@@ -93,7 +94,7 @@ def test_interrupted_run_in_python_resumes_and_refuses_other_settings(tmp_path, 
     resumed = openmm_bg.simulate(ala, **args, resume=True)
     full = openmm_bg.simulate(ala, **{**args, "output": None})
     np.testing.assert_allclose(resumed.xyz, full.xyz, atol=2e-5)
-    assert not partial.exists() and check_trajectory(ala, output).n_frames == 400
+    assert not partial.exists() and check_trajectory(ala, output).n_frames == 1200
     # resume=True without a stopped run simply runs
     assert openmm_bg.simulate(ala, **{**args, "n_frames": 5}, resume=True).n_frames == 5
 
