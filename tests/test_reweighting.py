@@ -42,6 +42,24 @@ def test_pareto_k_of_a_single_dominating_weight_is_infinite():
     assert not rw.diagnose(log_w, warn=False).reliable
 
 
+def test_pareto_k_with_tied_weights_is_fitted_above_the_ties():
+    """Copies of resampled particles tie at the tail's threshold: k comes from the weights above.
+
+    9,800 equal weights below 200 distinct ones (the tail of the 300 largest is then one third
+    ties): a heavy excess (w = U^-1: shape 1) must read heavy, a light one (uniform on [1, 1.01])
+    light; before, both read inf ("one weight dominates").
+    """
+    rng = np.random.default_rng(3)
+    ties = np.zeros(9800)
+    heavy = np.concatenate([ties, -np.log(rng.random(200))])
+    assert 0.7 < rw.pareto_k(heavy) < 1.4
+    light = np.concatenate([ties, np.log1p(0.01 * rng.random(200))])
+    assert rw.pareto_k(light) < 0.0
+    assert rw.diagnose(light, warn=False).reliable
+    almost_flat = np.concatenate([np.zeros(9997), [1e-3, 2e-3, 3e-3]])
+    assert rw.pareto_k(almost_flat) == -np.inf
+
+
 def test_pareto_k_light_tail_and_warning():
     rng = np.random.default_rng(1)
     light = 0.1 * rng.standard_normal(20000)  # log-normal, sigma 0.1: essentially uniform weights

@@ -161,7 +161,12 @@ def pareto_k(log_w) -> float:
     Zhang & Stephens (2009) estimator with the weak prior of Vehtari et al. (PSIS, 2015/2024).
     ``k < 0.5``: the weights have finite variance; ``0.5 <= k < 0.7``: usable with care;
     ``k >= 0.7``: estimates (and bootstrap errors) are unreliable. Returns NaN for fewer than
-    ~25 non-zero weights.
+    ~25 non-zero weights, ``inf`` when the tail underflows next to the largest weight (one weight
+    dominates) and ``-inf`` for a flat tail (the largest weights all equal).
+
+    Tied weights (copies of resampled particles that no move has separated yet) can make most of
+    the tail equal to the threshold weight; the fit then uses the exceedances over that tied value,
+    which a generalised Pareto tail shares with the original threshold (threshold stability).
     """
     log_w = _check(log_w)
     log_w = np.sort(log_w[np.isfinite(log_w)])
@@ -174,8 +179,12 @@ def pareto_k(log_w) -> float:
     tail = w[-m:] - threshold
     if tail[-1] <= 0:  # flat tail: all the largest weights equal
         return float("-inf")
-    if tail[int(m / 4 + 0.5) - 1] <= 0:  # most of the tail underflows next to the largest weight
-        return float("inf")
+    if tail[int(m / 4 + 0.5) - 1] <= 0:
+        if threshold == 0:  # most of the tail underflows next to the largest weight
+            return float("inf")
+        tail = tail[tail > 0]  # ties at the threshold: fit above the tied value
+        if tail.size < 5:
+            return float("-inf")
     return _gpd_shape(tail)
 
 
