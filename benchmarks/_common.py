@@ -114,6 +114,26 @@ def hot_c7ax_start(system: MolecularSystem, seed: int, n_frames: int, stride: in
     return hot.xyz[inside[0]].astype(np.float64)
 
 
+def multistart_md(system: MolecularSystem, path: Path, starts: int, n_frames: int, stride: int, seed: int,
+                  equilibration_steps: int):
+    """Training MD from ``starts`` `openmm_bg.md.torsion_starts` structures, cached at ``path``.
+
+    ``n_frames // starts`` frames per start, ``stride`` steps apart; a stopped run resumes (its
+    finished starts are kept beside ``path`` until the merged file is written). Returns the merged
+    ``mdtraj.Trajectory`` and each frame's start index ``[n_frames]``.
+    """
+    import mdtraj
+
+    from openmm_bg.md import read_origins, simulate_starts, torsion_starts
+
+    if path.exists():
+        return mdtraj.load(str(path)), read_origins(path)[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    structures = torsion_starts(system, starts, seed=seed)
+    return simulate_starts(system, structures, n_frames=max(1, n_frames // starts), stride=stride, seed=seed,
+                           output=path, resume=True, equilibration_steps=equilibration_steps)
+
+
 # ----------------------------------------------------------------------------------------- transitions
 def core_labels(phi: np.ndarray) -> np.ndarray:
     """+1 in the C7ax core, -1 in the C7eq core, 0 in between."""

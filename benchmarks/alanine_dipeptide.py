@@ -31,7 +31,7 @@ from pathlib import Path
 import mdtraj
 import numpy as np
 import torch
-from _common import CACHE, RESULTS, alanine_reference
+from _common import CACHE, RESULTS, alanine_reference, multistart_md
 
 import openmm_bg
 from openmm_bg.analysis.free_energy import state_free_energy
@@ -50,16 +50,9 @@ def training_data(system, solvent: str, md_ns: float, c7ax_fraction: float, seed
     from openmm_bg.apps.demo import demo_data
 
     if starts > 1:
-        from openmm_bg.md import simulate_starts, torsion_starts
-
         path = CACHE / f"alanine_{solvent}_md_{md_ns:g}ns_{starts}starts_seed{seed}.h5"
-        if path.exists():
-            return mdtraj.load(str(path))
-        CACHE.mkdir(parents=True, exist_ok=True)
-        structures = torsion_starts(system, starts, seed=seed)
-        traj, _ = simulate_starts(system, structures, n_frames=max(1, int(md_ns * 1000) // starts), stride=1000,
-                                  seed=seed, output=path, resume=True, equilibration_steps=5000)
-        return traj
+        return multistart_md(system, path, starts, int(md_ns * 1000), stride=1000, seed=seed,
+                             equilibration_steps=5000)[0]
     tag = "_restrained" if restrain_c7ax else ""
     path = CACHE / f"alanine_{solvent}_md_{md_ns:g}ns_ax{c7ax_fraction:g}{tag}_seed{seed}.h5"
     if path.exists():

@@ -60,12 +60,11 @@ from pathlib import Path
 
 import mdtraj
 import numpy as np
-from _common import CACHE, HERE, RESULTS
+from _common import CACHE, HERE, RESULTS, multistart_md
 
 import openmm_bg
 from openmm_bg.analysis import reweighting
 from openmm_bg.analysis.coverage import coverage, coverage_reference
-from openmm_bg.md import read_origins, simulate_starts, torsion_starts
 from openmm_bg.md.simulation import default_timestep
 from openmm_bg.training import Trainer
 
@@ -154,11 +153,7 @@ def training_data(system, ns: float, starts: int, seed: int, tag: str):
         traj.save(str(path))
         return traj, None, time.perf_counter() - start
     path = CACHE / f"generalisation_{tag}_{ns:g}ns_{starts}starts_seed{seed}.h5"
-    if path.exists():
-        return mdtraj.load(str(path)), read_origins(path)[0], time.perf_counter() - start
-    structures = torsion_starts(system, starts, seed=seed)
-    traj, origins = simulate_starts(system, structures, n_frames=max(1, n_frames // starts), stride=stride,
-                                    seed=seed, output=path, resume=True, equilibration_steps=10 * stride)
+    traj, origins = multistart_md(system, path, starts, n_frames, stride, seed, equilibration_steps=10 * stride)
     return traj, origins, time.perf_counter() - start
 
 
