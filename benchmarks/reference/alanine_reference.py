@@ -30,7 +30,8 @@ is cached in ``alanine_reference.json`` beside this script; other benchmarks rea
     python benchmarks/reference/alanine_reference.py --solvent implicit --method metadynamics --ns 5 --platform CPU
 
 Each run adds or replaces its entry under ``{solvent}: {"runs": {...}}`` and recomputes the combined
-value (inverse-variance mean; widened and flagged ``"consistent": false`` when the runs disagree) under
+value (inverse-variance mean; its error scaled by sqrt(chi^2 / dof) when that exceeds 1, widened and
+flagged ``"consistent": false`` when the runs disagree) under
 ``{solvent}: {"delta_a_kT", "error_kT"}``.
 """
 
@@ -530,9 +531,11 @@ MIN_ESS_C7AX = 30.0
 
 
 def combine(runs: dict) -> dict:
-    """Inverse-variance mean of the runs; if they disagree (chi^2 per degree of freedom > 4), the error
-    is widened by their spread and the entry is flagged, so that nobody trusts a number the methods
-    do not agree on. Runs with ``ess_c7ax < MIN_ESS_C7AX`` are left out (listed under ``excluded``)."""
+    """Inverse-variance mean of the runs; its error is scaled by the Birge ratio sqrt(chi^2 per degree
+    of freedom) when the runs scatter more than their own errors say (chi^2 / dof > 1, the Particle
+    Data Group's scale factor); if they disagree (chi^2 / dof > 4), the error is widened by their
+    spread instead and the entry is flagged, so that nobody trusts a number the methods do not agree
+    on. Runs with ``ess_c7ax < MIN_ESS_C7AX`` are left out (listed under ``excluded``)."""
     excluded = sorted(k for k, r in runs.items() if r.get("ess_c7ax", math.inf) < MIN_ESS_C7AX)
     runs = {k: r for k, r in runs.items() if k not in excluded}
     values = np.array([r["delta_a_kT"] for r in runs.values()])
@@ -542,6 +545,8 @@ def combine(runs: dict) -> dict:
     error = float(1 / math.sqrt(weights.sum()))
     chi2 = float((((values - mean) / errors) ** 2).sum() / max(len(values) - 1, 1))
     consistent = bool(chi2 <= 4.0)
+    if chi2 > 1.0:
+        error *= math.sqrt(min(chi2, 4.0))
     if not consistent:
         error = float(math.sqrt(error**2 + np.var(values, ddof=1)))
     return {"delta_a_kT": mean, "error_kT": error, "chi2_per_dof": chi2, "consistent": consistent,
