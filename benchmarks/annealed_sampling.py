@@ -88,6 +88,12 @@ def run_annealed(gen, n: int, seed: int, config: AnnealConfig, training_evaluati
                n_invalid=int(sum(p["n_invalid"])))
     if p.get("independence_acceptance") is not None:
         row["independence_acceptance"] = p["independence_acceptance"]
+    if samples.ancestors is not None:  # how many lineages carry C7ax (the lineage bootstrap's unit)
+        in_ax = np.asarray(samples.system.states["C7ax"](samples.positions), dtype=bool)
+        lineages, share = np.unique(samples.ancestors[in_ax], return_inverse=True)
+        w = samples.weights[in_ax]
+        row.update(n_distinct_ancestors_c7ax=int(lineages.size),
+                   largest_lineage_share_c7ax=float(np.bincount(share, w).max() / w.sum()) if w.sum() > 0 else None)
     return row
 
 
